@@ -1,0 +1,79 @@
+"""
+The HTTP side of the gateway's one port: the resource tree, the heartbeat and readiness checks.
+
+``/twilio`` is a small dispatching resource (``WebSocketResource`` is a leaf, so on its own it
+would swallow ``/twilio/voice``): the WebSocket upgrade at the exact path, HTTP children below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.web import resource, server
+
+__all__ = ["make_site", "Heartbeat", "Readiness", "TwilioResource", "json_response"]
+
+
+def json_response(request: Any, status: int, body: dict) -> bytes:
+    """Set ``status`` and a JSON content type on ``request``; return the encoded ``body``."""
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(body).encode()
+
+
+class Heartbeat(resource.Resource):
+    """``GET /healthz``: 200 while the process is up; never depends on Deepgram."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        return json_response(request, 200, {"status": "ok", "pid": os.getpid()})
+
+
+class Readiness(resource.Resource):
+    """``GET /readyz``: 200 while accepting calls; 503 while draining (or full)."""
+
+    isLeaf = True
+
+    def __init__(self, gateway: Any) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def render_GET(self, request: Any) -> bytes:
+        refusal = self.gateway.refuse_new_call()
+        body = {"ready": refusal is None, "calls": len(self.gateway.calls)}
+        if refusal is not None:
+            body["reason"] = refusal
+        return json_response(request, 200 if refusal is None else 503, body)
+
+
+class TwilioResource(resource.Resource):
+    """``/twilio``: the Media Streams WebSocket at the exact path; HTTP children below it."""
+
+    def __init__(self, websocket: WebSocketResource) -> None:
+        super().__init__()
+        self.websocket = websocket
+
+    def render(self, request: Any) -> Any:
+        return self.websocket.render(request)
+
+
+class _Site(server.Site):
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        """No access log line per request (the WebSocket calls log their own lines)."""
+
+
+def make_site(gateway: Any, twilio_factory: Any, client_factory: Any) -> server.Site:
+    """The whole resource tree of the gateway's port."""
+    root = resource.Resource()
+    root.putChild(b"twilio", TwilioResource(WebSocketResource(twilio_factory)))
+    root.putChild(b"client", WebSocketResource(client_factory))
+    root.putChild(b"healthz", Heartbeat())
+    root.putChild(b"readyz", Readiness(gateway))
+    return _Site(root)

@@ -1,0 +1,629 @@
+"""
+One call: a caller leg, a Deepgram leg, the chain of stages between them, and the lifecycle.
+
+The lifecycle is an explicit state machine (Automat's ``TypeMachineBuilder``)::
+
+    handshake -> authenticating -> connecting -> configuring -> live -> ending -> closed
+
+so that "audio before Settings was applied" or "a close while connecting" are states, not flags.
+The 20 ms audio frames stay out of the machine (an Automat input costs ~10 times a plain call):
+they go straight into the chain, and the sinks at either end check whether their leg is open.
+
+Lifecycle facts (a leg opened or closed, Twilio's ``stop``) are recorded by the call first, then
+shown to the chain, so no stage can lose them; the close_codes stage may attach a diagnosis on
+the way.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+from typing import Any, Callable, Protocol
+
+import attrs
+from automat import TypeMachineBuilder
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.chain import Chain
+from gateway.codecs.close_codes import classify_caller_close, classify_upstream_close
+from gateway.codecs.deepgram import CLOSE_STREAM
+from gateway.codecs.formats import AudioFormat, LINEAR16_16K, MULAW_8K
+from gateway.config import ConfiguredGateway
+from gateway.diagnostics import Diagnosis
+from gateway.errors import AuthError
+from gateway.events import (
+    Audio,
+    CallerClosed,
+    CallerControl,
+    CallerError,
+    Clear,
+    DeepgramEvent,
+    Handshake,
+    HandshakeRefused,
+    OpenUpstream,
+    SendMark,
+    StreamStarted,
+    StreamStopped,
+    UpstreamClosed,
+    UpstreamMessage,
+    UpstreamOpened,
+)
+
+__all__ = ["Call", "CallInfo", "CallerLeg", "UpstreamLeg", "CALLER_FORMATS"]
+
+#: What each caller leg sends and expects back.
+CALLER_FORMATS = {"twilio": MULAW_8K, "client": LINEAR16_16K}
+
+_ids = itertools.count(1)
+
+
+class CallerLeg(Protocol):
+    """What the call asks of the caller's WebSocket protocol (gateway.legs.caller)."""
+
+    def send_audio(self, payload: bytes) -> None: ...
+    def send_clear(self) -> None: ...
+    def send_mark(self, name: str) -> None: ...
+    def send_event(self, event: DeepgramEvent) -> None: ...
+    def send_error(self, code: str, message: str) -> None: ...
+    def close(self, code: int, reason: str) -> None: ...
+    def abort(self) -> None: ...
+
+
+class UpstreamLeg(Protocol):
+    """What the call asks of the Deepgram WebSocket protocol (gateway.legs.agent)."""
+
+    def send_audio(self, payload: bytes) -> None: ...
+    def send_message(self, message: Any) -> None: ...
+    def close(self, code: int = 1000) -> None: ...
+    def abort(self) -> None: ...
+
+
+@attrs.define
+class CallInfo:
+    """The facts of one call that stages may read (through ``ctx.call``)."""
+
+    call_id: str
+    leg: str
+    mode: str
+    caller_format: AudioFormat
+    upstream_input: AudioFormat
+    upstream_output: AudioFormat
+    started_at: float
+    stream_sid: str = ""
+    call_sid: str = ""
+    account_sid: str = ""
+    custom_parameters: dict[str, str] = attrs.field(factory=dict)
+    request_id: str | None = None
+    last_error: dict[str, Any] | None = None
+    last_warning: dict[str, Any] | None = None
+    phase: str = "handshake"
+    frames_to_upstream: int = 0
+    bytes_to_upstream: int = 0
+    frames_to_caller: int = 0
+    bytes_to_caller: int = 0
+    counters: collections.Counter = attrs.field(factory=collections.Counter, repr=False)
+
+
+class _CallInputs(Protocol):
+    def caller_opened(self) -> None:
+        "The caller's WebSocket opened."
+
+    def upstream_requested(self, url: str) -> None:
+        "The settings stage asked for the Deepgram leg at ``url``."
+
+    def upstream_connected(self) -> None:
+        "The Deepgram WebSocket opened."
+
+    def settings_applied(self) -> None:
+        "Deepgram confirmed the configuration (SettingsApplied; at once for /v1/listen)."
+
+    def finish(self, diagnosis: Diagnosis, initiator: str) -> None:
+        "End the call; ``initiator`` is ``caller``, ``upstream`` or ``gateway``."
+
+    def leg_gone(self, leg: str) -> None:
+        "The ``caller`` or ``upstream`` leg is closed for good."
+
+    def all_closed(self) -> None:
+        "Both legs are closed (or abandoned at the deadline)."
+
+
+def _build_machine() -> Callable[[Call], _CallInputs]:
+    b = TypeMachineBuilder(_CallInputs, Call)
+    handshake = b.state("handshake")
+    authenticating = b.state("authenticating")
+    connecting = b.state("connecting")
+    configuring = b.state("configuring")
+    live = b.state("live")
+    ending = b.state("ending")
+    closed = b.state("closed")
+    I = _CallInputs
+
+    def entering(name: str) -> Callable[..., None]:
+        def enter(inputs: _CallInputs, core: Call, *args: object) -> None:
+            core.info.phase = name
+
+        return enter
+
+    handshake.upon(I.caller_opened).to(authenticating)(entering("authenticating"))
+
+    @authenticating.upon(I.upstream_requested).to(connecting)
+    def _open(inputs: _CallInputs, core: Call, url: str) -> None:
+        core.info.phase = "connecting"
+        core._open_upstream(url)
+
+    connecting.upon(I.upstream_connected).to(configuring)(entering("configuring"))
+    configuring.upon(I.settings_applied).to(live)(entering("live"))
+    live.upon(I.settings_applied).loop().returns(None)
+    for state in (handshake, authenticating, connecting, configuring, live):
+
+        @state.upon(I.finish).to(ending)
+        def _finish(inputs: _CallInputs, core: Call, diagnosis: Diagnosis, initiator: str) -> None:
+            phase = core.info.phase
+            core.info.phase = "ending"
+            core._begin_ending(diagnosis, initiator, phase)
+
+    for state in (live, configuring, connecting, authenticating):
+        state.upon(I.caller_opened).loop().returns(None)
+    for state in (connecting, configuring, live):
+        state.upon(I.upstream_requested).loop().returns(None)
+
+    ending.upon(I.finish).loop().returns(None)
+    ending.upon(I.caller_opened).loop().returns(None)
+    ending.upon(I.upstream_requested).loop().returns(None)
+    ending.upon(I.settings_applied).loop().returns(None)
+
+    @ending.upon(I.upstream_connected).loop()
+    def _late(inputs: _CallInputs, core: Call) -> None:
+        core._close_upstream()
+
+    @ending.upon(I.leg_gone).loop()
+    def _gone(inputs: _CallInputs, core: Call, leg: str) -> None:
+        core._leg_gone(leg, inputs)
+
+    @ending.upon(I.all_closed).to(closed)
+    def _closed(inputs: _CallInputs, core: Call) -> None:
+        core.info.phase = "closed"
+        core._cleanup()
+
+    for input_ in (I.caller_opened, I.upstream_connected, I.settings_applied, I.all_closed):
+        closed.upon(input_).loop().returns(None)
+    closed.upon(I.upstream_requested).loop().returns(None)
+    closed.upon(I.finish).loop().returns(None)
+    closed.upon(I.leg_gone).loop().returns(None)
+    return b.build()
+
+
+class CallLogger(Logger):
+    """A `Logger` that adds the call's ``call_id``, ``stream_sid`` and ``phase`` to every event."""
+
+    def __init__(self, namespace: str, info: CallInfo) -> None:
+        super().__init__(namespace=namespace)
+        self._info = info
+
+    def emit(self, level: Any, format: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("call_id", self._info.call_id)
+        kwargs.setdefault("stream_sid", self._info.stream_sid)
+        kwargs.setdefault("phase", self._info.phase)
+        super().emit(level, format, **kwargs)
+
+
+@attrs.define
+class _Context:
+    """The `gateway.plugin.StageContext` of one stage of one call."""
+
+    _owner: Call
+    _index: int
+    call: CallInfo
+    clock: Any
+    log: Logger
+
+    def emit_inbound(self, event: object) -> None:
+        self._owner._chain.inbound(event, self._index)
+
+    def emit_outbound(self, event: object) -> None:
+        self._owner._chain.outbound(event, self._index)
+
+    def end_call(self, diagnosis: Diagnosis) -> None:
+        self._owner.end(diagnosis)
+
+    def stop_handling(self, cls: type, direction: str = "inbound") -> None:
+        self._owner._chain.stop_handling(self._index, cls, direction)
+
+    def count(self, name: str, amount: int = 1, **labels: str) -> None:
+        self._owner.count(name, amount, **labels)
+
+
+Connector = Callable[[str, dict, "Call"], Deferred]
+
+_Machine = None
+
+
+class Call:
+    """
+    One stream from the caller's handshake to its last close.
+
+    ``connector(url, headers, call)`` opens the Deepgram leg (it returns a Deferred that fires
+    when the attempt is over; the leg itself reports through `upstream_opened` and
+    `upstream_closed`). ``on_closed(call)`` is called once, when the call is over.
+    """
+
+    def __init__(
+        self,
+        configured: ConfiguredGateway,
+        leg: str,
+        clock: Any,
+        connector: Connector,
+        on_closed: Callable[[Call], None] = lambda call: None,
+        call_id: str | None = None,
+    ) -> None:
+        global _Machine
+        if _Machine is None:
+            _Machine = _build_machine()
+        self.config = configured.config
+        self.clock = clock
+        self._connector = connector
+        self._on_closed = on_closed
+        caller_format = CALLER_FORMATS[leg]
+        upstream_in, upstream_out = caller_format, caller_format
+        for _, factory in configured.stages:
+            negotiate = getattr(factory, "upstream_formats", None)
+            if negotiate is not None:
+                upstream_in, upstream_out = negotiate(caller_format)
+        self.info = CallInfo(
+            call_id=call_id or f"{os.getpid():x}-{next(_ids)}",
+            leg=leg,
+            mode=self.config.mode,
+            caller_format=caller_format,
+            upstream_input=upstream_in,
+            upstream_output=upstream_out,
+            started_at=clock.seconds(),
+        )
+        self.log = CallLogger("gateway.call", self.info)
+        self.diagnosis: Diagnosis | None = None
+        self.caller: CallerLeg | None = None
+        self.upstream: UpstreamLeg | None = None
+        self._caller_open = False
+        self._upstream_open = False
+        self._upstream_state = "none"  # none, connecting, open, gone
+        self._caller_gone = False
+        self._initiator = ""
+        self._attempt: Deferred | None = None
+        self._ending_timer: Any = None
+        self._stopped = False
+        self._pending_diagnosis: Diagnosis | None = None
+        self._refusal: Any = None
+        self.closed = Deferred()
+        stages = []
+        names = []
+        self._chain = None  # type: ignore[assignment]
+        for index, (name, factory) in enumerate(configured.stages):
+            ctx = _Context(self, index, self.info, clock, CallLogger(f"plugins.{name}", self.info))
+            stages.append(factory(ctx))
+            names.append(name)
+        self._chain = Chain(names, stages, self._inbound_sink, self._outbound_sink, self._stage_failed)
+        self._machine = _Machine(self)
+
+    # --- facts for stages and the service --------------------------------------------------------
+
+    @property
+    def phase(self) -> str:
+        return self.info.phase
+
+    def count(self, name: str, amount: int = 1, **labels: str) -> None:
+        """Add to a per-call counter (issue 7 exports these as metrics)."""
+        self.info.counters[(name, tuple(sorted(labels.items())))] += amount
+
+    # --- from the caller leg ---------------------------------------------------------------------
+
+    def caller_handshake(self, event: Handshake) -> None:
+        """
+        Run the chain on the upgrade request. A stage refuses it by replacing the `Handshake`
+        with a `HandshakeRefused`; this raises the matching `AuthError`, which the leg turns
+        into an HTTP error.
+        """
+        self._refusal = None
+        self._chain.inbound(event)
+        refusal = self._refusal
+        if refusal is not None:
+            self.diagnosis = Diagnosis(refusal.code, leg="caller", phase="handshake")
+            raise AuthError(refusal.code, refusal.message, http_status=refusal.http_status)
+
+    def caller_opened(self, leg: CallerLeg) -> None:
+        self.caller = leg
+        self._caller_open = True
+        self._machine.caller_opened()
+
+    def from_caller(self, event: Any) -> None:
+        """An event parsed from the caller's leg (audio goes through `caller_audio`)."""
+        if type(event) is StreamStarted:
+            self.info.stream_sid = event.stream_sid
+            self.info.call_sid = event.call_sid
+            self.info.account_sid = event.account_sid
+            self.info.custom_parameters = dict(event.custom_parameters)
+        if type(event) is StreamStopped:
+            self._stopped = True
+            self.log.info("Twilio sent stop")
+            self._pending_diagnosis = None
+            self._chain.inbound(event)
+            self.end(self._pending_diagnosis or self._caller_diagnosis(1000, True), "caller")
+            return
+        self._chain.inbound(event)
+
+    def caller_audio(self, event: Audio) -> None:
+        """The hot path: one caller audio frame into the chain."""
+        self._chain.inbound(event)
+
+    def caller_closed(self, code: int | None, reason: str | None, was_clean: bool) -> None:
+        self._caller_open = False
+        self._caller_gone = True
+        event = CallerClosed(code, reason, was_clean)
+        self._pending_diagnosis = None
+        self._chain.inbound(event)
+        diagnosis = self._pending_diagnosis or self.diagnosis or self._caller_diagnosis(
+            code, was_clean
+        )
+        self.end(diagnosis, "caller")
+        self._machine.leg_gone("caller")
+
+    def _caller_diagnosis(self, code: int | None, was_clean: bool) -> Diagnosis:
+        return Diagnosis(
+            code=classify_caller_close(code, was_clean, self._stopped),
+            leg="caller",
+            phase=self.info.phase,
+            close_code=code,
+        )
+
+    # --- from the Deepgram leg -------------------------------------------------------------------
+
+    def upstream_opened(self, leg: UpstreamLeg, request_id: str | None) -> None:
+        self.upstream = leg
+        self._upstream_open = True
+        self._upstream_state = "open"
+        self.info.request_id = request_id
+        self.log.info(
+            "Deepgram {mode} session open, dg-request-id {request_id}",
+            mode=self.info.mode,
+            request_id=request_id,
+        )
+        self._machine.upstream_connected()
+        self._chain.outbound(UpstreamOpened(request_id, self.info.mode))
+        if self.info.mode == "listen":
+            self._machine.settings_applied()
+
+    def from_upstream(self, event: Any) -> None:
+        """An event from Deepgram (agent audio goes through `upstream_audio`)."""
+        if type(event) is DeepgramEvent:
+            if event.type == "Error":
+                self.info.last_error = dict(event.message)
+            elif event.type == "Warning":
+                self.info.last_warning = dict(event.message)
+        self._chain.outbound(event)
+
+    def upstream_audio(self, event: Audio) -> None:
+        """The hot path: one agent audio frame into the chain."""
+        self._chain.outbound(event)
+
+    def upstream_closed(self, event: UpstreamClosed) -> None:
+        if self._upstream_state == "gone":
+            return
+        self._upstream_open = False
+        self._upstream_state = "gone"
+        event = attrs.evolve(event, phase=self.info.phase)
+        self._pending_diagnosis = None
+        self._chain.outbound(event)
+        diagnosis = self._pending_diagnosis or diagnose_upstream(event, self.info.last_error)
+        self.end(diagnosis, "upstream")
+        self._machine.leg_gone("upstream")
+
+    # --- ending ----------------------------------------------------------------------------------
+
+    def end(self, diagnosis: Diagnosis, initiator: str = "gateway") -> None:
+        """End the call with ``diagnosis`` (the first diagnosis given wins)."""
+        self._machine.finish(diagnosis, initiator)
+
+    def _begin_ending(self, diagnosis: Diagnosis, initiator: str, phase: str) -> None:
+        self.diagnosis = diagnosis
+        self._initiator = initiator
+        self._ending_timer = self.clock.callLater(self.config.end_timeout_s, self._deadline)
+        if self._upstream_state == "none":
+            self._upstream_state = "gone"
+            self._machine.leg_gone("upstream")
+        elif self._upstream_state == "connecting":
+            self._upstream_state = "gone"
+            if self._attempt is not None:
+                self._attempt.cancel()
+            self._machine.leg_gone("upstream")
+        elif self._upstream_state == "open":
+            self._close_upstream()
+        if self._caller_gone:
+            self._machine.leg_gone("caller")
+        elif initiator != "caller" or self._upstream_state == "gone":
+            self._close_caller()
+
+    def _close_upstream(self) -> None:
+        if self.upstream is None or not self._upstream_open:
+            return
+        if self.info.mode == "listen" and self._initiator == "caller":
+            # Let Deepgram finish: last Results, Metadata, then its own 1000 close.
+            self.upstream.send_message(CLOSE_STREAM)
+        else:
+            self.upstream.close(1000)
+
+    def _close_caller(self) -> None:
+        if self.caller is None or not self._caller_open:
+            return
+        self._caller_open = False
+        assert self.diagnosis is not None
+        code = 1000 if self._initiator == "caller" else self.diagnosis.caller_close
+        self.caller.close(code, self.diagnosis.code)
+
+    def _leg_gone(self, leg: str, inputs: _CallInputs) -> None:
+        if leg == "upstream" and not self._caller_gone:
+            self._close_caller()
+        if self._upstream_state == "gone" and self._caller_gone:
+            inputs.all_closed()
+
+    def _deadline(self) -> None:
+        self._ending_timer = None
+        self.log.warn("legs still open {timeout_s} s after the end began; aborting them",
+                      timeout_s=self.config.end_timeout_s)
+        if self.upstream is not None and self._upstream_state != "gone":
+            self.upstream.abort()
+        if self.caller is not None and not self._caller_gone:
+            self.caller.abort()
+        self._upstream_state = "gone"
+        self._caller_gone = True
+        self._machine.all_closed()
+
+    def _cleanup(self) -> None:
+        if self._ending_timer is not None and self._ending_timer.active():
+            self._ending_timer.cancel()
+        self._ending_timer = None
+        if self._attempt is not None:
+            self._attempt.cancel()
+        self._chain.close()
+        d = self.diagnosis
+        assert d is not None
+        self.log.info(
+            "call {call_id} ended: {code} in {ended_phase}; {description}; "
+            "stream {stream_sid}, dg-request-id {dg_request_id}",
+            code=d.code,
+            ended_phase=d.phase,
+            description=d.describe(),
+            dg_request_id=self.info.request_id or d.dg_request_id,
+            dg_error=d.error,
+            duration_s=round(self.clock.seconds() - self.info.started_at, 3),
+        )
+        self._on_closed(self)
+        self.closed.callback(self)
+
+    # --- the sinks at either end of the chain ----------------------------------------------------
+
+    def _inbound_sink(self, event: Any) -> None:
+        kind = type(event)
+        if kind is Audio:
+            if not event.payload:
+                self.count("frames_dropped", reason="empty_at_leg")
+            elif self._upstream_open and self.upstream is not None:
+                self.upstream.send_audio(event.payload)
+                info = self.info
+                info.frames_to_upstream += 1
+                info.bytes_to_upstream += len(event.payload)
+            else:
+                self.count("frames_dropped", reason="upstream_not_open")
+        elif kind is UpstreamMessage:
+            if self._upstream_open and self.upstream is not None:
+                self.upstream.send_message(event.message)
+            else:
+                self.count("control_dropped", type=event.type)
+        elif kind is OpenUpstream:
+            self._machine.upstream_requested(event.url)
+        elif kind is HandshakeRefused:
+            self._refusal = event
+        elif kind is CallerClosed or kind is StreamStopped:
+            diagnosis = getattr(event, "diagnosis", None)
+            if diagnosis is not None:
+                self._pending_diagnosis = diagnosis
+        elif kind is CallerControl:
+            self.count("caller_messages_rejected", reason="unknown_message")
+            if self.caller is not None and self._caller_open:
+                self.caller.send_error(
+                    "UNKNOWN_MESSAGE",
+                    f"unknown control message type {event.message.get('type')!r:.40}",
+                )
+
+    def _outbound_sink(self, event: Any) -> None:
+        kind = type(event)
+        caller = self.caller
+        if kind is Audio:
+            if caller is not None and self._caller_open and event.payload:
+                caller.send_audio(event.payload)
+                info = self.info
+                info.frames_to_caller += 1
+                info.bytes_to_caller += len(event.payload)
+            return
+        if kind is DeepgramEvent:
+            if event.type == "SettingsApplied":
+                self._machine.settings_applied()
+            if caller is not None and self._caller_open:
+                if event.type == "UserStartedSpeaking":
+                    # Barge-in: drop the agent audio queued at Twilio (clients do it themselves).
+                    caller.send_clear()
+                caller.send_event(event)
+        elif kind is Clear:
+            if caller is not None and self._caller_open:
+                caller.send_clear()
+        elif kind is SendMark:
+            if caller is not None and self._caller_open:
+                caller.send_mark(event.name)
+        elif kind is CallerError:
+            if caller is not None and self._caller_open:
+                caller.send_error(event.code, event.message)
+        elif kind is UpstreamClosed:
+            if event.diagnosis is not None:
+                self._pending_diagnosis = event.diagnosis
+
+    def _stage_failed(self, name: str, event: object) -> None:
+        self.log.failure(
+            "plugin {plugin} failed on {event_type}; ending the call",
+            plugin=name,
+            event_type=type(event).__name__,
+        )
+        self.count("plugin_errors", plugin=name)
+        self.end(Diagnosis("PLUGIN_ERROR", leg="gateway", phase=self.info.phase))
+
+    # --- opening the Deepgram leg ----------------------------------------------------------------
+
+    def _open_upstream(self, url: str) -> None:
+        self._upstream_state = "connecting"
+        headers = {"Authorization": f"Token {self.config.api_key}"}
+        d = self._connector(url, headers, self)
+        self._attempt = d
+        d.addTimeout(self.config.connect_timeout_s, self.clock)
+
+        def failed(failure: Failure) -> None:
+            self._attempt = None
+            if self._upstream_state != "connecting":
+                return None
+            self.upstream_closed(
+                UpstreamClosed(
+                    code=None,
+                    reason=f"connection failed: {failure.getErrorMessage()}",
+                    was_clean=False,
+                    connect_failed=True,
+                )
+            )
+            return None
+
+        def done(result: object) -> None:
+            self._attempt = None
+
+        d.addCallbacks(done, failed)
+
+
+def diagnose_upstream(event: UpstreamClosed, last_error: dict[str, Any] | None) -> Diagnosis:
+    """The diagnosis of a Deepgram leg that ended as ``event`` says."""
+    if event.connect_failed:
+        code = "DG_UNREACHABLE"
+    else:
+        code = classify_upstream_close(
+            event.code, event.reason, event.http_status, event.phase, last_error
+        )
+    return Diagnosis(
+        code=code,
+        leg="upstream",
+        phase=event.phase,
+        close_code=event.code,
+        close_reason=event.reason,
+        http_status=event.http_status,
+        dg_error=event.dg_error,
+        dg_request_id=event.dg_request_id,
+        error=(
+            {"code": str(last_error.get("code")), "description": str(last_error.get("description"))}
+            if last_error
+            else None
+        ),
+    )

@@ -1,0 +1,140 @@
+"""
+Deepgram messages: parse what the Voice Agent and ``/v1/listen`` send, build what we send.
+
+Sans-IO. Server JSON becomes `DeepgramEvent` (unknown types included: Deepgram adds message types
+and the gateway must not fail on them). ``Settings`` and the listen query string are built here
+from a template plus the audio formats the transcoder decided.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any, Mapping
+from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
+
+from gateway.codecs.formats import AudioFormat
+from gateway.errors import UpstreamProtocolError
+from gateway.events import DeepgramEvent
+
+__all__ = [
+    "DEFAULT_AGENT_URL",
+    "DEFAULT_LISTEN_URL",
+    "DEFAULT_SETTINGS",
+    "DEFAULT_LISTEN_PARAMS",
+    "parse_server_message",
+    "build_settings",
+    "build_listen_url",
+    "encode_message",
+    "KEEPALIVE",
+    "CLOSE_STREAM",
+    "redact_url",
+]
+
+DEFAULT_AGENT_URL = "wss://agent.deepgram.com/v1/agent/converse"
+DEFAULT_LISTEN_URL = "wss://api.deepgram.com/v1/listen"
+
+#: The built-in Voice Agent template (protocols.md §2.3); ``audio`` is always derived.
+DEFAULT_SETTINGS: Mapping[str, Any] = {
+    "type": "Settings",
+    "agent": {
+        "language": "en",
+        "listen": {"provider": {"type": "deepgram", "model": "nova-3"}},
+        "think": {
+            "provider": {"type": "open_ai", "model": "gpt-4o-mini", "temperature": 0.7},
+            "prompt": "You are a helpful voice assistant on a phone call. Keep answers short.",
+        },
+        "speak": {"provider": {"type": "deepgram", "model": "aura-2-thalia-en"}},
+        "greeting": "Hello! How can I help you today?",
+    },
+}
+
+#: The built-in ``/v1/listen`` parameters; ``encoding`` and ``sample_rate`` are always derived.
+DEFAULT_LISTEN_PARAMS: Mapping[str, str] = {
+    "model": "nova-3",
+    "language": "en",
+    "interim_results": "true",
+    "punctuate": "true",
+    "smart_format": "true",
+    "vad_events": "true",
+    "utterance_end_ms": "1000",
+}
+
+KEEPALIVE: Mapping[str, Any] = {"type": "KeepAlive"}
+CLOSE_STREAM: Mapping[str, Any] = {"type": "CloseStream"}
+
+
+def parse_server_message(payload: bytes | str) -> DeepgramEvent:
+    """Parse one JSON text frame from Deepgram; raise `UpstreamProtocolError` if it is not one."""
+    try:
+        msg = json.loads(payload)
+    except ValueError as e:
+        raise UpstreamProtocolError("bad_json", f"Deepgram sent a text frame that is not JSON: {e}")
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise UpstreamProtocolError(
+            "no_type", "Deepgram sent a JSON message without a string 'type'"
+        )
+    return DeepgramEvent(msg["type"], msg)
+
+
+def encode_message(message: Mapping[str, Any]) -> bytes:
+    """Serialise a message for Deepgram (compact JSON, UTF-8)."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def build_settings(
+    template: Mapping[str, Any],
+    input_format: AudioFormat,
+    output_format: AudioFormat,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """
+    The ``Settings`` message for one call: ``template`` deep-copied, ``overrides`` (dotted paths
+    such as ``agent.greeting``) applied, and the ``audio`` section derived from the formats the
+    transcoder actually sends and expects (never typed by hand; ``container`` is ``none``
+    because Twilio plays header bytes as noise).
+    """
+    settings = copy.deepcopy(dict(template))
+    settings["type"] = "Settings"
+    for path, value in (overrides or {}).items():
+        node = settings
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    settings["audio"] = {
+        "input": {"encoding": input_format.encoding, "sample_rate": input_format.sample_rate_hz},
+        "output": {
+            "encoding": output_format.encoding,
+            "sample_rate": output_format.sample_rate_hz,
+            "container": "none",
+        },
+    }
+    return settings
+
+
+def build_listen_url(
+    base_url: str, params: Mapping[str, str], input_format: AudioFormat
+) -> str:
+    """
+    The ``/v1/listen`` URL for one call: ``params`` as the query string, with ``encoding``,
+    ``sample_rate`` and ``channels`` derived from the audio the transcoder sends.
+    """
+    parts = urlsplit(base_url)
+    query = dict(parse_qsl(parts.query))
+    query.update(params)
+    query["encoding"] = input_format.encoding
+    query["sample_rate"] = str(input_format.sample_rate_hz)
+    query["channels"] = "1"
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def redact_url(url: str) -> str:
+    """``url`` without user info (a key must never reach a log through a URL)."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        parts = parts._replace(netloc=host)
+    return urlunsplit(parts)

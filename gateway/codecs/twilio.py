@@ -1,0 +1,212 @@
+"""
+Twilio Media Streams messages: parse what Twilio sends, serialise what we send back.
+
+Twilio sends JSON text frames (``connected``, ``start``, ``media``, ``mark``, ``dtmf``, ``stop``)
+whose counters are decimal *strings*; we send ``media``, ``mark`` and ``clear`` as text, never
+binary (protocols.md §1). Parsing raises `CallerProtocolError` with a stable ``reason`` label and
+a message naming the field, what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+from typing import Any, Union
+
+import attrs
+
+from gateway.codecs.formats import AudioFormat, MULAW_8K
+from gateway.errors import CallerProtocolError
+from gateway.events import Audio, Dtmf, MarkEchoed, StreamStarted, StreamStopped
+
+__all__ = [
+    "Connected",
+    "TwilioInbound",
+    "parse_message",
+    "media_message",
+    "mark_message",
+    "clear_message",
+    "MAX_MESSAGE_BYTES",
+]
+
+#: Twilio's media frames are ~400 bytes; anything near this is not Twilio.
+MAX_MESSAGE_BYTES = 64 * 1024
+
+_ENCODINGS = {"audio/x-mulaw": "mulaw"}
+
+
+@attrs.frozen
+class Connected:
+    """Twilio's first message: the protocol name and version."""
+
+    protocol: str
+    version: str
+
+
+TwilioInbound = Union[Connected, StreamStarted, Audio, MarkEchoed, Dtmf, StreamStopped]
+
+
+def _field(obj: dict[str, Any], name: str, path: str) -> Any:
+    try:
+        return obj[name]
+    except KeyError:
+        raise CallerProtocolError("missing_field", f"missing field {path}{name}", path + name)
+
+
+def _str(obj: dict[str, Any], name: str, path: str) -> str:
+    value = _field(obj, name, path)
+    if not isinstance(value, str):
+        raise CallerProtocolError(
+            "wrong_type",
+            f"expected a string for {path}{name}, got {type(value).__name__} {value!r:.40}",
+            path + name,
+        )
+    return value
+
+
+def _obj(obj: dict[str, Any], name: str, path: str) -> dict[str, Any]:
+    value = _field(obj, name, path)
+    if not isinstance(value, dict):
+        raise CallerProtocolError(
+            "wrong_type",
+            f"expected an object for {path}{name}, got {type(value).__name__}",
+            path + name,
+        )
+    return value
+
+
+def _media_format(start: dict[str, Any]) -> AudioFormat:
+    fmt = start.get("mediaFormat")
+    if fmt is None:
+        return MULAW_8K
+    if not isinstance(fmt, dict):
+        raise CallerProtocolError(
+            "wrong_type", "expected an object for start.mediaFormat", "start.mediaFormat"
+        )
+    encoding = _ENCODINGS.get(fmt.get("encoding", "audio/x-mulaw"))
+    try:
+        rate = int(fmt.get("sampleRate", 8000))
+        channels = int(fmt.get("channels", 1))
+    except (TypeError, ValueError):
+        raise CallerProtocolError(
+            "wrong_type",
+            "expected numbers for start.mediaFormat.sampleRate and channels",
+            "start.mediaFormat",
+        )
+    if encoding is None or rate != 8000 or channels != 1:
+        raise CallerProtocolError(
+            "unsupported_format",
+            f"unsupported start.mediaFormat {fmt!r}: expected audio/x-mulaw, 8000 Hz, 1 channel",
+            "start.mediaFormat",
+        )
+    return AudioFormat(encoding, rate)
+
+
+def _parse_start(msg: dict[str, Any]) -> StreamStarted:
+    start = _obj(msg, "start", "")
+    stream_sid = _str(start, "streamSid", "start.") if "streamSid" in start else None
+    if stream_sid is None:
+        stream_sid = _str(msg, "streamSid", "")
+    params = start.get("customParameters") or {}
+    if not isinstance(params, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in params.items()
+    ):
+        raise CallerProtocolError(
+            "wrong_type",
+            "expected an object of strings for start.customParameters",
+            "start.customParameters",
+        )
+    tracks = start.get("tracks", ["inbound"])
+    if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks):
+        raise CallerProtocolError(
+            "wrong_type", "expected a list of strings for start.tracks", "start.tracks"
+        )
+    return StreamStarted(
+        stream_sid=stream_sid,
+        call_sid=str(start.get("callSid", "")),
+        account_sid=str(start.get("accountSid", "")),
+        tracks=tuple(tracks),
+        media_format=_media_format(start),
+        custom_parameters=params,
+    )
+
+
+def _parse_media(msg: dict[str, Any]) -> Audio:
+    media = _obj(msg, "media", "")
+    payload = _str(media, "payload", "media.")
+    track = media.get("track", "inbound")
+    if not isinstance(track, str):
+        raise CallerProtocolError("wrong_type", "expected a string for media.track", "media.track")
+    try:
+        data = binascii.a2b_base64(payload, strict_mode=True)
+    except binascii.Error:
+        return Audio(b"", track, defect="bad_base64")
+    return Audio(data, track)
+
+
+def parse_message(frame: bytes | str) -> TwilioInbound:
+    """
+    Parse one text frame from Twilio into an event.
+
+    Raises `CallerProtocolError` (reasons: ``too_big``, ``bad_utf8``, ``bad_json``, ``not_object``,
+    ``missing_field``, ``wrong_type``, ``unknown_event``, ``unsupported_format``).
+    """
+    if len(frame) > MAX_MESSAGE_BYTES:
+        raise CallerProtocolError(
+            "too_big", f"message of {len(frame)} bytes, limit {MAX_MESSAGE_BYTES}"
+        )
+    try:
+        msg = json.loads(frame)
+    except UnicodeDecodeError:
+        raise CallerProtocolError("bad_utf8", "message is not valid UTF-8")
+    except ValueError as e:
+        raise CallerProtocolError("bad_json", f"message is not JSON: {e}")
+    if not isinstance(msg, dict):
+        raise CallerProtocolError(
+            "not_object", f"expected a JSON object, got {type(msg).__name__}"
+        )
+    event = _str(msg, "event", "")
+    if event == "media":
+        return _parse_media(msg)
+    if event == "start":
+        return _parse_start(msg)
+    if event == "mark":
+        return MarkEchoed(_str(_obj(msg, "mark", ""), "name", "mark."))
+    if event == "dtmf":
+        dtmf = _obj(msg, "dtmf", "")
+        return Dtmf(_str(dtmf, "digit", "dtmf."), str(dtmf.get("track", "inbound_track")))
+    if event == "stop":
+        return StreamStopped()
+    if event == "connected":
+        return Connected(str(msg.get("protocol", "")), str(msg.get("version", "")))
+    raise CallerProtocolError("unknown_event", f"unknown event {event!r:.40}", "event")
+
+
+def _json_str(value: str) -> bytes:
+    return json.dumps(value).encode()
+
+
+def media_message(stream_sid: str, payload: bytes) -> bytes:
+    """A ``media`` message playing ``payload`` (raw mu-law 8 kHz) on the stream."""
+    return b"".join(
+        (
+            b'{"event":"media","streamSid":',
+            _json_str(stream_sid),
+            b',"media":{"payload":"',
+            binascii.b2a_base64(payload, newline=False),
+            b'"}}',
+        )
+    )
+
+
+def mark_message(stream_sid: str, name: str) -> bytes:
+    """A ``mark`` message: Twilio echoes ``name`` once the audio before it has played."""
+    return json.dumps(
+        {"event": "mark", "streamSid": stream_sid, "mark": {"name": name}},
+        separators=(",", ":"),
+    ).encode()
+
+
+def clear_message(stream_sid: str) -> bytes:
+    """A ``clear`` message: drop the audio queued at Twilio (barge-in)."""
+    return json.dumps({"event": "clear", "streamSid": stream_sid}, separators=(",", ":")).encode()

@@ -1,0 +1,318 @@
+"""
+The configuration: a TOML file plus environment variables, validated into frozen values.
+
+Every problem names its key: unknown keys (with the nearest valid one), wrong types and missing
+required values raise `ConfigError`, which the command line turns into one line and exit status 1.
+Secrets come only from the environment and have redacting reprs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from typing import Any, Callable, Mapping, Sequence
+
+import attrs
+
+from gateway.codecs.deepgram import DEFAULT_AGENT_URL, DEFAULT_LISTEN_URL
+from gateway.errors import ConfigError, PluginLoadError
+
+__all__ = [
+    "Section",
+    "GatewayConfig",
+    "ConfiguredGateway",
+    "load_config",
+    "DEFAULT_CHAIN",
+    "REQUIRED_STAGES",
+]
+
+DEFAULT_CHAIN = ("auth", "settings", "empty_frames", "transcoder", "keepalive", "close_codes")
+
+#: Stages the chain cannot do without: no unauthenticated stream may reach Deepgram (auth), and
+#: settings is what opens the Deepgram leg with a validated configuration.
+REQUIRED_STAGES = ("auth", "settings")
+
+_MISSING = object()
+
+
+def _type_name(value: object) -> str:
+    return {str: "string", int: "integer", float: "number", bool: "boolean", list: "array",
+            dict: "table"}.get(type(value), type(value).__name__)
+
+
+class Section:
+    """
+    A TOML table being validated: typed getters that name the key on error, and `finish` that
+    rejects every key nobody asked for.
+    """
+
+    def __init__(self, path: str, data: Mapping[str, Any] | None) -> None:
+        self.path = path
+        self.data = dict(data or {})
+        self._known: set[str] = set()
+
+    def key(self, name: str) -> str:
+        """The full dotted path of ``name`` in this section."""
+        return f"{self.path}.{name}" if self.path else name
+
+    def _get(self, name: str, default: Any, types: tuple[type, ...], expected: str) -> Any:
+        self._known.add(name)
+        value = self.data.get(name, _MISSING)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise ConfigError(self.key(name), "missing required value")
+            return default
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            raise ConfigError(
+                self.key(name), f"expected {expected}, got {_type_name(value)} {value!r:.60}"
+            )
+        return value
+
+    def str(self, name: str, default: Any = _MISSING, choices: Sequence[str] | None = None) -> str:
+        value = self._get(name, default, (str,), "a string")
+        if choices is not None and value not in choices:
+            raise ConfigError(
+                self.key(name), f"expected one of {', '.join(map(repr, choices))}, got {value!r}"
+            )
+        return value
+
+    def int(self, name: str, default: Any = _MISSING, minimum: int | None = None) -> int:
+        value = self._get(name, default, (int,), "an integer")
+        if minimum is not None and value < minimum:
+            raise ConfigError(self.key(name), f"expected at least {minimum}, got {value}")
+        return value
+
+    def float(self, name: str, default: Any = _MISSING, minimum: float | None = None) -> float:
+        value = float(self._get(name, default, (int, float), "a number"))
+        if minimum is not None and value < minimum:
+            raise ConfigError(self.key(name), f"expected at least {minimum}, got {value}")
+        return value
+
+    def bool(self, name: str, default: Any = _MISSING) -> bool:
+        return self._get(name, default, (bool,), "true or false")
+
+    def str_list(self, name: str, default: Any = _MISSING) -> list[str]:
+        value = self._get(name, default, (list,), "an array of strings")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ConfigError(
+                    f"{self.key(name)}[{i}]", f"expected a string, got {_type_name(item)}"
+                )
+        return list(value)
+
+    def table(self, name: str, default: Any = _MISSING) -> dict[str, Any]:
+        return dict(self._get(name, default, (dict,), "a table"))
+
+    def section(self, name: str) -> Section:
+        """A sub-table as a `Section` of its own (empty when absent)."""
+        return Section(self.key(name), self.table(name, {}))
+
+    def finish(self) -> None:
+        """Raise `ConfigError` for the first key nobody asked for, suggesting the nearest."""
+        for name in self.data:
+            if name not in self._known:
+                near = difflib.get_close_matches(name, sorted(self._known), n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                valid = ", ".join(sorted(self._known)) or "none"
+                raise ConfigError(self.key(name), f"unknown key{hint} (valid keys: {valid})")
+
+
+@attrs.frozen
+class GatewayConfig:
+    """The gateway-wide configuration (sections ``[gateway]`` and ``[deepgram]`` and the environment)."""
+
+    mode: str = "agent"
+    chain: tuple[str, ...] = DEFAULT_CHAIN
+    dropin_dirs: tuple[str, ...] = ()
+    agent_url: str = DEFAULT_AGENT_URL
+    listen_url: str = DEFAULT_LISTEN_URL
+    api_key: str = attrs.field(default="", repr=False)
+    twilio_auth_token: str | None = attrs.field(default=None, repr=False)
+    public_url: str | None = None
+    require_signature: bool = False
+    token_secret: bytes = attrs.field(default=b"", repr=False)
+    token_secret_is_random: bool = True
+    gateway_api_key: str | None = attrs.field(default=None, repr=False)
+    connect_timeout_s: float = 10.0
+    drain_deadline_s: float = 30.0
+    end_timeout_s: float = 5.0
+    demo: bool = False
+    plugin_sections: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict, repr=False)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def upstream_url(self) -> str:
+        """The Deepgram URL of this gateway's mode."""
+        return self.agent_url if self.mode == "agent" else self.listen_url
+
+    @property
+    def stream_url(self) -> str | None:
+        """The public ``wss://`` URL Twilio dials (and signs), from ``public_url``."""
+        if not self.public_url:
+            return None
+        base = self.public_url.rstrip("/")
+        if base.startswith("https://"):
+            base = "wss://" + base[len("https://") :]
+        elif base.startswith("http://"):
+            base = "ws://" + base[len("http://") :]
+        return base + "/twilio"
+
+
+@attrs.frozen
+class ConfiguredGateway:
+    """The validated configuration and each chain stage's name and per-call factory."""
+
+    config: GatewayConfig
+    stages: tuple[tuple[str, Callable[..., Any]], ...]
+
+
+def _ws_url(key: str, value: str) -> str:
+    if not value.startswith(("ws://", "wss://")):
+        raise ConfigError(key, f"expected a ws:// or wss:// URL, got {value!r}")
+    return value
+
+
+def _public_url(key: str, value: str) -> str:
+    if not value.startswith(("https://", "http://")) or "?" in value or "#" in value:
+        raise ConfigError(
+            key, f"expected https://host[:port][/prefix] with no query, got {value!r}"
+        )
+    return value.rstrip("/")
+
+
+def load_config(
+    path: str | None,
+    environ: Mapping[str, str] | None = None,
+    demo: bool = False,
+    require_api_key: bool = True,
+) -> ConfiguredGateway:
+    """
+    Read ``path`` (None: every default), apply ``environ`` (default ``os.environ``), load and
+    configure the chain's plugins. Raises `ConfigError` or `PluginLoadError` naming the key or
+    file.
+    """
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError("--config", f"no such file: {path}")
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError("--config", f"{path} is not valid TOML: {e}")
+    root = Section("", data)
+    gw = root.section("gateway")
+    dg = root.section("deepgram")
+    warnings: list[str] = []
+
+    mode = gw.str("mode", "agent", choices=("agent", "listen"))
+    chain = tuple(gw.str_list("chain", list(DEFAULT_CHAIN)))
+    for required in REQUIRED_STAGES:
+        if required not in chain:
+            raise ConfigError("gateway.chain", f"must include {required!r}")
+    if len(set(chain)) != len(chain):
+        raise ConfigError("gateway.chain", "names a plugin twice")
+    base = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
+    dropin_dirs = tuple(
+        os.path.normpath(os.path.join(base, d)) for d in gw.str_list("dropin_dirs", [])
+    )
+    require_signature = gw.bool("require_signature", False)
+    public_url = gw.str("public_url", "") or None
+    drain = gw.float("drain_deadline_s", 30.0, minimum=0)
+    end_timeout = gw.float("end_timeout_s", 5.0, minimum=0.1)
+    demo = gw.bool("demo", False) or demo
+    gw.finish()
+
+    agent_url = _ws_url("deepgram.agent_url", dg.str("agent_url", DEFAULT_AGENT_URL))
+    listen_url = _ws_url("deepgram.listen_url", dg.str("listen_url", DEFAULT_LISTEN_URL))
+    connect_timeout = dg.float("connect_timeout_s", 10.0, minimum=0.1)
+    dg.finish()
+
+    if env.get("DEEPGRAM_AGENT_URL"):
+        agent_url = _ws_url("DEEPGRAM_AGENT_URL", env["DEEPGRAM_AGENT_URL"])
+    if env.get("DEEPGRAM_LISTEN_URL"):
+        listen_url = _ws_url("DEEPGRAM_LISTEN_URL", env["DEEPGRAM_LISTEN_URL"])
+    api_key = env.get("DEEPGRAM_API_KEY", "")
+    if require_api_key and not api_key:
+        raise ConfigError("DEEPGRAM_API_KEY", "missing: set it to your Deepgram API key")
+    twilio_token = env.get("TWILIO_AUTH_TOKEN") or None
+    if env.get("GATEWAY_PUBLIC_URL"):
+        public_url = env["GATEWAY_PUBLIC_URL"]
+    if public_url:
+        public_url = _public_url(
+            "GATEWAY_PUBLIC_URL" if env.get("GATEWAY_PUBLIC_URL") else "gateway.public_url",
+            public_url,
+        )
+    if require_signature and not twilio_token:
+        raise ConfigError(
+            "TWILIO_AUTH_TOKEN", "missing, and gateway.require_signature is true"
+        )
+    if twilio_token and not public_url:
+        raise ConfigError(
+            "GATEWAY_PUBLIC_URL",
+            "missing: it is required when TWILIO_AUTH_TOKEN is set (signatures cover the public URL)",
+        )
+    if not twilio_token:
+        warnings.append(
+            "TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked on /twilio"
+        )
+    secret = env.get("GATEWAY_TOKEN_SECRET", "")
+    if secret:
+        token_secret, random_secret = secret.encode(), False
+    else:
+        token_secret, random_secret = os.urandom(32), True
+        warnings.append(
+            "GATEWAY_TOKEN_SECRET is not set: client tokens verify only on the process that minted them"
+        )
+
+    config = GatewayConfig(
+        mode=mode,
+        chain=chain,
+        dropin_dirs=dropin_dirs,
+        agent_url=agent_url,
+        listen_url=listen_url,
+        api_key=api_key,
+        twilio_auth_token=twilio_token,
+        public_url=public_url,
+        require_signature=require_signature,
+        token_secret=token_secret,
+        token_secret_is_random=random_secret,
+        gateway_api_key=env.get("GATEWAY_API_KEY") or None,
+        connect_timeout_s=connect_timeout,
+        drain_deadline_s=drain,
+        end_timeout_s=end_timeout,
+        demo=demo,
+        warnings=tuple(warnings),
+    )
+
+    from gateway.plugin import load_plugins
+
+    available = load_plugins(list(dropin_dirs))
+    for name in chain:
+        if name not in available:
+            near = difflib.get_close_matches(name, sorted(available), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError("gateway.chain", f"unknown plugin {name!r}{hint}")
+    known_sections = {"gateway", "deepgram"} | set(available)
+    for name, value in data.items():
+        if name not in known_sections:
+            near = difflib.get_close_matches(name, sorted(known_sections), n=1)
+            hint = f"; did you mean [{near[0]}]?" if near else ""
+            raise ConfigError(name, f"unknown section{hint}")
+        if not isinstance(value, dict):
+            raise ConfigError(name, f"expected a table, got {_type_name(value)}")
+    stages = []
+    for name in chain:
+        section = Section(name, data.get(name, {}))
+        plugin = available[name]
+        try:
+            factory = plugin.configure(section, config)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a drop-in's configure is user code
+            raise PluginLoadError(name, f"configure() failed: {type(e).__name__}: {e}")
+        section.finish()
+        stages.append((name, factory))
+    return ConfiguredGateway(config=config, stages=tuple(stages))

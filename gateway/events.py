@@ -1,0 +1,249 @@
+"""
+The events that flow through a call's plugin chain.
+
+Each event is a small immutable attrs class named for what happened. *Inbound* events travel from
+the caller towards Deepgram, *outbound* events from Deepgram towards the caller (Twilio's sense of
+``track``). Stages pick events by class; the chain dispatches by class, so a stage that does not
+list ``Audio`` never sees the 20 ms frames. No behaviour lives here.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Mapping
+
+import attrs
+
+from gateway.codecs.formats import AudioFormat
+
+__all__ = [
+    "Direction",
+    "Handshake",
+    "HandshakeRefused",
+    "ClientHello",
+    "StreamStarted",
+    "Audio",
+    "MarkEchoed",
+    "Dtmf",
+    "StreamStopped",
+    "CallerControl",
+    "CallerClosed",
+    "OpenUpstream",
+    "UpstreamMessage",
+    "UpstreamOpened",
+    "DeepgramEvent",
+    "UpstreamClosed",
+    "Clear",
+    "SendMark",
+    "CallerError",
+]
+
+
+class Direction(enum.Enum):
+    """Which way an event travels."""
+
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+def _frozen_dict(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return dict(value or {})
+
+
+# --- from the caller (inbound) ---------------------------------------------------------------
+
+
+@attrs.frozen
+class Handshake:
+    """
+    A caller's WebSocket upgrade request, before the socket opens.
+
+    ``leg`` is ``twilio`` or ``client``; ``headers`` have lower-case names. A stage that refuses
+    it raises `gateway.errors.AuthError`, which becomes an HTTP error on the upgrade.
+    """
+
+    leg: str
+    path: str
+    headers: Mapping[str, str] = attrs.field(converter=_frozen_dict, repr=False)
+    peer: str = ""
+
+
+@attrs.frozen
+class HandshakeRefused:
+    """
+    A stage's verdict replacing a `Handshake`: refuse the upgrade with ``http_status``.
+    ``code`` is the diagnosis code (``AUTH_FAILED``); ``message`` is for the log, never the peer.
+    """
+
+    http_status: int
+    code: str
+    message: str
+
+
+@attrs.frozen
+class ClientHello:
+    """
+    The first message of a raw-audio client: ``{"token": ..., "parameters": {...}}``.
+    ``problem`` says why it is not one (not JSON, no token, binary first...); the auth stage
+    answers that with 4002 INVALID_AUTH.
+    """
+
+    token: str = attrs.field(repr=False)
+    parameters: Mapping[str, str] = attrs.field(converter=_frozen_dict, factory=dict)
+    problem: str | None = None
+
+
+@attrs.frozen
+class StreamStarted:
+    """
+    The stream is described and authenticated enough to start: Twilio's ``start``, or a raw
+    client's accepted hello. ``media_format`` is what the caller sends and expects back.
+    """
+
+    stream_sid: str
+    call_sid: str = ""
+    account_sid: str = ""
+    tracks: tuple[str, ...] = ("inbound",)
+    media_format: AudioFormat = AudioFormat("mulaw", 8000)
+    custom_parameters: Mapping[str, str] = attrs.field(converter=_frozen_dict, factory=dict)
+
+
+@attrs.frozen
+class Audio:
+    """
+    A piece of audio, raw bytes in the format of the leg it came from.
+
+    Inbound it is caller audio (Twilio ``media`` payload already base64-decoded), outbound it is
+    agent audio. ``defect`` is set by a codec that could not decode the frame (``bad_base64``);
+    the payload is then empty and the empty_frames stage drops it.
+    """
+
+    payload: bytes = attrs.field(repr=lambda p: f"<{len(p)} bytes>")
+    track: str = "inbound"
+    defect: str | None = None
+
+
+@attrs.frozen
+class MarkEchoed:
+    """Twilio echoed a mark we sent: the audio before it has played (or was cleared)."""
+
+    name: str
+
+
+@attrs.frozen
+class Dtmf:
+    """The caller pressed a key."""
+
+    digit: str
+    track: str = "inbound_track"
+
+
+@attrs.frozen
+class StreamStopped:
+    """Twilio's ``stop``: the stream is over (the caller hung up or the call moved on)."""
+
+
+@attrs.frozen
+class CallerControl:
+    """A later JSON message from a raw-audio client that no stage has claimed."""
+
+    message: Mapping[str, Any] = attrs.field(converter=_frozen_dict)
+
+
+@attrs.frozen
+class CallerClosed:
+    """The caller's WebSocket closed. ``code`` is None for a close frame with no status."""
+
+    code: int | None
+    reason: str | None
+    was_clean: bool
+    diagnosis: Any = None
+
+
+# --- towards Deepgram (inbound, handled at the end of the chain) -------------------------------
+
+
+@attrs.frozen
+class OpenUpstream:
+    """Open the Deepgram leg at ``url`` (the settings stage decides the URL and its query)."""
+
+    url: str
+    mode: str
+
+
+@attrs.frozen
+class UpstreamMessage:
+    """A JSON message for Deepgram (``Settings``, ``KeepAlive``, ``CloseStream``...)."""
+
+    message: Mapping[str, Any] = attrs.field(converter=_frozen_dict)
+
+    @property
+    def type(self) -> str:
+        return str(self.message.get("type", ""))
+
+
+# --- from Deepgram (outbound) ------------------------------------------------------------------
+
+
+@attrs.frozen
+class UpstreamOpened:
+    """The Deepgram WebSocket is open; ``request_id`` is its ``dg-request-id``."""
+
+    request_id: str | None
+    mode: str
+
+
+@attrs.frozen
+class DeepgramEvent:
+    """
+    A JSON message from Deepgram. ``type`` is its discriminator (``Welcome``, ``SettingsApplied``,
+    ``UserStartedSpeaking``, ``Results``, ``Error``...); ``message`` the whole object as received.
+    """
+
+    type: str
+    message: Mapping[str, Any] = attrs.field(converter=_frozen_dict, repr=False)
+
+
+@attrs.frozen
+class UpstreamClosed:
+    """
+    The Deepgram leg ended, or never opened.
+
+    ``code`` is the WebSocket close code (None: a close frame without a status, what other
+    libraries call 1005; 1006: no close frame at all). For a refused upgrade ``http_status``,
+    ``dg_error`` and ``dg_request_id`` come from the HTTP response. ``diagnosis`` is filled in by
+    the close_codes stage (or the call, if that stage is not configured).
+    """
+
+    code: int | None
+    reason: str | None
+    was_clean: bool
+    http_status: int | None = None
+    dg_error: str | None = None
+    dg_request_id: str | None = None
+    phase: str = ""
+    connect_failed: bool = False
+    diagnosis: Any = None
+
+
+# --- towards the caller (outbound, handled at the start of the chain) ---------------------------
+
+
+@attrs.frozen
+class Clear:
+    """Drop the audio queued at the caller (barge-in): Twilio ``clear``."""
+
+
+@attrs.frozen
+class SendMark:
+    """Ask Twilio to echo ``name`` when the audio queued so far has played."""
+
+    name: str
+
+
+@attrs.frozen
+class CallerError:
+    """A JSON error for a raw-audio client: ``{"type": "Error", "code": ..., "message": ...}``."""
+
+    code: str
+    message: str

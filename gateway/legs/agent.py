@@ -1,0 +1,174 @@
+"""
+The Deepgram leg: an Autobahn client protocol for the Voice Agent and ``/v1/listen``.
+
+Binary frames are audio, text frames are JSON events; both go to the call. On a failed upgrade
+Autobahn hides the response, so `failHandshake` keeps the HTTP status, ``dg-error`` and
+``dg-request-id`` for the diagnosis. The API key travels only in the ``Authorization`` header and
+is never logged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.python.failure import Failure
+
+from gateway.codecs.deepgram import encode_message, parse_server_message
+from gateway.errors import UpstreamProtocolError
+from gateway.events import Audio, UpstreamClosed
+
+__all__ = ["DeepgramProtocol", "DeepgramFactory", "connect_deepgram"]
+
+
+class DeepgramProtocol(WebSocketClientProtocol):
+    """One call's WebSocket to Deepgram."""
+
+    # Autobahn 26 never applies the factory's tcpNoDelay (perf-notes §4.4): set it here.
+    tcpNoDelay = True
+
+    _http_status: int | None = None
+    _dg_error: str | None = None
+    _dg_request_id: str | None = None
+    _opened = False
+    _bad_messages = 0
+
+    @property
+    def call(self) -> Any:
+        return self.factory.call
+
+    def failHandshake(self, reason: str) -> None:
+        status_line = getattr(self, "http_status_line", None) or ""
+        parts = status_line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            self._http_status = int(parts[1])
+        headers = getattr(self, "http_headers", None) or {}
+        self._dg_error = headers.get("dg-error")
+        self._dg_request_id = headers.get("dg-request-id")
+        super().failHandshake(reason)
+
+    def onConnect(self, response: Any) -> None:
+        self._dg_request_id = response.headers.get("dg-request-id")
+
+    def onOpen(self) -> None:
+        self._opened = True
+        self.factory.opened(self)
+        self.call.upstream_opened(self, self._dg_request_id)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if isBinary:
+            self.call.upstream_audio(Audio(payload, track="outbound"))
+            return
+        try:
+            event = parse_server_message(payload)
+        except UpstreamProtocolError as e:
+            self.call.count("upstream_messages_rejected", reason=e.reason)
+            self._bad_messages += 1
+            if self._bad_messages <= 5:
+                self.call.log.warn("rejected a message from Deepgram: {message}", message=e.message)
+            return
+        self.call.from_upstream(event)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.finished()
+        self.call.upstream_closed(
+            UpstreamClosed(
+                code=code,
+                reason=reason,
+                was_clean=wasClean,
+                http_status=self._http_status,
+                dg_error=self._dg_error,
+                dg_request_id=self._dg_request_id,
+            )
+        )
+
+    # --- what the call asks of the Deepgram leg ---
+
+    def send_audio(self, payload: bytes) -> None:
+        self.sendMessage(payload, True)
+
+    def send_message(self, message: Mapping[str, Any]) -> None:
+        self.sendMessage(encode_message(message), False)
+
+    def close(self, code: int = 1000) -> None:
+        self.sendClose(code)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+
+class DeepgramFactory(WebSocketClientFactory):
+    """A factory per call (each call has its own URL and query); ``done`` fires when it ends."""
+
+    protocol = DeepgramProtocol
+    noisy = False
+
+    def __init__(self, call: Any, url: str, headers: Mapping[str, str], **kwargs: Any) -> None:
+        super().__init__(url, headers=dict(headers), **kwargs)
+        self.call = call
+        self.done: Deferred = Deferred(self._cancel)
+        self.protocol_instance: DeepgramProtocol | None = None
+
+    def buildProtocol(self, addr: Any) -> DeepgramProtocol:
+        proto = super().buildProtocol(addr)
+        self.protocol_instance = proto
+        return proto
+
+    def opened(self, proto: DeepgramProtocol) -> None:
+        if not self.done.called:
+            self.done.callback(proto)
+
+    def finished(self) -> None:
+        # Closed before it opened: the leg has reported the close to the call itself.
+        if not self.done.called:
+            self.done.callback(None)
+
+    def _cancel(self, d: Deferred) -> None:
+        if self.protocol_instance is not None and self.protocol_instance.transport is not None:
+            self.protocol_instance.transport.abortConnection()
+
+
+def connect_deepgram(
+    reactor: Any,
+    url: str,
+    headers: Mapping[str, str],
+    call: Any,
+    protocol_options: Mapping[str, Any] | None = None,
+) -> Deferred:
+    """
+    Open a Deepgram leg for ``call``. The returned Deferred fires with the protocol once the
+    WebSocket is open (or with None if it closed first, already reported to the call), and
+    errbacks if the TCP or TLS connection fails; cancelling it aborts the attempt.
+    """
+    parts = urlsplit(url)
+    secure = parts.scheme == "wss"
+    host = parts.hostname or ""
+    port = parts.port or (443 if secure else 80)
+    factory = DeepgramFactory(call, url, headers, reactor=reactor)
+    factory.setProtocolOptions(**dict(protocol_options or {}))
+    endpoint: Any = HostnameEndpoint(reactor, host, port)
+    if secure:
+        from twisted.internet.ssl import optionsForClientTLS
+
+        endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+    connecting = endpoint.connect(factory)
+
+    def tcp_failed(failure: Failure) -> Failure:
+        if not factory.done.called:
+            factory.done.errback(failure)
+        return None  # type: ignore[return-value]
+
+    connecting.addErrback(tcp_failed)
+    done = factory.done
+
+    def cancel_tcp(result: Any) -> Any:
+        if not connecting.called:
+            connecting.cancel()
+        return result
+
+    done.addBoth(cancel_tcp)
+    return done

@@ -1,0 +1,242 @@
+"""
+The caller leg: Autobahn server protocols for Twilio Media Streams (``/twilio``) and raw-audio
+clients (``/client``).
+
+Each frame is parsed by a codec and handed to the call; each event the call sends back is
+serialised here. Twilio only ever gets text frames with the stream's ``streamSid``. A malformed
+message is rejected with one precise log line (the first few per call; then only counted) and a
+counter, and the call goes on.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.logger import Logger
+
+from gateway.codecs import twilio as twilio_codec
+from gateway.codecs.close_codes import sendable
+from gateway.errors import AuthError, CallerProtocolError
+from gateway.events import Audio, CallerControl, ClientHello, DeepgramEvent, Handshake, StreamStarted
+
+__all__ = ["TwilioProtocol", "ClientProtocol", "CallerFactory", "CLIENT_FORWARDED_EVENTS"]
+
+#: How many rejections per call are logged one by one; the rest are only counted.
+LOGGED_REJECTIONS = 5
+
+#: Deepgram events forwarded to raw-audio clients as JSON text frames (CONTRACT.md).
+CLIENT_FORWARDED_EVENTS = frozenset(
+    {
+        "Welcome",
+        "SettingsApplied",
+        "ConversationText",
+        "UserStartedSpeaking",
+        "AgentThinking",
+        "AgentStartedSpeaking",
+        "AgentAudioDone",
+        "FunctionCallRequest",
+        "History",
+        "Warning",
+        "Error",
+        "Results",
+        "SpeechStarted",
+        "UtteranceEnd",
+        "Metadata",
+    }
+)
+
+
+class CallerFactory(WebSocketServerFactory):
+    """
+    The factory of one caller endpoint. ``gateway`` is the running `gateway.service.Gateway`
+    (it makes calls and says whether new ones are accepted).
+    """
+
+    def __init__(self, gateway: Any, protocol: type, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gateway = gateway
+        self.protocol = protocol
+
+
+class _CallerProtocol(WebSocketServerProtocol):
+    # Autobahn 26 never applies the factory's tcpNoDelay (perf-notes §4.4): set it here.
+    tcpNoDelay = True
+    leg = ""
+    log = Logger()
+
+    call: Any = None
+    _rejections = 0
+
+    def onConnect(self, request: Any) -> None:
+        gateway = self.factory.gateway
+        refusal = gateway.refuse_new_call()
+        if refusal is not None:
+            raise ConnectionDeny(503, refusal)
+        self.call = gateway.new_call(self.leg)
+        try:
+            self.call.caller_handshake(
+                Handshake(self.leg, request.path, request.headers, request.peer)
+            )
+        except AuthError as e:
+            self.call.log.warn(
+                "refused {leg} upgrade from {peer}: {code} ({message})",
+                leg=self.leg,
+                peer=request.peer,
+                code=e.code,
+                message=e.message,
+            )
+            # Nothing useful to an attacker in the response: just the status.
+            raise ConnectionDeny(e.http_status)
+        return None
+
+    def onOpen(self) -> None:
+        self.call.caller_opened(self)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.call is not None:
+            self.call.caller_closed(code, reason, wasClean)
+
+    def _reject(self, reason: str, message: str) -> None:
+        self.call.count("caller_messages_rejected", reason=reason)
+        self._rejections += 1
+        if self._rejections <= LOGGED_REJECTIONS:
+            self.call.log.warn(
+                "rejected a message from the caller: {message} [{reason}]",
+                message=message,
+                reason=reason,
+            )
+            if self._rejections == LOGGED_REJECTIONS:
+                self.call.log.warn("further rejections on this call are only counted")
+
+    # --- what the call asks of every caller leg ---
+
+    def close(self, code: int, reason: str) -> None:
+        """Close with ``code`` (never 1005/1006/1015: unsendable codes become 1011)."""
+        if not sendable(code):
+            code = 1011
+        reason_bytes = reason.encode("utf-8")[:123]
+        if code == 1000 or 3000 <= code <= 4999:
+            self.sendClose(code, reason_bytes.decode("utf-8", "ignore"))
+        else:
+            # Autobahn's sendClose refuses 1001 and 1011; the frame itself is legal.
+            self.sendCloseFrame(code=code, reasonUtf8=reason_bytes, isReply=False)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+
+class TwilioProtocol(_CallerProtocol):
+    """Twilio Media Streams, bidirectional (``<Connect><Stream>``)."""
+
+    leg = "twilio"
+    stream_sid = ""
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if isBinary:
+            self._reject("binary_frame", f"binary frame of {len(payload)} bytes (Twilio sends text)")
+            return
+        try:
+            event = twilio_codec.parse_message(payload)
+        except CallerProtocolError as e:
+            self._reject(e.reason, e.message)
+            return
+        kind = type(event)
+        if kind is Audio:
+            if not self.stream_sid:
+                self._reject("media_before_start", "media before start")
+                return
+            self.call.caller_audio(event)
+        elif kind is StreamStarted:
+            if self.stream_sid:
+                self._reject("second_start", "a second start on one stream")
+                return
+            self.stream_sid = event.stream_sid
+            self.call.from_caller(event)
+        elif kind is twilio_codec.Connected:
+            return
+        else:
+            self.call.from_caller(event)
+
+    def send_audio(self, payload: bytes) -> None:
+        if self.stream_sid:
+            self.sendMessage(twilio_codec.media_message(self.stream_sid, payload), False)
+
+    def send_clear(self) -> None:
+        if self.stream_sid:
+            self.sendMessage(twilio_codec.clear_message(self.stream_sid), False)
+
+    def send_mark(self, name: str) -> None:
+        if self.stream_sid:
+            self.sendMessage(twilio_codec.mark_message(self.stream_sid, name), False)
+
+    def send_event(self, event: DeepgramEvent) -> None:
+        """Twilio has no use for Deepgram's JSON events."""
+
+    def send_error(self, code: str, message: str) -> None:
+        """Twilio has no error message; the close code carries the diagnosis."""
+
+
+class ClientProtocol(_CallerProtocol):
+    """Raw-audio clients: a token first, then PCM s16le 16 kHz binary frames (CONTRACT.md)."""
+
+    leg = "client"
+    _hello = False
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if not self._hello:
+            self._hello = True
+            self.call.from_caller(_parse_hello(payload, isBinary))
+            return
+        if isBinary:
+            self.call.caller_audio(Audio(payload))
+            return
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            self._reject("bad_json", "a text frame that is not JSON")
+            self.send_error("INVALID_MESSAGE", "text frames must be JSON objects")
+            return
+        if not isinstance(message, dict):
+            self._reject("not_object", "a JSON text frame that is not an object")
+            self.send_error("INVALID_MESSAGE", "text frames must be JSON objects")
+            return
+        self.call.from_caller(CallerControl(message))
+
+    def send_audio(self, payload: bytes) -> None:
+        self.sendMessage(payload, True)
+
+    def send_clear(self) -> None:
+        """Clients drop queued audio themselves on UserStartedSpeaking (forwarded)."""
+
+    def send_mark(self, name: str) -> None:
+        """Marks are a Twilio feature."""
+
+    def send_event(self, event: DeepgramEvent) -> None:
+        if event.type in CLIENT_FORWARDED_EVENTS:
+            self.sendMessage(json.dumps(event.message).encode(), False)
+
+    def send_error(self, code: str, message: str) -> None:
+        self.sendMessage(
+            json.dumps({"type": "Error", "code": code, "message": message}).encode(), False
+        )
+
+
+def _parse_hello(payload: bytes, is_binary: bool) -> ClientHello:
+    if is_binary:
+        return ClientHello("", problem="the first message was binary, not {\"token\": ...}")
+    try:
+        message = json.loads(payload)
+    except ValueError:
+        return ClientHello("", problem="the first message is not JSON")
+    if not isinstance(message, dict) or not isinstance(message.get("token"), str):
+        return ClientHello("", problem="the first message has no string 'token'")
+    params = message.get("parameters") or {}
+    if not isinstance(params, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in params.items()
+    ):
+        return ClientHello("", problem="'parameters' must be an object of strings")
+    return ClientHello(message["token"], params)

@@ -1,0 +1,157 @@
+"""
+The running gateway: the set of live calls, the listening port, and draining on stop.
+
+`Gateway` makes calls and knows whether new ones are accepted; `GatewayService` listens on the
+configured endpoint and, on ``stopService`` (SIGTERM under twistd), drains: ``/readyz`` turns 503
+and new upgrades get 503 while the port stays open; live calls go on until they end or the drain
+deadline passes; the rest are closed with 1001 to the caller and a normal close to Deepgram, each
+with its diagnosis logged; then the port closes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from gateway.api import make_site
+from gateway.call import Call
+from gateway.config import ConfiguredGateway
+from gateway.diagnostics import Diagnosis
+from gateway.legs.agent import connect_deepgram
+from gateway.legs.caller import CallerFactory, ClientProtocol, TwilioProtocol
+
+__all__ = ["Gateway", "GatewayService", "CALLER_OPTIONS", "UPSTREAM_OPTIONS"]
+
+#: Autobahn's defaults are unsafe for a public endpoint (perf-notes §4.4, §7.2): set them all.
+CALLER_OPTIONS = dict(
+    webStatus=False,
+    maxFramePayloadSize=64 * 1024,
+    maxMessagePayloadSize=64 * 1024,
+    openHandshakeTimeout=5.0,
+    closeHandshakeTimeout=2.0,
+    autoPingInterval=10.0,
+    autoPingTimeout=5.0,
+    failByDrop=True,
+)
+UPSTREAM_OPTIONS = dict(
+    maxFramePayloadSize=1024 * 1024,
+    maxMessagePayloadSize=1024 * 1024,
+    closeHandshakeTimeout=2.0,
+)
+
+
+class Gateway:
+    """The calls of this process, and how to make new ones."""
+
+    log = Logger()
+
+    def __init__(self, configured: ConfiguredGateway, reactor: Any) -> None:
+        self.configured = configured
+        self.config = configured.config
+        self.reactor = reactor
+        self.calls: set[Call] = set()
+        self.draining = False
+        self.calls_total = 0
+        options = dict(UPSTREAM_OPTIONS, openHandshakeTimeout=self.config.connect_timeout_s)
+        self._upstream_options = options
+
+    def refuse_new_call(self) -> str | None:
+        """Why a new call would be refused now (None: it is accepted)."""
+        if self.draining:
+            return "draining"
+        return None
+
+    def new_call(self, leg: str) -> Call:
+        call = Call(self.configured, leg, self.reactor, self._connect, self._closed)
+        self.calls.add(call)
+        self.calls_total += 1
+        return call
+
+    def _connect(self, url: str, headers: dict, call: Call) -> defer.Deferred:
+        return connect_deepgram(self.reactor, url, headers, call, self._upstream_options)
+
+    def _closed(self, call: Call) -> None:
+        self.calls.discard(call)
+
+    def make_site(self) -> Any:
+        twilio = CallerFactory(self, TwilioProtocol)
+        twilio.setProtocolOptions(**CALLER_OPTIONS)
+        client = CallerFactory(self, ClientProtocol)
+        client.setProtocolOptions(**CALLER_OPTIONS)
+        return make_site(self, twilio, client)
+
+    @defer.inlineCallbacks
+    def drain(self, deadline_s: float) -> Any:
+        """Refuse new calls; wait up to ``deadline_s`` for live calls; close the rest (1001)."""
+        self.draining = True
+        live = list(self.calls)
+        self.log.info(
+            "draining: {count} live calls, deadline {deadline_s} s",
+            count=len(live),
+            deadline_s=deadline_s,
+        )
+        if live:
+            waiting = defer.DeferredList([c.closed for c in live], consumeErrors=True)
+            timer = self.reactor.callLater(deadline_s, waiting.cancel)
+            try:
+                yield waiting
+            except defer.CancelledError:
+                pass
+            if timer.active():
+                timer.cancel()
+        rest = list(self.calls)
+        for call in rest:
+            call.end(Diagnosis("DRAINED", leg="gateway", phase=call.phase))
+        if rest:
+            yield defer.DeferredList([c.closed for c in rest], consumeErrors=True)
+        self.log.info("drain done: {closed} calls closed at the deadline", closed=len(rest))
+
+
+class GatewayService(service.Service):
+    """Listens on ``endpoint`` and drains on stop."""
+
+    log = Logger()
+
+    def __init__(self, configured: ConfiguredGateway, endpoint: str, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.reactor = reactor
+        self.endpoint = endpoint
+        self.gateway = Gateway(configured, reactor)
+        self.port: Any = None
+        self._stopping: defer.Deferred | None = None
+
+    @defer.inlineCallbacks
+    def startService(self) -> Any:
+        service.Service.startService(self)
+        config = self.gateway.config
+        for warning in config.warnings:
+            self.log.warn("{warning}", warning=warning)
+        site = self.gateway.make_site()
+        self.port = yield serverFromString(self.reactor, self.endpoint).listen(site)
+        address = self.port.getHost()
+        self.log.info(
+            "gateway listening on {host}:{port} (mode {mode}, chain {chain})",
+            host=address.host,
+            port=address.port,
+            mode=config.mode,
+            chain=" -> ".join(config.chain),
+        )
+
+    def stopService(self) -> Any:
+        if self._stopping is None:
+            self._stopping = self._stop()
+        return self._stopping
+
+    @defer.inlineCallbacks
+    def _stop(self) -> Any:
+        service.Service.stopService(self)
+        yield self.gateway.drain(self.gateway.config.drain_deadline_s)
+        if self.port is not None:
+            yield self.port.stopListening()

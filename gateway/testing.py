@@ -1,0 +1,209 @@
+"""
+Fakes for testing stages, calls and whole gateways, shared by the project's tests and by users
+writing drop-in plugins.
+
+- `RecordingContext`: a `StageContext` that records what a stage emits, counts and ends, over a
+  `twisted.internet.task.Clock`.
+- `FakeCallerLeg`, `FakeUpstreamLeg` and `FakeConnector`: stand-ins for the two legs, so that a
+  `gateway.call.Call` runs with no sockets.
+- `configure`: a `ConfiguredGateway` from a dict shaped like the TOML file.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import tempfile
+from typing import Any, Mapping
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.logger import Logger
+
+from gateway.call import CallInfo
+from gateway.codecs.formats import AudioFormat, MULAW_8K
+from gateway.config import ConfiguredGateway, load_config
+from gateway.events import DeepgramEvent
+
+__all__ = [
+    "RecordingContext",
+    "FakeCallerLeg",
+    "FakeUpstreamLeg",
+    "FakeConnector",
+    "configure",
+    "call_info",
+    "TEST_API_KEY",
+]
+
+TEST_API_KEY = "test-deepgram-key"
+
+
+def call_info(
+    leg: str = "twilio",
+    mode: str = "agent",
+    caller_format: AudioFormat = MULAW_8K,
+    upstream_input: AudioFormat | None = None,
+    upstream_output: AudioFormat | None = None,
+    call_id: str = "call-1",
+) -> CallInfo:
+    """A `CallInfo` for a stage under test."""
+    return CallInfo(
+        call_id=call_id,
+        leg=leg,
+        mode=mode,
+        caller_format=caller_format,
+        upstream_input=upstream_input or caller_format,
+        upstream_output=upstream_output or caller_format,
+        started_at=0.0,
+    )
+
+
+@attrs.define
+class RecordingContext:
+    """A `gateway.plugin.StageContext` that records everything a stage does."""
+
+    call: CallInfo = attrs.field(factory=call_info)
+    clock: Clock = attrs.field(factory=Clock)
+    log: Logger = attrs.field(factory=lambda: Logger(namespace="plugins.test"))
+    inbound: list[Any] = attrs.field(factory=list)
+    outbound: list[Any] = attrs.field(factory=list)
+    ended: list[Any] = attrs.field(factory=list)
+    counters: collections.Counter = attrs.field(factory=collections.Counter)
+    unrouted: list[tuple[type, str]] = attrs.field(factory=list)
+
+    def emit_inbound(self, event: object) -> None:
+        self.inbound.append(event)
+
+    def emit_outbound(self, event: object) -> None:
+        self.outbound.append(event)
+
+    def end_call(self, diagnosis: object) -> None:
+        self.ended.append(diagnosis)
+
+    def count(self, name: str, amount: int = 1, **labels: str) -> None:
+        self.counters[(name, tuple(sorted(labels.items())))] += amount
+
+    def stop_handling(self, cls: type, direction: str = "inbound") -> None:
+        self.unrouted.append((cls, direction))
+
+    def counted(self, name: str, **labels: str) -> int:
+        """The value of one counter."""
+        return self.counters[(name, tuple(sorted(labels.items())))]
+
+
+@attrs.define
+class FakeCallerLeg:
+    """Records what the call sends to the caller."""
+
+    sent: list[tuple[str, Any]] = attrs.field(factory=list)
+    closed_with: tuple[int, str] | None = None
+    aborted: bool = False
+
+    def send_audio(self, payload: bytes) -> None:
+        self.sent.append(("audio", payload))
+
+    def send_clear(self) -> None:
+        self.sent.append(("clear", None))
+
+    def send_mark(self, name: str) -> None:
+        self.sent.append(("mark", name))
+
+    def send_event(self, event: DeepgramEvent) -> None:
+        self.sent.append(("event", event.type))
+
+    def send_error(self, code: str, message: str) -> None:
+        self.sent.append(("error", code))
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+@attrs.define
+class FakeUpstreamLeg:
+    """Records what the call sends to Deepgram."""
+
+    sent: list[tuple[str, Any]] = attrs.field(factory=list)
+    closed_with: int | None = None
+    aborted: bool = False
+
+    def send_audio(self, payload: bytes) -> None:
+        self.sent.append(("audio", payload))
+
+    def send_message(self, message: Mapping[str, Any]) -> None:
+        self.sent.append(("json", dict(message)))
+
+    def close(self, code: int = 1000) -> None:
+        self.closed_with = code
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def audio(self) -> bytes:
+        return b"".join(p for kind, p in self.sent if kind == "audio")
+
+    def messages(self) -> list[dict]:
+        return [p for kind, p in self.sent if kind == "json"]
+
+
+@attrs.define
+class FakeConnector:
+    """Records each Deepgram connection attempt; its Deferred is left to the test to fire."""
+
+    attempts: list[tuple[str, dict, Any, Deferred]] = attrs.field(factory=list)
+
+    def __call__(self, url: str, headers: dict, call: Any) -> Deferred:
+        d: Deferred = Deferred()
+        self.attempts.append((url, headers, call, d))
+        return d
+
+
+def configure(
+    config: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ConfiguredGateway:
+    """Validate ``config`` (shaped like the TOML file) as the service would."""
+    import tomllib  # noqa: F401 (documenting the shape: a TOML document)
+
+    environ = {"DEEPGRAM_API_KEY": TEST_API_KEY}
+    environ.update(env or {})
+    if not config:
+        return load_config(None, environ)
+    fd, path = tempfile.mkstemp(suffix=".toml")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(_to_toml(config))
+        return load_config(path, environ)
+    finally:
+        os.unlink(path)
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _to_toml(config: Mapping[str, Any]) -> str:
+    lines = []
+    for section, table in config.items():
+        if not isinstance(table, dict):
+            lines.append(f"{section} = {_toml_value(table)}")
+            continue
+        lines.append(f"[{section}]")
+        for key, value in table.items():
+            lines.append(f"{_toml_value(key) if not key.isidentifier() else key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,269 @@
+"""
+settings: the Deepgram configuration of each call, sent before any audio.
+
+- Voice Agent: a ``Settings`` message built from a template (``[settings.template]`` in TOML, or
+  a JSON file named by ``template_file``; the built-in default otherwise) with per-call values
+  from an allow-list of ``customParameters`` (``[settings.parameters]``: parameter name ->
+  dotted Settings path), validated before the Deepgram leg opens. The ``audio`` section is always
+  derived from the formats the transcoder sends and expects, never typed by hand.
+- ``/v1/listen``: the query string from ``[settings.listen]`` plus allowed parameters, with
+  ``encoding`` and ``sample_rate`` derived the same way.
+
+The stage opens the Deepgram leg (`OpenUpstream`) when an authenticated `StreamStarted` reaches
+it, sends ``Settings`` first, and holds caller audio (bounded by ``hold_audio_ms``, counted when
+over) until ``SettingsApplied`` (or, for listen, until the socket is open), then releases it in
+order and takes itself off the audio path.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from typing import Any, Mapping
+
+import attrs
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from gateway.codecs.deepgram import (
+    DEFAULT_LISTEN_PARAMS,
+    DEFAULT_SETTINGS,
+    build_listen_url,
+    build_settings,
+)
+from gateway.config import GatewayConfig, Section
+from gateway.diagnostics import Diagnosis
+from gateway.errors import ConfigError, SettingsError
+from gateway.events import (
+    Audio,
+    DeepgramEvent,
+    OpenUpstream,
+    StreamStarted,
+    UpstreamMessage,
+    UpstreamOpened,
+)
+from gateway.plugin import IStreamPlugin, Routes, StageContext
+
+__all__ = ["plugin", "SettingsOptions", "SettingsStage", "validate_template"]
+
+_TOP_KEYS = {"type", "tags", "experimental", "flags", "mip_opt_out", "agent", "language"}
+_AGENT_KEYS = {"language", "context", "listen", "think", "speak", "greeting"}
+
+
+def validate_template(template: Mapping[str, Any], where: str) -> None:
+    """
+    Check the structure of a Settings template; raise `SettingsError` naming the field.
+    (The plugins issue deepens this into the full published schema.)
+    """
+    if "audio" in template:
+        raise SettingsError(
+            f"{where}.audio",
+            "must not be set: the audio section is derived from the transcoder's formats",
+        )
+    for key in template:
+        if key not in _TOP_KEYS:
+            raise SettingsError(f"{where}.{key}", f"unknown Settings field (known: {sorted(_TOP_KEYS)})")
+    agent = template.get("agent")
+    if isinstance(agent, str):
+        return
+    if not isinstance(agent, dict):
+        raise SettingsError(f"{where}.agent", "required: an object (or a stored agent id string)")
+    for key in agent:
+        if key not in _AGENT_KEYS:
+            raise SettingsError(f"{where}.agent.{key}", f"unknown field (known: {sorted(_AGENT_KEYS)})")
+    for key in ("listen", "think", "speak"):
+        value = agent.get(key)
+        if not isinstance(value, (dict, list)):
+            raise SettingsError(f"{where}.agent.{key}", "required: an object with a provider")
+    if "greeting" in agent and not isinstance(agent["greeting"], str):
+        raise SettingsError(f"{where}.agent.greeting", "expected a string")
+
+
+@attrs.frozen
+class SettingsOptions:
+    """The validated ``[settings]`` section."""
+
+    mode: str
+    agent_url: str
+    listen_url: str
+    template: Mapping[str, Any]
+    listen_params: Mapping[str, str]
+    parameters: Mapping[str, str]
+    applied_timeout_s: float
+    hold_audio_ms: int
+
+
+@attrs.define
+class SettingsStage:
+    """The per-call settings stage."""
+
+    ctx: StageContext
+    options: SettingsOptions
+    _held: collections.deque = attrs.field(factory=collections.deque)
+    _held_bytes: int = 0
+    _limit_bytes: int = 0
+    _timer: Any = None
+    _released: bool = False
+    settings: dict[str, Any] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self._limit_bytes = self.ctx.call.caller_format.bytes_for_ms(self.options.hold_audio_ms)
+
+    def routes(self) -> Routes:
+        return Routes(
+            inbound={StreamStarted: self.on_start, Audio: self.on_audio},
+            outbound={UpstreamOpened: self.on_open, DeepgramEvent: self.on_event},
+        )
+
+    def on_start(self, event: StreamStarted) -> Any:
+        call = self.ctx.call
+        try:
+            overrides = self._per_call_values(event.custom_parameters)
+            if self.options.mode == "agent":
+                self.settings = build_settings(
+                    self.options.template, call.upstream_input, call.upstream_output, overrides
+                )
+                url = self.options.agent_url
+            else:
+                params = dict(self.options.listen_params)
+                params.update(overrides)
+                url = build_listen_url(self.options.listen_url, params, call.upstream_input)
+        except SettingsError as e:
+            self.ctx.log.error("per-call settings invalid: {field}: {message}",
+                               field=e.field, message=e.message)
+            self.ctx.end_call(Diagnosis("SESSION_SETUP_FAILED", leg="gateway", phase=call.phase))
+            return None
+        self.ctx.emit_inbound(event)
+        self.ctx.emit_inbound(OpenUpstream(url, self.options.mode))
+        return None
+
+    def _per_call_values(self, custom: Mapping[str, str]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, target in self.options.parameters.items():
+            if name in custom:
+                value = custom[name]
+                if len(value) > 25_000:
+                    raise SettingsError(f"customParameters.{name}", "longer than 25000 characters")
+                values[target] = value
+        return values
+
+    def on_audio(self, event: Audio) -> Any:
+        if self._released:
+            return event
+        size = len(event.payload)
+        if self._held_bytes + size > self._limit_bytes:
+            self.ctx.count("frames_dropped", reason="held_over_limit")
+            return None
+        self._held.append(event)
+        self._held_bytes += size
+        return None
+
+    def on_open(self, event: UpstreamOpened) -> Any:
+        if self.options.mode == "agent":
+            assert self.settings is not None
+            self.ctx.emit_inbound(UpstreamMessage(self.settings))
+            self._timer = self.ctx.clock.callLater(self.options.applied_timeout_s, self._timed_out)
+        else:
+            self._release()
+        return event
+
+    def on_event(self, event: DeepgramEvent) -> Any:
+        if event.type == "SettingsApplied" and not self._released:
+            self._cancel()
+            self._release()
+        return event
+
+    def _release(self) -> None:
+        self._released = True
+        self.ctx.stop_handling(Audio, "inbound")
+        held, self._held = self._held, collections.deque()
+        self._held_bytes = 0
+        for frame in held:
+            self.ctx.emit_inbound(frame)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self.ctx.log.error(
+            "Deepgram sent no SettingsApplied within {timeout_s} s",
+            timeout_s=self.options.applied_timeout_s,
+        )
+        self.ctx.end_call(Diagnosis("DG_SETUP_TIMEOUT", leg="upstream", phase=self.ctx.call.phase))
+
+    def _cancel(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def close(self) -> None:
+        self._cancel()
+        self._held.clear()
+        self._held_bytes = 0
+
+
+def _listen_value(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    raise ConfigError(key, f"expected a string, number or boolean, got {type(value).__name__}")
+
+
+@implementer(IPlugin, IStreamPlugin)
+@attrs.frozen
+class SettingsPlugin:
+    """The settings plugin."""
+
+    name: str = "settings"
+
+    def configure(self, section: Section, gateway: GatewayConfig) -> Any:
+        template_file = section.str("template_file", "")
+        inline = section.table("template", {})
+        if template_file and inline:
+            raise ConfigError(section.key("template"), "give template or template_file, not both")
+        if template_file:
+            try:
+                with open(template_file, encoding="utf-8") as f:
+                    template = json.load(f)
+            except OSError as e:
+                raise ConfigError(section.key("template_file"), f"cannot read: {e}")
+            except ValueError as e:
+                raise ConfigError(section.key("template_file"), f"not valid JSON: {e}")
+            where = section.key("template_file")
+        else:
+            template = inline or dict(DEFAULT_SETTINGS)
+            where = section.key("template")
+        if not isinstance(template, dict):
+            raise ConfigError(where, "expected a JSON object")
+        try:
+            validate_template(template, where)
+        except SettingsError as e:
+            raise ConfigError(e.field, e.message)
+        listen_raw = section.table("listen", {})
+        listen = dict(DEFAULT_LISTEN_PARAMS)
+        for key, value in listen_raw.items():
+            if key in ("encoding", "sample_rate", "channels"):
+                raise ConfigError(
+                    section.key(f"listen.{key}"),
+                    "must not be set: it is derived from the transcoder's formats",
+                )
+            listen[key] = _listen_value(section.key(f"listen.{key}"), value)
+        parameters = section.table("parameters", {})
+        for name, target in parameters.items():
+            if not isinstance(target, str) or not target:
+                raise ConfigError(section.key(f"parameters.{name}"), "expected a non-empty string")
+            if gateway.mode == "agent" and (target == "audio" or target.startswith("audio.")):
+                raise ConfigError(section.key(f"parameters.{name}"), "may not target the audio section")
+        options = SettingsOptions(
+            mode=gateway.mode,
+            agent_url=gateway.agent_url,
+            listen_url=gateway.listen_url,
+            template=template,
+            listen_params=listen,
+            parameters=parameters,
+            applied_timeout_s=section.float("applied_timeout_s", 10.0, minimum=0.1),
+            hold_audio_ms=section.int("hold_audio_ms", 10_000, minimum=20),
+        )
+        return lambda ctx: SettingsStage(ctx, options)
+
+
+plugin = SettingsPlugin()

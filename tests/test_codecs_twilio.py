@@ -1,0 +1,166 @@
+"""Tests for gateway.codecs.twilio: every Twilio event, malformed input, and what we send."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.codecs import twilio
+from gateway.codecs.formats import MULAW_8K
+from gateway.errors import CallerProtocolError
+from gateway.events import Audio, Dtmf, MarkEchoed, StreamStarted, StreamStopped
+
+SID = "MZ" + "0" * 32
+
+
+def frame(obj: object) -> bytes:
+    return json.dumps(obj).encode()
+
+
+START = {
+    "event": "start",
+    "sequenceNumber": "1",
+    "start": {
+        "accountSid": "AC1",
+        "streamSid": SID,
+        "callSid": "CA1",
+        "tracks": ["inbound"],
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+        "customParameters": {"token": "abc", "prompt": "be brief"},
+    },
+    "streamSid": SID,
+}
+
+
+class ParseTests(SynchronousTestCase):
+    """Parsing each message Twilio sends."""
+
+    def test_connected(self) -> None:
+        """``connected`` carries the protocol and version."""
+        event = twilio.parse_message(frame({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+        self.assertEqual(event, twilio.Connected("Call", "1.0.0"))
+
+    def test_start(self) -> None:
+        """``start`` gives the ids, the tracks, the format and the custom parameters."""
+        event = twilio.parse_message(frame(START))
+        self.assertEqual(
+            event,
+            StreamStarted(SID, "CA1", "AC1", ("inbound",), MULAW_8K, {"token": "abc", "prompt": "be brief"}),
+        )
+
+    def test_start_without_custom_parameters(self) -> None:
+        """A missing ``customParameters`` is treated as empty (protocols.md: UNCONFIRMED)."""
+        msg = json.loads(json.dumps(START))
+        del msg["start"]["customParameters"]
+        self.assertEqual(twilio.parse_message(frame(msg)).custom_parameters, {})
+
+    def test_media(self) -> None:
+        """``media`` decodes the base64 payload; counters arrive as strings and are ignored."""
+        payload = bytes(range(160))
+        msg = {
+            "event": "media",
+            "sequenceNumber": "4",
+            "media": {"track": "inbound", "chunk": "2", "timestamp": "5",
+                      "payload": base64.b64encode(payload).decode()},
+            "streamSid": SID,
+        }
+        self.assertEqual(twilio.parse_message(frame(msg)), Audio(payload, "inbound"))
+
+    def test_media_bad_base64(self) -> None:
+        """A payload that is not base64 gives an empty frame marked ``bad_base64``."""
+        msg = {"event": "media", "media": {"payload": "!!!not base64"}, "streamSid": SID}
+        self.assertEqual(twilio.parse_message(frame(msg)), Audio(b"", "inbound", defect="bad_base64"))
+
+    def test_mark_dtmf_stop(self) -> None:
+        """``mark``, ``dtmf`` and ``stop`` become their events."""
+        self.assertEqual(
+            twilio.parse_message(frame({"event": "mark", "mark": {"name": "m1"}, "streamSid": SID})),
+            MarkEchoed("m1"),
+        )
+        self.assertEqual(
+            twilio.parse_message(
+                frame({"event": "dtmf", "dtmf": {"track": "inbound_track", "digit": "5"}, "streamSid": SID})
+            ),
+            Dtmf("5", "inbound_track"),
+        )
+        self.assertEqual(
+            twilio.parse_message(frame({"event": "stop", "stop": {}, "streamSid": SID})), StreamStopped()
+        )
+
+
+class MalformedTests(SynchronousTestCase):
+    """Each malformed message raises CallerProtocolError with a stable reason and the field."""
+
+    def assertRejected(self, data: bytes | str, reason: str, field: str | None = None) -> CallerProtocolError:
+        with self.assertRaises(CallerProtocolError) as cm:
+            twilio.parse_message(data)
+        self.assertEqual(cm.exception.reason, reason)
+        if field is not None:
+            self.assertEqual(cm.exception.field, field)
+        return cm.exception
+
+    def test_not_json(self) -> None:
+        """Text that is not JSON."""
+        self.assertRejected(b"{nope", "bad_json")
+
+    def test_invalid_utf8(self) -> None:
+        """Bytes that are not UTF-8."""
+        self.assertRejected(b'{"event": "\xff"}', "bad_utf8")
+
+    def test_not_object(self) -> None:
+        """A JSON array."""
+        self.assertRejected(b"[1, 2]", "not_object")
+
+    def test_missing_event(self) -> None:
+        """No ``event`` field."""
+        self.assertRejected(frame({"streamSid": SID}), "missing_field", "event")
+
+    def test_wrong_type(self) -> None:
+        """``media.payload`` as a number; the message names the field and what came."""
+        e = self.assertRejected(
+            frame({"event": "media", "media": {"payload": 12}}), "wrong_type", "media.payload"
+        )
+        self.assertIn("expected a string for media.payload, got int", e.message)
+
+    def test_missing_media(self) -> None:
+        """``media`` without its object."""
+        self.assertRejected(frame({"event": "media"}), "missing_field", "media")
+
+    def test_unknown_event(self) -> None:
+        """An event Twilio does not define."""
+        self.assertRejected(frame({"event": "dance"}), "unknown_event", "event")
+
+    def test_too_big(self) -> None:
+        """Anything over the size limit is refused before parsing."""
+        self.assertRejected(b" " * (twilio.MAX_MESSAGE_BYTES + 1), "too_big")
+
+    def test_unsupported_format(self) -> None:
+        """A start announcing another format is refused."""
+        msg = json.loads(json.dumps(START))
+        msg["start"]["mediaFormat"]["sampleRate"] = 16000
+        self.assertRejected(frame(msg), "unsupported_format", "start.mediaFormat")
+
+    def test_custom_parameters_not_strings(self) -> None:
+        """customParameters must map strings to strings."""
+        msg = json.loads(json.dumps(START))
+        msg["start"]["customParameters"] = {"a": 1}
+        self.assertRejected(frame(msg), "wrong_type", "start.customParameters")
+
+
+class SerialiseTests(SynchronousTestCase):
+    """What we send to Twilio."""
+
+    def test_media_round_trip(self) -> None:
+        """A media message carries the streamSid and the base64 payload, and is valid JSON."""
+        payload = bytes(range(256)) * 3
+        msg = json.loads(twilio.media_message(SID, payload))
+        self.assertEqual(msg, {"event": "media", "streamSid": SID,
+                               "media": {"payload": base64.b64encode(payload).decode()}})
+
+    def test_mark_and_clear(self) -> None:
+        """mark and clear carry the streamSid."""
+        self.assertEqual(json.loads(twilio.mark_message(SID, 'a "b"')),
+                         {"event": "mark", "streamSid": SID, "mark": {"name": 'a "b"'}})
+        self.assertEqual(json.loads(twilio.clear_message(SID)), {"event": "clear", "streamSid": SID})
