@@ -362,7 +362,8 @@ class Call:
         event = CallerClosed(code, reason, was_clean)
         self._pending_diagnosis = None
         self._chain.inbound(event)
-        diagnosis = self._pending_diagnosis or self.diagnosis or self._caller_diagnosis(
+        # A refusal at the handshake already decided the diagnosis.
+        diagnosis = self.diagnosis or self._pending_diagnosis or self._caller_diagnosis(
             code, was_clean
         )
         self.end(diagnosis, "caller")

@@ -1,0 +1,2 @@
+"""Defines nothing."""
+X = 1

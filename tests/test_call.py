@@ -1,0 +1,208 @@
+"""Tests for gateway.call: the lifecycle, the sinks and the endings, with fake legs and a Clock."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.call import Call
+from gateway.errors import AuthError
+from gateway.events import (
+    Audio,
+    DeepgramEvent,
+    Handshake,
+    StreamStarted,
+    StreamStopped,
+    UpstreamClosed,
+)
+from gateway.testing import FakeCallerLeg, FakeConnector, FakeUpstreamLeg, TEST_API_KEY, configure
+
+SID = "MZ" + "1" * 32
+
+
+def dg(type_: str, **fields: object) -> DeepgramEvent:
+    return DeepgramEvent(type_, {"type": type_, **fields})
+
+
+class CallHarness:
+    """A call wired to fakes."""
+
+    def __init__(self, config: dict | None = None, env: dict | None = None, leg: str = "twilio") -> None:
+        self.clock = Clock()
+        self.connector = FakeConnector()
+        self.closed: list = []
+        self.call = Call(configure(config, env), leg, self.clock, self.connector, self.closed.append)
+        self.caller = FakeCallerLeg()
+        self.upstream = FakeUpstreamLeg()
+
+    def start(self, params: dict | None = None, headers: dict | None = None) -> None:
+        self.call.caller_handshake(Handshake("twilio", "/twilio", headers or {}, "peer"))
+        self.call.caller_opened(self.caller)
+        self.call.from_caller(StreamStarted(SID, "CA1", custom_parameters=params or {}))
+
+    def open_upstream(self, request_id: str = "req-1") -> None:
+        url, headers, call, d = self.connector.attempts[-1]
+        self.call.upstream_opened(self.upstream, request_id)
+        d.callback(self.upstream)
+
+
+class LifecycleTests(SynchronousTestCase):
+    """A Twilio Voice Agent call from handshake to closed."""
+
+    def test_happy_path(self) -> None:
+        """Settings first, held audio released in order, agent audio out, clear, clean ending."""
+        h = CallHarness()
+        h.start()
+        self.assertEqual(h.call.phase, "connecting")
+        url, headers, _, _ = h.connector.attempts[0]
+        self.assertEqual(url, "wss://agent.deepgram.com/v1/agent/converse")
+        self.assertEqual(headers, {"Authorization": f"Token {TEST_API_KEY}"})
+        frames = [bytes([i]) * 160 for i in range(1, 6)]
+        for f in frames[:3]:
+            h.call.caller_audio(Audio(f))
+        h.open_upstream()
+        self.assertEqual(h.call.phase, "configuring")
+        self.assertEqual([k for k, _ in h.upstream.sent], ["json"])
+        settings = h.upstream.messages()[0]
+        self.assertEqual(settings["type"], "Settings")
+        self.assertEqual(settings["audio"]["input"], {"encoding": "mulaw", "sample_rate": 8000})
+        self.assertEqual(settings["audio"]["output"]["container"], "none")
+        h.call.caller_audio(Audio(frames[3]))
+        h.call.from_upstream(dg("SettingsApplied"))
+        self.assertEqual(h.call.phase, "live")
+        h.call.caller_audio(Audio(frames[4]))
+        self.assertEqual(h.upstream.audio(), b"".join(frames))
+        h.call.upstream_audio(Audio(b"agent", "outbound"))
+        h.call.from_upstream(dg("UserStartedSpeaking"))
+        self.assertEqual(h.caller.sent, [("event", "SettingsApplied"), ("audio", b"agent"),
+                                         ("clear", None), ("event", "UserStartedSpeaking")])
+        h.call.from_caller(StreamStopped())
+        self.assertEqual(h.upstream.closed_with, 1000)
+        self.assertIsNone(h.caller.closed_with, "the caller waits for Deepgram to close")
+        h.call.upstream_closed(UpstreamClosed(1000, None, True))
+        self.assertEqual(h.caller.closed_with, (1000, "CALLER_HANGUP"))
+        h.call.caller_closed(1000, None, True)
+        self.assertEqual(h.call.phase, "closed")
+        self.assertEqual(h.closed, [h.call])
+        self.assertEqual(h.call.diagnosis.code, "CALLER_HANGUP")
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_settings_rejected(self) -> None:
+        """An Error then a no-status close before SettingsApplied ends the call with 4500."""
+        h = CallHarness()
+        h.start()
+        h.open_upstream("req-9")
+        h.call.from_upstream(dg("Error", code="INVALID_SETTINGS", description="agent.think.provider.type"))
+        h.call.upstream_closed(UpstreamClosed(None, None, True))
+        self.assertEqual(h.caller.closed_with, (4500, "DG_SETTINGS_REJECTED"))
+        d = h.call.diagnosis
+        self.assertEqual((d.code, d.phase, d.error["code"]), ("DG_SETTINGS_REJECTED", "configuring", "INVALID_SETTINGS"))
+        h.call.caller_closed(4500, None, True)
+        self.assertEqual(h.call.phase, "closed")
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_upgrade_refused(self) -> None:
+        """A 401 on the upgrade keeps dg-error and dg-request-id in the diagnosis."""
+        h = CallHarness()
+        h.start()
+        h.call.upstream_closed(UpstreamClosed(1006, "upgrade failed", False, http_status=401,
+                                              dg_error="Invalid credentials.", dg_request_id="r-401"))
+        d = h.call.diagnosis
+        self.assertEqual((d.code, d.http_status, d.dg_error, d.dg_request_id),
+                         ("DG_AUTH_FAILED", 401, "Invalid credentials.", "r-401"))
+        self.assertEqual(h.caller.closed_with, (4500, "DG_AUTH_FAILED"))
+
+    def test_unreachable(self) -> None:
+        """A refused TCP connection is DG_UNREACHABLE."""
+        h = CallHarness()
+        h.start()
+        h.connector.attempts[0][3].errback(Failure(ConnectionRefusedError()))
+        self.assertEqual(h.call.diagnosis.code, "DG_UNREACHABLE")
+        self.assertEqual(h.caller.closed_with, (4500, "DG_UNREACHABLE"))
+
+    def test_connect_timeout(self) -> None:
+        """No answer within deepgram.connect_timeout_s ends the call, no timer left."""
+        h = CallHarness({"deepgram": {"connect_timeout_s": 2}})
+        h.start()
+        h.clock.advance(2)
+        self.assertEqual(h.call.diagnosis.code, "DG_UNREACHABLE")
+        h.call.caller_closed(4500, None, True)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_caller_drops_mid_call(self) -> None:
+        """A caller drop closes Deepgram normally."""
+        h = CallHarness()
+        h.start()
+        h.open_upstream()
+        h.call.from_upstream(dg("SettingsApplied"))
+        h.call.caller_closed(1006, "dropped", False)
+        self.assertEqual(h.upstream.closed_with, 1000)
+        self.assertEqual(h.call.diagnosis.code, "CALLER_DROPPED")
+        h.call.upstream_closed(UpstreamClosed(1000, None, True))
+        self.assertEqual(h.call.phase, "closed")
+
+    def test_legs_that_never_close_are_aborted(self) -> None:
+        """At end_timeout_s after the end began, legs still open are aborted."""
+        h = CallHarness({"gateway": {"end_timeout_s": 3}})
+        h.start()
+        h.open_upstream()
+        h.call.from_caller(StreamStopped())
+        h.clock.advance(3)
+        self.assertTrue(h.upstream.aborted)
+        self.assertTrue(h.caller.aborted)
+        self.assertEqual(h.call.phase, "closed")
+
+    def test_empty_audio_never_reaches_deepgram(self) -> None:
+        """Even with empty_frames out of the chain, an empty frame is not sent."""
+        h = CallHarness({"gateway": {"chain": ["auth", "settings"]}})
+        h.start()
+        h.open_upstream()
+        h.call.from_upstream(dg("SettingsApplied"))
+        h.call.caller_audio(Audio(b""))
+        self.assertEqual(h.upstream.audio(), b"")
+
+
+class ListenTests(SynchronousTestCase):
+    """/v1/listen mode."""
+
+    def test_listen_url_and_close_stream(self) -> None:
+        """The query string is derived; stop sends CloseStream and waits for Deepgram's close."""
+        h = CallHarness({"gateway": {"mode": "listen"}, "settings": {"listen": {"model": "nova-2", "diarize": True}}})
+        h.start()
+        url = h.connector.attempts[0][0]
+        parts = urlsplit(url)
+        self.assertEqual(parts.path, "/v1/listen")
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        self.assertEqual((query["encoding"], query["sample_rate"], query["model"], query["diarize"]),
+                         ("mulaw", "8000", "nova-2", "true"))
+        h.call.caller_audio(Audio(b"\x01" * 160))
+        h.open_upstream()
+        self.assertEqual(h.call.phase, "live")
+        self.assertEqual(h.upstream.audio(), b"\x01" * 160)
+        h.call.from_upstream(dg("Results", is_final=True))
+        self.assertEqual(h.caller.sent, [("event", "Results")])
+        h.call.from_caller(StreamStopped())
+        self.assertEqual(h.upstream.messages(), [{"type": "CloseStream"}])
+        self.assertIsNone(h.upstream.closed_with)
+        h.call.from_upstream(dg("Metadata", request_id="req-1"))
+        h.call.upstream_closed(UpstreamClosed(1000, None, True))
+        self.assertEqual(h.caller.closed_with, (1000, "CALLER_HANGUP"))
+
+
+class AuthTests(SynchronousTestCase):
+    """No unauthenticated stream opens a Deepgram connection."""
+
+    def test_bad_signature_refused_at_handshake(self) -> None:
+        """With TWILIO_AUTH_TOKEN set, a wrong signature raises AuthError; nothing connects."""
+        h = CallHarness(env={"TWILIO_AUTH_TOKEN": "secret", "GATEWAY_PUBLIC_URL": "https://gw.example.com"})
+        with self.assertRaises(AuthError) as cm:
+            h.call.caller_handshake(Handshake("twilio", "/twilio", {"x-twilio-signature": "nope"}, "peer"))
+        self.assertEqual(cm.exception.http_status, 403)
+        h.call.caller_closed(1006, None, False)
+        self.assertEqual(h.connector.attempts, [])
+        self.assertEqual(h.call.diagnosis.code, "AUTH_FAILED")
+        self.assertEqual(h.call.phase, "closed")
