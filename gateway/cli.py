@@ -1,0 +1,172 @@
+"""
+The ``gateway`` command: ``gateway demo`` (the whole thing on the local emulator) and
+``gateway check-config`` (validate a configuration and its plugins, as start-up would).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, Sequence
+
+__all__ = ["main"]
+
+_LISTEN = re.compile(r"listening on (?:ws://)?(?P<host>[0-9.:\[\]a-z]+?):(?P<port>\d+)")
+
+
+def _python_entry(module: str, func: str = "main") -> list[str]:
+    return [sys.executable, "-c", f"import sys; from {module} import {func}; sys.exit({func}())"]
+
+
+def _twistd() -> list[str]:
+    script = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.path.exists(script):
+        return [script]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class _Child:
+    """A child process whose output is echoed with a prefix and scanned for its port."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], echo: bool) -> None:
+        self.name = name
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        self._echo = echo
+        threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            if self._echo:
+                sys.stdout.write(f"[{self.name}] {line}")
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for_port(self, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"{self.name} did not say where it listens within {timeout_s} s")
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise RuntimeError(f"{self.name} exited with status {self.proc.wait()} before listening")
+            match = _LISTEN.search(line)
+            if match:
+                return int(match.group("port"))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Run the emulator, a real ``twistd gateway`` pointed at it, and one simulated call."""
+    key = "demo-key-not-secret"
+    env = dict(os.environ)
+    env.pop("TWILIO_AUTH_TOKEN", None)
+    children: list[_Child] = []
+    try:
+        emulator = _Child(
+            "emulator",
+            _python_entry("gateway.emulator.cli")
+            + ["--port", "tcp:0:interface=127.0.0.1", "--key", key],
+            env,
+            args.verbose,
+        )
+        children.append(emulator)
+        dg_port = emulator.wait_for_port(30)
+        mode = args.mode
+        gw_env = dict(
+            env,
+            DEEPGRAM_API_KEY=key,
+            DEEPGRAM_AGENT_URL=f"ws://127.0.0.1:{dg_port}/v1/agent/converse",
+            DEEPGRAM_LISTEN_URL=f"ws://127.0.0.1:{dg_port}/v1/listen",
+        )
+        argv = _twistd() + ["-n", "--pidfile=", "gateway", "--port", "tcp:0:interface=127.0.0.1"]
+        if args.config:
+            argv += ["--config", args.config]
+        elif mode == "listen":
+            config = os.path.join(os.getcwd(), ".demo-listen.toml")
+            with open(config, "w") as f:
+                f.write('[gateway]\nmode = "listen"\n')
+            argv += ["--config", config]
+        gateway = _Child("gateway", argv, gw_env, args.verbose)
+        children.append(gateway)
+        gw_port = gateway.wait_for_port(60)
+        print(f"demo: emulator on port {dg_port}, gateway on port {gw_port}; placing a call")
+        call = [
+            *_python_entry("gateway.simulator.cli"),
+            "--url", f"ws://127.0.0.1:{gw_port}/twilio",
+            "--save-audio", args.save_audio,
+            "--wait-s", str(args.wait_s),
+        ]
+        if args.fast:
+            call.append("--fast")
+        status = subprocess.call(call, env=env)
+        print(f"demo: the call ended with status {status}; agent audio saved to {args.save_audio}")
+        return status
+    except RuntimeError as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """Validate a configuration and its plugins; print the result in one line."""
+    from gateway.config import load_config
+    from gateway.errors import ConfigError, PluginLoadError
+
+    try:
+        configured = load_config(args.config, require_api_key=False)
+    except (ConfigError, PluginLoadError) as e:
+        print(f"gateway: configuration error: {e}", file=sys.stderr)
+        return 1
+    config = configured.config
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    if not config.api_key:
+        print("warning: DEEPGRAM_API_KEY is not set (the gateway will refuse to start)")
+    print(f"ok: mode {config.mode}, chain {' -> '.join(config.chain)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="run the emulator, the gateway and one simulated call")
+    p.add_argument("--mode", choices=("agent", "listen"), default="agent")
+    p.add_argument("--config", help="a gateway configuration to use instead of the defaults")
+    p.add_argument("--save-audio", default="demo-agent.wav", help="where to write the agent's audio")
+    p.add_argument("--wait-s", type=float, default=8.0, help="how long the caller stays after speaking")
+    p.add_argument("--fast", action="store_true", help="send the caller audio faster than real time")
+    p.add_argument("--verbose", "-v", action="store_true", help="show the emulator's and gateway's logs")
+    p.set_defaults(func=demo)
+    p = sub.add_parser("check-config", help="validate a configuration file and its plugins")
+    p.add_argument("--config", help="the TOML file (none: the defaults)")
+    p.set_defaults(func=check_config)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
