@@ -7,6 +7,7 @@ would swallow ``/twilio/voice``): the WebSocket upgrade at the exact path, HTTP 
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web import resource, server
 
-__all__ = ["make_site", "Heartbeat", "Readiness", "TwilioResource", "json_response"]
+__all__ = ["make_site", "Heartbeat", "Readiness", "Tokens", "TwilioResource", "json_response"]
 
 
 def json_response(request: Any, status: int, body: dict) -> bytes:
@@ -51,6 +52,37 @@ class Readiness(resource.Resource):
         return json_response(request, 200 if refusal is None else 503, body)
 
 
+class Tokens(resource.Resource):
+    """
+    ``POST /v1/tokens`` with ``Authorization: Bearer $GATEWAY_API_KEY``: 200
+    ``{"token": ..., "expires_in": 300}``; 401 with a JSON error otherwise; 503 naming the
+    variable when ``GATEWAY_API_KEY`` is not set.
+    """
+
+    isLeaf = True
+
+    def __init__(self, gateway: Any) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def render_POST(self, request: Any) -> bytes:
+        from gateway.tokens import TOKEN_TTL_S, mint_token
+
+        config = self.gateway.config
+        if not config.gateway_api_key:
+            return json_response(request, 503, {
+                "error": "token minting is disabled: set GATEWAY_API_KEY on the gateway"})
+        header = (request.getHeader(b"authorization") or b"").decode("latin-1")
+        scheme, _, given = header.partition(" ")
+        expected = config.gateway_api_key.encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            request.setHeader(b"www-authenticate", b'Bearer realm="gateway"')
+            return json_response(request, 401, {
+                "error": "missing or invalid Authorization: Bearer <GATEWAY_API_KEY>"})
+        token = mint_token(config.token_secret, self.gateway.reactor.seconds())
+        return json_response(request, 200, {"token": token, "expires_in": TOKEN_TTL_S})
+
+
 class TwilioResource(resource.Resource):
     """``/twilio``: the Media Streams WebSocket at the exact path; HTTP children below it."""
 
@@ -76,4 +108,7 @@ def make_site(gateway: Any, twilio_factory: Any, client_factory: Any) -> server.
     root.putChild(b"client", WebSocketResource(client_factory))
     root.putChild(b"healthz", Heartbeat())
     root.putChild(b"readyz", Readiness(gateway))
+    v1 = resource.Resource()
+    v1.putChild(b"tokens", Tokens(gateway))
+    root.putChild(b"v1", v1)
     return _Site(root)

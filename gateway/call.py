@@ -59,6 +59,9 @@ CALLER_FORMATS = {"twilio": MULAW_8K, "client": LINEAR16_16K}
 
 _ids = itertools.count(1)
 
+#: The /client error code sent in JSON before closing with each gateway close code.
+_CLIENT_ERRORS = {4500: "SESSION_SETUP_FAILED", 4501: "SESSION_FAILED", 4502: "INTERNAL_ERROR"}
+
 
 class CallerLeg(Protocol):
     """What the call asks of the caller's WebSocket protocol (gateway.legs.caller)."""
@@ -459,6 +462,9 @@ class Call:
         self._caller_open = False
         assert self.diagnosis is not None
         code = 1000 if self._initiator == "caller" else self.diagnosis.caller_close
+        if self.info.leg == "client" and code in _CLIENT_ERRORS:
+            # Raw clients get the JSON error before the close (auth errors are sent by auth).
+            self.caller.send_error(_CLIENT_ERRORS[code], f"{self.diagnosis.code}: {self.diagnosis.entry.summary}")
         self.caller.close(code, self.diagnosis.code)
 
     def _leg_gone(self, leg: str, inputs: _CallInputs) -> None:

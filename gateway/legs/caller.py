@@ -15,7 +15,6 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.logger import Logger
 
 from gateway.codecs import twilio as twilio_codec
 from gateway.codecs.close_codes import sendable
@@ -65,7 +64,6 @@ class _CallerProtocol(WebSocketServerProtocol):
     # Autobahn 26 never applies the factory's tcpNoDelay (perf-notes §4.4): set it here.
     tcpNoDelay = True
     leg = ""
-    log = Logger()
 
     call: Any = None
     _rejections = 0
