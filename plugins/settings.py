@@ -31,6 +31,8 @@ from gateway.codecs.deepgram import (
     build_listen_url,
     build_settings,
 )
+from gateway.codecs.formats import MULAW_8K
+from gateway.codecs.settings_schema import validate_settings
 from gateway.config import GatewayConfig, Section
 from gateway.diagnostics import Diagnosis
 from gateway.errors import ConfigError, SettingsError
@@ -46,37 +48,21 @@ from gateway.plugin import IStreamPlugin, Routes, StageContext
 
 __all__ = ["plugin", "SettingsOptions", "SettingsStage", "validate_template"]
 
-_TOP_KEYS = {"type", "tags", "experimental", "flags", "mip_opt_out", "agent", "language"}
-_AGENT_KEYS = {"language", "context", "listen", "think", "speak", "greeting"}
-
-
 def validate_template(template: Mapping[str, Any], where: str) -> None:
     """
-    Check the structure of a Settings template; raise `SettingsError` naming the field.
-    (The plugins issue deepens this into the full published schema.)
+    Check a Settings template against the published schema, naming the field on error; the
+    audio section may not be typed by hand (it is derived from the transcoder's formats).
     """
     if "audio" in template:
         raise SettingsError(
             f"{where}.audio",
             "must not be set: the audio section is derived from the transcoder's formats",
         )
-    for key in template:
-        if key not in _TOP_KEYS:
-            raise SettingsError(f"{where}.{key}", f"unknown Settings field (known: {sorted(_TOP_KEYS)})")
-    agent = template.get("agent")
-    if isinstance(agent, str):
-        return
-    if not isinstance(agent, dict):
-        raise SettingsError(f"{where}.agent", "required: an object (or a stored agent id string)")
-    for key in agent:
-        if key not in _AGENT_KEYS:
-            raise SettingsError(f"{where}.agent.{key}", f"unknown field (known: {sorted(_AGENT_KEYS)})")
-    for key in ("listen", "think", "speak"):
-        value = agent.get(key)
-        if not isinstance(value, (dict, list)):
-            raise SettingsError(f"{where}.agent.{key}", "required: an object with a provider")
-    if "greeting" in agent and not isinstance(agent["greeting"], str):
-        raise SettingsError(f"{where}.agent.greeting", "expected a string")
+    probe = build_settings(template, MULAW_8K, MULAW_8K)
+    try:
+        validate_settings(probe, "Settings")
+    except SettingsError as e:
+        raise SettingsError(where + e.field[len("Settings"):], e.message)
 
 
 @attrs.frozen
@@ -123,6 +109,7 @@ class SettingsStage:
                 self.settings = build_settings(
                     self.options.template, call.upstream_input, call.upstream_output, overrides
                 )
+                validate_settings(self.settings)
                 url = self.options.agent_url
             else:
                 params = dict(self.options.listen_params)

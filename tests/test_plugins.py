@@ -221,3 +221,44 @@ class CloseCodesStageTests(SynchronousTestCase):
         out = stage.routes().outbound[UpstreamClosed](UpstreamClosed(None, None, True, phase="configuring"))
         self.assertEqual((out.diagnosis.code, out.diagnosis.error["code"]),
                          ("DG_SETTINGS_REJECTED", "INVALID_SETTINGS"))
+
+
+class SettingsSchemaTests(SynchronousTestCase):
+    """The template and the per-call Settings are checked against the schema, naming the field."""
+
+    def assertField(self, template: dict, field: str, contains: str = "") -> None:
+        from gateway.errors import ConfigError
+
+        with self.assertRaises(ConfigError) as cm:
+            configure({"settings": {"template": template}})
+        self.assertEqual(cm.exception.key, field)
+        self.assertIn(contains, cm.exception.message)
+
+    def test_schema(self) -> None:
+        """Types, required fields, unknown keys, fallback lists."""
+        from gateway.codecs.deepgram import DEFAULT_SETTINGS
+        import copy
+
+        def agent(**changes):
+            t = copy.deepcopy(dict(DEFAULT_SETTINGS))
+            t["agent"].update(changes)
+            return t
+
+        self.assertField(agent(greeting=5), "settings.template.agent.greeting", "expected string, got integer")
+        self.assertField(agent(speek={}), "settings.template.agent.speek", "unknown field")
+        self.assertField(agent(think={"prompt": "x"}), "settings.template.agent.think.provider", "required")
+        self.assertField(agent(listen={"provider": {"model": "nova-3"}}),
+                         "settings.template.agent.listen.provider.type", "required")
+        self.assertField(agent(think=[{"provider": {"type": "open_ai"}}, {"provider": {"type": 3}}]),
+                         "settings.template.agent.think[1].provider.type")
+        self.assertField({"agent": "uuid", "tagz": []}, "settings.template.tagz", "unknown field")
+        configure({"settings": {"template": agent(think=[{"provider": {"type": "open_ai", "model": "gpt-4o-mini"}},
+                                                         {"provider": {"type": "anthropic"}}])}})
+
+    def test_per_call_value_type_checked(self) -> None:
+        """A per-call value that breaks the schema ends the call before Deepgram is contacted."""
+        ctx = RecordingContext()
+        stage, _ = stage_for("settings", ctx, {"settings": {"parameters": {"t": "agent.think.provider.temperature"}}})
+        self.assertIsNone(stage.routes().inbound[StreamStarted](StreamStarted("MZ1", custom_parameters={"t": "hot"})))
+        self.assertEqual(ctx.inbound, [])
+        self.assertEqual(ctx.ended[0].code, "SESSION_SETUP_FAILED")
