@@ -1,0 +1,30 @@
+"""Tests for the JSON log observer and its redaction."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from twisted.logger import Logger
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.logs import json_observer
+
+
+class JsonLogTests(SynchronousTestCase):
+    """One JSON object per line, structured fields kept, secrets gone."""
+
+    def test_line_and_redaction(self) -> None:
+        """A per-call line keeps its fields; a secret in a field or the message is redacted."""
+        out = io.StringIO()
+        observer = json_observer(out, {"DEEPGRAM_API_KEY": "sekrit-key-123"})
+        log = Logger(namespace="gateway.call", observer=observer)
+        log.info("call {call_id} used {header}", call_id="c-1", header="Token sekrit-key-123", phase="live")
+        log.debug("not shown")
+        lines = out.getvalue().splitlines()
+        self.assertEqual(len(lines), 1)
+        record = json.loads(lines[0])
+        self.assertEqual((record["call_id"], record["phase"], record["level"], record["ns"]),
+                         ("c-1", "live", "info", "gateway.call"))
+        self.assertNotIn("sekrit-key-123", lines[0])
+        self.assertIn("[redacted]", record["msg"])
