@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import random
 from typing import Any, Callable, Protocol
 
 import attrs
@@ -50,6 +51,7 @@ from gateway.events import (
     UpstreamClosed,
     UpstreamMessage,
     UpstreamOpened,
+    UpstreamReconnecting,
 )
 
 __all__ = ["Call", "CallInfo", "CallerLeg", "UpstreamLeg", "CALLER_FORMATS"]
@@ -100,6 +102,7 @@ class CallInfo:
     account_sid: str = ""
     custom_parameters: dict[str, str] = attrs.field(factory=dict)
     request_id: str | None = None
+    request_ids: list[str | None] = attrs.field(factory=list)
     last_error: dict[str, Any] | None = None
     last_warning: dict[str, Any] | None = None
     phase: str = "handshake"
@@ -126,6 +129,12 @@ class _CallInputs(Protocol):
     def finish(self, diagnosis: Diagnosis, initiator: str) -> None:
         "End the call; ``initiator`` is ``caller``, ``upstream`` or ``gateway``."
 
+    def upstream_lost(self, diagnosis: Diagnosis) -> None:
+        "The Deepgram leg ended for a retryable reason, within the reconnect budget."
+
+    def retry_due(self) -> None:
+        "The backoff delay before the next Deepgram attempt has passed."
+
     def leg_gone(self, leg: str) -> None:
         "The ``caller`` or ``upstream`` leg is closed for good."
 
@@ -140,6 +149,7 @@ def _build_machine() -> Callable[[Call], _CallInputs]:
     connecting = b.state("connecting")
     configuring = b.state("configuring")
     live = b.state("live")
+    reconnecting = b.state("reconnecting")
     ending = b.state("ending")
     closed = b.state("closed")
     I = _CallInputs
@@ -158,9 +168,28 @@ def _build_machine() -> Callable[[Call], _CallInputs]:
         core._open_upstream(url)
 
     connecting.upon(I.upstream_connected).to(configuring)(entering("configuring"))
-    configuring.upon(I.settings_applied).to(live)(entering("live"))
+
+    @configuring.upon(I.settings_applied).to(live)
+    def _live(inputs: _CallInputs, core: Call) -> None:
+        core.info.phase = "live"
+        core._session_configured()
+
     live.upon(I.settings_applied).loop().returns(None)
-    for state in (handshake, authenticating, connecting, configuring, live):
+    for state in (connecting, configuring, live):
+
+        @state.upon(I.upstream_lost).to(reconnecting)
+        def _lost(inputs: _CallInputs, core: Call, diagnosis: Diagnosis) -> None:
+            core.info.phase = "reconnecting"
+            core._schedule_retry(diagnosis)
+
+    @reconnecting.upon(I.retry_due).to(connecting)
+    def _retry(inputs: _CallInputs, core: Call) -> None:
+        core.info.phase = "connecting"
+        core._open_upstream(core._upstream_url)
+
+    for input_ in (I.caller_opened, I.upstream_requested, I.settings_applied, I.upstream_connected):
+        reconnecting.upon(input_).loop().returns(None)
+    for state in (handshake, authenticating, connecting, configuring, live, reconnecting):
 
         @state.upon(I.finish).to(ending)
         def _finish(inputs: _CallInputs, core: Call, diagnosis: Diagnosis, initiator: str) -> None:
@@ -174,6 +203,8 @@ def _build_machine() -> Callable[[Call], _CallInputs]:
         state.upon(I.upstream_requested).loop().returns(None)
 
     ending.upon(I.finish).loop().returns(None)
+    ending.upon(I.upstream_lost).loop().returns(None)
+    ending.upon(I.retry_due).loop().returns(None)
     ending.upon(I.caller_opened).loop().returns(None)
     ending.upon(I.upstream_requested).loop().returns(None)
     ending.upon(I.settings_applied).loop().returns(None)
@@ -196,6 +227,8 @@ def _build_machine() -> Callable[[Call], _CallInputs]:
     closed.upon(I.upstream_requested).loop().returns(None)
     closed.upon(I.finish).loop().returns(None)
     closed.upon(I.leg_gone).loop().returns(None)
+    closed.upon(I.upstream_lost).loop().returns(None)
+    closed.upon(I.retry_due).loop().returns(None)
     return b.build()
 
 
@@ -235,6 +268,9 @@ class _Context:
     def stop_handling(self, cls: type, direction: str = "inbound") -> None:
         self._owner._chain.stop_handling(self._index, cls, direction)
 
+    def resume_handling(self, cls: type, direction: str = "inbound") -> None:
+        self._owner._chain.resume_handling(self._index, cls, direction)
+
     def count(self, name: str, amount: int = 1, **labels: str) -> None:
         self._owner.count(name, amount, **labels)
 
@@ -261,6 +297,7 @@ class Call:
         connector: Connector,
         on_closed: Callable[[Call], None] = lambda call: None,
         call_id: str | None = None,
+        gateway_state: Any = None,
     ) -> None:
         global _Machine
         if _Machine is None:
@@ -298,6 +335,13 @@ class Call:
         self._stopped = False
         self._pending_diagnosis: Diagnosis | None = None
         self._refusal: Any = None
+        self._attempts = 0
+        self._outage_started: float | None = None
+        self._retry_timer: Any = None
+        self._upstream_url = ""
+        self._lost_diagnosis: Diagnosis | None = None
+        self._random = random.random
+        self._gateway_state = gateway_state
         self.closed = Deferred()
         stages = []
         names = []
@@ -387,6 +431,9 @@ class Call:
         self._upstream_open = True
         self._upstream_state = "open"
         self.info.request_id = request_id
+        self.info.request_ids.append(request_id)
+        # The last Error belongs to the session it came with.
+        self.info.last_error = None
         self.log.info(
             "Deepgram {mode} session open, dg-request-id {request_id}",
             mode=self.info.mode,
@@ -419,8 +466,63 @@ class Call:
         self._pending_diagnosis = None
         self._chain.outbound(event)
         diagnosis = self._pending_diagnosis or diagnose_upstream(event, self.info.last_error)
+        if self._may_retry(diagnosis):
+            self._machine.upstream_lost(diagnosis)
+            return
         self.end(diagnosis, "upstream")
         self._machine.leg_gone("upstream")
+
+    # --- reconnecting ----------------------------------------------------------------------------
+
+    def _may_retry(self, diagnosis: Diagnosis) -> bool:
+        if not diagnosis.retryable or self.info.phase not in ("connecting", "configuring", "live"):
+            return False
+        if self._draining():
+            return False
+        config = self.config
+        now = self.clock.seconds()
+        if self._outage_started is None:
+            self._outage_started = now
+        if self._attempts >= config.reconnect_attempts:
+            self.log.warn("giving up on Deepgram after {attempts} reconnect attempts",
+                          attempts=self._attempts)
+            return False
+        if now - self._outage_started >= config.reconnect_max_s:
+            self.log.warn("giving up on Deepgram after {elapsed_s:.1f} s of reconnecting",
+                          elapsed_s=now - self._outage_started)
+            return False
+        return True
+
+    def _schedule_retry(self, diagnosis: Diagnosis) -> None:
+        self._attempts += 1
+        base = self.config.reconnect_backoff_s * 2 ** (self._attempts - 1)
+        remaining = self.config.reconnect_max_s - (self.clock.seconds() - (self._outage_started or 0))
+        # Equal jitter: half the backoff fixed, half random, so calls that lost Deepgram together
+        # do not all come back in the same instant.
+        delay = max(0.0, min(base * (0.5 + 0.5 * self._random()), remaining))
+        self.count("reconnects", diagnosis=diagnosis.code)
+        self.log.warn(
+            "Deepgram leg lost ({diagnosis_code}: {summary}); reconnect attempt {attempt} of "
+            "{max_attempts} in {delay_s:.2f} s, caller kept connected",
+            diagnosis_code=diagnosis.code,
+            summary=diagnosis.entry.summary,
+            attempt=self._attempts,
+            max_attempts=self.config.reconnect_attempts,
+            delay_s=delay,
+        )
+        self._lost_diagnosis = diagnosis
+        self._chain.outbound(UpstreamReconnecting(self._attempts, delay, diagnosis))
+        self._retry_timer = self.clock.callLater(delay, self._machine.retry_due)
+
+    def _session_configured(self) -> None:
+        if self._attempts:
+            self.log.info("Deepgram session restored after {attempts} attempt(s)",
+                          attempts=self._attempts)
+        self._attempts = 0
+        self._outage_started = None
+
+    def _draining(self) -> bool:
+        return bool(getattr(self._gateway_state, "draining", False))
 
     # --- ending ----------------------------------------------------------------------------------
 
@@ -432,7 +534,10 @@ class Call:
         self.diagnosis = diagnosis
         self._initiator = initiator
         self._ending_timer = self.clock.callLater(self.config.end_timeout_s, self._deadline)
-        if self._upstream_state == "none":
+        if self._retry_timer is not None and self._retry_timer.active():
+            self._retry_timer.cancel()
+        self._retry_timer = None
+        if self._upstream_state in ("none", "gone"):
             self._upstream_state = "gone"
             self._machine.leg_gone("upstream")
         elif self._upstream_state == "connecting":
@@ -585,11 +690,17 @@ class Call:
     # --- opening the Deepgram leg ----------------------------------------------------------------
 
     def _open_upstream(self, url: str) -> None:
+        self._upstream_url = url
         self._upstream_state = "connecting"
         headers = {"Authorization": f"Token {self.config.api_key}"}
         d = self._connector(url, headers, self)
         self._attempt = d
-        d.addTimeout(self.config.connect_timeout_s, self.clock)
+        timeout = self.config.connect_timeout_s
+        if self._outage_started is not None:
+            # During an outage the attempt also stops where the reconnect budget ends.
+            spent = self.clock.seconds() - self._outage_started
+            timeout = max(0.1, min(timeout, self.config.reconnect_max_s - spent))
+        d.addTimeout(timeout, self.clock)
 
         def failed(failure: Failure) -> None:
             self._attempt = None

@@ -41,8 +41,8 @@ class Chain:
         self._on_error = on_error
         inbound: dict[type, list[tuple[int, Handler]]] = {}
         outbound: dict[type, list[tuple[int, Handler]]] = {}
-        for index, stage in enumerate(self.stages):
-            routes = stage.routes()
+        self._routes = [stage.routes() for stage in self.stages]
+        for index, routes in enumerate(self._routes):
             for cls, handler in routes.inbound.items():
                 inbound.setdefault(cls, []).append((index, handler))
             for cls, handler in routes.outbound.items():
@@ -97,6 +97,17 @@ class Chain:
             table[cls] = remaining
         else:
             table.pop(cls, None)
+
+    def resume_handling(self, index: int, cls: type, direction: str) -> None:
+        """Stage ``index`` handles ``cls`` in ``direction`` again, with its original handler."""
+        routes = self._routes[index]
+        handler = (routes.inbound if direction == "inbound" else routes.outbound).get(cls)
+        if handler is None:
+            return
+        table = self._inbound if direction == "inbound" else self._outbound
+        entries = [h for h in table.get(cls, ()) if h[0] != index] + [(index, handler)]
+        entries.sort(key=lambda h: h[0], reverse=direction == "outbound")
+        table[cls] = tuple(entries)
 
     def close(self) -> None:
         """Close every stage (cancel timers); one failing does not stop the others."""

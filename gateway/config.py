@@ -135,6 +135,9 @@ class GatewayConfig:
     token_secret_is_random: bool = True
     gateway_api_key: str | None = attrs.field(default=None, repr=False)
     connect_timeout_s: float = 10.0
+    reconnect_attempts: int = 3
+    reconnect_max_s: float = 20.0
+    reconnect_backoff_s: float = 0.5
     drain_deadline_s: float = 30.0
     end_timeout_s: float = 5.0
     demo: bool = False
@@ -228,6 +231,9 @@ def load_config(
     agent_url = _ws_url("deepgram.agent_url", dg.str("agent_url", DEFAULT_AGENT_URL))
     listen_url = _ws_url("deepgram.listen_url", dg.str("listen_url", DEFAULT_LISTEN_URL))
     connect_timeout = dg.float("connect_timeout_s", 10.0, minimum=0.1)
+    reconnect_attempts = dg.int("reconnect_attempts", 3, minimum=0)
+    reconnect_max_s = dg.float("reconnect_max_s", 20.0, minimum=0)
+    reconnect_backoff_s = dg.float("reconnect_backoff_s", 0.5, minimum=0.01)
     dg.finish()
 
     if env.get("DEEPGRAM_AGENT_URL"):
@@ -281,6 +287,9 @@ def load_config(
         token_secret_is_random=random_secret,
         gateway_api_key=env.get("GATEWAY_API_KEY") or None,
         connect_timeout_s=connect_timeout,
+        reconnect_attempts=reconnect_attempts,
+        reconnect_max_s=reconnect_max_s,
+        reconnect_backoff_s=reconnect_backoff_s,
         drain_deadline_s=drain,
         end_timeout_s=end_timeout,
         demo=demo,

@@ -33,6 +33,7 @@ __all__ = [
     "UpstreamOpened",
     "DeepgramEvent",
     "UpstreamClosed",
+    "UpstreamReconnecting",
     "Clear",
     "SendMark",
     "CallerError",
@@ -223,6 +224,19 @@ class UpstreamClosed:
     dg_request_id: str | None = None
     phase: str = ""
     connect_failed: bool = False
+    diagnosis: Any = None
+
+
+@attrs.frozen
+class UpstreamReconnecting:
+    """
+    The Deepgram leg was lost for a retryable reason and the call will open a new one in
+    ``delay_s`` (attempt ``attempt``); the caller stays connected. Stages go back to their
+    pre-session state (settings holds audio again, keepalive pauses).
+    """
+
+    attempt: int
+    delay_s: float
     diagnosis: Any = None
 
 

@@ -120,6 +120,9 @@ class StageContext(Protocol):
     def stop_handling(self, cls: type, direction: str = "inbound") -> None:
         """Take this stage off the route of ``cls`` (e.g. audio, once no longer held)."""
 
+    def resume_handling(self, cls: type, direction: str = "inbound") -> None:
+        """Put this stage back on the route of ``cls``, with the handler its routes gave."""
+
 
 # --- discovery ----------------------------------------------------------------------------------
 

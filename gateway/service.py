@@ -66,7 +66,7 @@ class Gateway:
         return None
 
     def new_call(self, leg: str) -> Call:
-        call = Call(self.configured, leg, self.reactor, self._connect, self._closed)
+        call = Call(self.configured, leg, self.reactor, self._connect, self._closed, gateway_state=self)
         self.calls.add(call)
         self.calls_total += 1
         return call

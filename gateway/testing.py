@@ -71,6 +71,7 @@ class RecordingContext:
     ended: list[Any] = attrs.field(factory=list)
     counters: collections.Counter = attrs.field(factory=collections.Counter)
     unrouted: list[tuple[type, str]] = attrs.field(factory=list)
+    rerouted: list[tuple[type, str]] = attrs.field(factory=list)
 
     def emit_inbound(self, event: object) -> None:
         self.inbound.append(event)
@@ -86,6 +87,9 @@ class RecordingContext:
 
     def stop_handling(self, cls: type, direction: str = "inbound") -> None:
         self.unrouted.append((cls, direction))
+
+    def resume_handling(self, cls: type, direction: str = "inbound") -> None:
+        self.rerouted.append((cls, direction))
 
     def counted(self, name: str, **labels: str) -> int:
         """The value of one counter."""

@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from gateway.codecs.deepgram import KEEPALIVE
 from gateway.config import GatewayConfig, Section
-from gateway.events import Audio, UpstreamMessage, UpstreamOpened
+from gateway.events import Audio, UpstreamMessage, UpstreamOpened, UpstreamReconnecting
 from gateway.plugin import IStreamPlugin, Routes, StageContext
 
 __all__ = ["plugin", "KeepaliveStage"]
@@ -47,9 +47,14 @@ class KeepaliveStage:
     _last_tick: float = 0.0
 
     def routes(self) -> Routes:
-        return Routes(outbound={UpstreamOpened: self.on_open})
+        return Routes(outbound={UpstreamOpened: self.on_open, UpstreamReconnecting: self.on_lost})
+
+    def on_lost(self, event: UpstreamReconnecting) -> Any:
+        self.close()
+        return event
 
     def on_open(self, event: UpstreamOpened) -> Any:
+        self.close()
         self._last_frames = self.ctx.call.frames_to_upstream
         self._last_tick = self.ctx.clock.seconds()
         self._schedule()

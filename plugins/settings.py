@@ -43,6 +43,7 @@ from gateway.events import (
     StreamStarted,
     UpstreamMessage,
     UpstreamOpened,
+    UpstreamReconnecting,
 )
 from gateway.plugin import IStreamPlugin, Routes, StageContext
 
@@ -90,7 +91,9 @@ class SettingsStage:
     _limit_bytes: int = 0
     _timer: Any = None
     _released: bool = False
+    _sessions: int = 0
     settings: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = attrs.field(factory=list)
 
     def __attrs_post_init__(self) -> None:
         self._limit_bytes = self.ctx.call.caller_format.bytes_for_ms(self.options.hold_audio_ms)
@@ -98,7 +101,11 @@ class SettingsStage:
     def routes(self) -> Routes:
         return Routes(
             inbound={StreamStarted: self.on_start, Audio: self.on_audio},
-            outbound={UpstreamOpened: self.on_open, DeepgramEvent: self.on_event},
+            outbound={
+                UpstreamOpened: self.on_open,
+                DeepgramEvent: self.on_event,
+                UpstreamReconnecting: self.on_reconnecting,
+            },
         )
 
     def on_start(self, event: StreamStarted) -> Any:
@@ -146,19 +153,55 @@ class SettingsStage:
         return None
 
     def on_open(self, event: UpstreamOpened) -> Any:
+        self._sessions += 1
         if self.options.mode == "agent":
             assert self.settings is not None
-            self.ctx.emit_inbound(UpstreamMessage(self.settings))
+            settings = self.settings
+            if self._sessions > 1:
+                settings = self._restoring(settings)
+            self.ctx.emit_inbound(UpstreamMessage(settings))
             self._timer = self.ctx.clock.callLater(self.options.applied_timeout_s, self._timed_out)
         else:
             self._release()
         return event
 
     def on_event(self, event: DeepgramEvent) -> Any:
-        if event.type == "SettingsApplied" and not self._released:
+        kind = event.type
+        if kind == "SettingsApplied" and not self._released:
             self._cancel()
             self._release()
+        elif kind in ("ConversationText", "History"):
+            self._remember(event.message)
         return event
+
+    def on_reconnecting(self, event: UpstreamReconnecting) -> Any:
+        """The Deepgram leg is being replaced: hold audio again until the new one is ready."""
+        self._cancel()
+        if self._released:
+            self._released = False
+            self.ctx.resume_handling(Audio, "inbound")
+        return event
+
+    def _remember(self, message: Mapping[str, Any]) -> None:
+        role, content = message.get("role"), message.get("content")
+        if role in ("user", "assistant") and isinstance(content, str):
+            item = {"type": "History", "role": role, "content": content}
+            # History (when flags.history is on) repeats ConversationText: keep one copy.
+            if not self.history or self.history[-1] != item:
+                self.history.append(item)
+        elif isinstance(message.get("function_calls"), list):
+            self.history.append({"type": "History", "function_calls": message["function_calls"]})
+
+    def _restoring(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Settings for a replacement session: the conversation so far, and no second greeting."""
+        restored = json.loads(json.dumps(settings))
+        agent = restored.get("agent")
+        if isinstance(agent, dict):
+            agent.pop("greeting", None)
+            if self.history:
+                context = agent.setdefault("context", {})
+                context["messages"] = list(context.get("messages", [])) + self.history
+        return restored
 
     def _release(self) -> None:
         self._released = True

@@ -117,8 +117,8 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(h.caller.closed_with, (4500, "DG_AUTH_FAILED"))
 
     def test_unreachable(self) -> None:
-        """A refused TCP connection is DG_UNREACHABLE."""
-        h = CallHarness()
+        """A refused TCP connection is DG_UNREACHABLE (with reconnection off)."""
+        h = CallHarness({"deepgram": {"reconnect_attempts": 0}})
         h.start()
         h.connector.attempts[0][3].errback(Failure(ConnectionRefusedError()))
         self.assertEqual(h.call.diagnosis.code, "DG_UNREACHABLE")
@@ -126,7 +126,7 @@ class LifecycleTests(SynchronousTestCase):
 
     def test_connect_timeout(self) -> None:
         """No answer within deepgram.connect_timeout_s ends the call, no timer left."""
-        h = CallHarness({"deepgram": {"connect_timeout_s": 2}})
+        h = CallHarness({"deepgram": {"connect_timeout_s": 2, "reconnect_attempts": 0}})
         h.start()
         h.clock.advance(2)
         self.assertEqual(h.call.diagnosis.code, "DG_UNREACHABLE")
@@ -206,3 +206,95 @@ class AuthTests(SynchronousTestCase):
         self.assertEqual(h.connector.attempts, [])
         self.assertEqual(h.call.diagnosis.code, "AUTH_FAILED")
         self.assertEqual(h.call.phase, "closed")
+
+
+class ReconnectTests(SynchronousTestCase):
+    """The Deepgram leg is replaced mid-call on retryable failures; the caller stays."""
+
+    def live_call(self, config: dict | None = None) -> CallHarness:
+        h = CallHarness(config or {"deepgram": {"reconnect_attempts": 2, "reconnect_backoff_s": 1}})
+        h.call._random = lambda: 1.0
+        h.start()
+        h.open_upstream("req-1")
+        h.call.from_upstream(dg("SettingsApplied"))
+        return h
+
+    def test_reconnect_restores_conversation(self) -> None:
+        """NET-0000: backoff, audio held and replayed in order, history restored, no second greeting."""
+        h = self.live_call()
+        h.call.caller_audio(Audio(b"\x01" * 160))
+        h.call.from_upstream(dg("ConversationText", role="assistant", content="Hello! How can I help?"))
+        h.call.from_upstream(dg("ConversationText", role="user", content="Where is my order?"))
+        h.call.upstream_closed(UpstreamClosed(1011, "See https://dpgr.am/net0000", True))
+        self.assertEqual(h.call.phase, "reconnecting")
+        self.assertIsNone(h.caller.closed_with)
+        gap = [bytes([i]) * 160 for i in (2, 3, 4)]
+        for frame in gap:
+            h.call.caller_audio(Audio(frame))
+        self.assertEqual(len(h.connector.attempts), 1)
+        h.clock.advance(1)
+        self.assertEqual(len(h.connector.attempts), 2)
+        first = h.upstream
+        h.upstream = FakeUpstreamLeg()
+        h.open_upstream("req-2")
+        settings = h.upstream.messages()[0]
+        self.assertNotIn("greeting", settings["agent"])
+        self.assertEqual(settings["agent"]["context"]["messages"], [
+            {"type": "History", "role": "assistant", "content": "Hello! How can I help?"},
+            {"type": "History", "role": "user", "content": "Where is my order?"}])
+        self.assertEqual(h.upstream.audio(), b"")
+        h.call.from_upstream(dg("SettingsApplied"))
+        h.call.caller_audio(Audio(b"\x05" * 160))
+        self.assertEqual(h.upstream.audio(), b"".join(gap) + b"\x05" * 160)
+        self.assertEqual(first.audio(), b"\x01" * 160)
+        self.assertEqual(h.call.info.request_ids, ["req-1", "req-2"])
+        self.assertEqual(h.call.info.counters[("reconnects", (("diagnosis", "DG_NET_0000"),))], 1)
+
+    def test_gives_up_after_the_cap(self) -> None:
+        """Past reconnect_attempts the call ends with the last diagnosis."""
+        h = self.live_call()
+        h.call.upstream_closed(UpstreamClosed(1006, "dropped", False))
+        for _ in range(2):
+            h.clock.advance(10)
+            h.connector.attempts[-1][3].errback(Failure(ConnectionRefusedError()))
+        self.assertEqual(h.call.diagnosis.code, "DG_UNREACHABLE")
+        self.assertEqual(h.caller.closed_with, (4500, "DG_UNREACHABLE"))
+        self.assertEqual(len(h.connector.attempts), 3)
+
+    def test_total_time_cap(self) -> None:
+        """reconnect_max_s bounds the whole outage."""
+        h = self.live_call({"deepgram": {"reconnect_attempts": 10, "reconnect_backoff_s": 4,
+                                         "reconnect_max_s": 5}})
+        h.call.upstream_closed(UpstreamClosed(1006, "dropped", False))
+        h.clock.advance(4)
+        h.clock.advance(6)  # the second attempt's connect times out past the budget
+        self.assertEqual(h.call.phase, "ending")
+
+    def test_not_retryable_ends_at_once(self) -> None:
+        """A 401 or a rejected Settings ends the call with no attempt."""
+        h = self.live_call()
+        h.call.from_upstream(dg("Error", code="INVALID_SETTINGS", description="x"))
+        h.call.upstream_closed(UpstreamClosed(None, None, True))
+        self.assertEqual(h.call.phase, "ending")
+        self.assertEqual(len(h.connector.attempts), 1)
+
+    def test_rate_limited_upgrade_is_retried(self) -> None:
+        """A 429 on the first upgrade is retried."""
+        h = CallHarness({"deepgram": {"reconnect_attempts": 1}})
+        h.start()
+        h.call.upstream_closed(UpstreamClosed(1006, "upgrade failed", False, http_status=429))
+        self.assertEqual(h.call.phase, "reconnecting")
+        h.clock.advance(1)
+        h.open_upstream("req-2")
+        h.call.from_upstream(dg("SettingsApplied"))
+        self.assertEqual(h.call.phase, "live")
+
+    def test_caller_leaves_while_reconnecting(self) -> None:
+        """The caller hanging up during the gap ends the call with no timer left."""
+        h = self.live_call()
+        h.call.upstream_closed(UpstreamClosed(1006, "dropped", False))
+        h.call.from_caller(StreamStopped())
+        self.assertEqual(h.caller.closed_with, (1000, "CALLER_HANGUP"))
+        h.call.caller_closed(1000, None, True)
+        self.assertEqual(h.call.phase, "closed")
+        self.assertEqual(h.clock.getDelayedCalls(), [])
