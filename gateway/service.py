@@ -132,7 +132,7 @@ class GatewayService(service.Service):
         service.Service.startService(self)
         config = self.gateway.config
         for warning in config.warnings:
-            self.log.warn("{warning}", warning=warning)
+            self.log.warn("{startup_warning}", startup_warning=warning)
         site = self.gateway.make_site()
         self.port = yield serverFromString(self.reactor, self.endpoint).listen(site)
         address = self.port.getHost()

@@ -1,0 +1,147 @@
+"""
+Whole-gateway tests of the spine on loopback: a Twilio-shaped client, the gateway (in process and
+as a real twistd), and the minimal Deepgram stand-in.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import parse_qs
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from gateway.service import GatewayService
+from gateway.standin import StandIn
+from gateway.testing import TEST_API_KEY, configure
+from tests.system.harness import DROPINS, TwistdGateway, clip
+from tests.system.twilio_client import twilio_call
+
+ORDER = clip("caller-order-8k-mulaw.wav").data
+
+
+class SpineTests(TestCase):
+    """The end-to-end call through the real stack."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self) -> None:
+        self.standin = StandIn(reactor, TEST_API_KEY)
+        yield self.standin.listen()
+        self.addCleanup(self.standin.stop)
+
+    def env(self, **more: str) -> dict:
+        return {"DEEPGRAM_AGENT_URL": self.standin.url("agent"),
+                "DEEPGRAM_LISTEN_URL": self.standin.url("listen"), **more}
+
+    @defer.inlineCallbacks
+    def gateway(self, config: dict | None = None, **env: str) -> defer.Deferred:
+        service = GatewayService(configure(config, self.env(**env)), "tcp:0:interface=127.0.0.1", reactor)
+        yield service.startService()
+        self.addCleanup(service.stopService)
+        return f"ws://127.0.0.1:{service.port.getHost().port}"
+
+    def assertCall(self, result, session) -> None:
+        kind, first = session.received[0]
+        self.assertEqual((kind, first["type"]), ("text", "Settings"))
+        frames = [p for k, p in session.received if k == "binary"]
+        self.assertNotIn(b"", frames)
+        self.assertEqual(session.audio, ORDER)
+        media = [e for e in result.events if e["event"] == "media"]
+        self.assertGreater(len(media), 0)
+        self.assertEqual(result.violations, [])
+        self.assertEqual(result.binary_frames, 0)
+        self.assertEqual(result.count("clear"), 1)
+        self.assertEqual((result.close_code, session.close_code), (1000, 1000))
+        self.assertEqual(result.close_reason, "CALLER_HANGUP")
+
+    @defer.inlineCallbacks
+    def test_call(self) -> None:
+        """Settings first, the clip byte-exact with no empty frame, media back, one clear, clean stop."""
+        url = yield self.gateway()
+        result = yield twilio_call(reactor, url + "/twilio", ORDER).addTimeout(30, reactor)
+        session = self.standin.sessions[0]
+        yield session.closed
+        self.assertCall(result, session)
+        self.assertEqual(session.headers["authorization"], f"Token {TEST_API_KEY}")
+
+    @defer.inlineCallbacks
+    def test_twistd(self) -> None:
+        """The same call through a real `twistd -n gateway` process from the installed package."""
+        gw = TwistdGateway(["--port", "tcp:0:interface=127.0.0.1"],
+                           {"DEEPGRAM_API_KEY": TEST_API_KEY, **self.env()})
+        self.addCleanup(gw.stop)
+        port = yield gw.listening.addTimeout(60, reactor)
+        result = yield twilio_call(reactor, f"ws://127.0.0.1:{port}/twilio", ORDER).addTimeout(30, reactor)
+        session = self.standin.sessions[0]
+        yield session.closed
+        self.assertCall(result, session)
+        yield gw.stop()
+        self.assertIn("ended: CALLER_HANGUP", gw.output)
+        self.assertNotIn(TEST_API_KEY, gw.output)
+
+    @defer.inlineCallbacks
+    def test_bad_signature(self) -> None:
+        """With TWILIO_AUTH_TOKEN set, a bad or missing signature is refused before Deepgram is contacted."""
+        url = yield self.gateway(TWILIO_AUTH_TOKEN="tw-secret", GATEWAY_PUBLIC_URL="https://gw.example.com")
+        for token in ("wrong", None):
+            result = yield twilio_call(reactor, url + "/twilio", ORDER, auth_token=token,
+                                       signed_url="wss://gw.example.com/twilio").addTimeout(30, reactor)
+            self.assertEqual(result.handshake_status, 403)
+        self.assertEqual(self.standin.upgrade_attempts, 0)
+        result = yield twilio_call(reactor, url + "/twilio", ORDER, auth_token="tw-secret",
+                                   signed_url="wss://gw.example.com/twilio").addTimeout(30, reactor)
+        self.assertEqual(result.close_code, 1000)
+        self.assertEqual(self.standin.upgrade_attempts, 1)
+
+    @defer.inlineCallbacks
+    def test_dropin(self) -> None:
+        """A drop-in from a configured directory runs in its place in the chain."""
+        url = yield self.gateway({"gateway": {"dropin_dirs": [os.path.join(DROPINS, "good")],
+                                              "chain": ["auth", "settings", "loud", "close_codes"]}})
+        yield twilio_call(reactor, url + "/twilio", ORDER).addTimeout(30, reactor)
+        session = self.standin.sessions[0]
+        yield session.closed
+        frames = [ORDER[i:i + 160] for i in range(0, len(ORDER), 160)]
+        self.assertEqual(session.audio, b"".join(f * 2 for f in frames))
+
+    @defer.inlineCallbacks
+    def test_listen(self) -> None:
+        """listen mode: the configured query string, the clip, Results reaching the chain, CloseStream."""
+        url = yield self.gateway({
+            "gateway": {"mode": "listen", "dropin_dirs": [os.path.join(DROPINS, "recorder")],
+                        "chain": ["auth", "settings", "empty_frames", "keepalive", "close_codes", "recorder"]},
+            "settings": {"listen": {"model": "nova-2", "diarize": True}}})
+        result = yield twilio_call(reactor, url + "/twilio", ORDER).addTimeout(30, reactor)
+        session = self.standin.sessions[0]
+        yield session.closed
+        self.assertEqual(session.path, "/v1/listen")
+        self.assertEqual({k: session.query[k] for k in ("model", "diarize", "encoding", "sample_rate")},
+                         {"model": "nova-2", "diarize": "true", "encoding": "mulaw", "sample_rate": "8000"})
+        self.assertEqual(session.audio, ORDER)
+        self.assertEqual(session.received[-1], ("text", {"type": "CloseStream"}))
+        from gateway.dropins import recorder  # imported by the gateway from tests/dropins
+
+        seen = [name for events in recorder.SEEN.values() for d, name in events]
+        self.assertIn("Results", seen)
+        self.assertIn("Metadata", seen)
+        self.assertEqual((result.close_code, session.close_code), (1000, 1000))
+        _ = parse_qs
+
+    @defer.inlineCallbacks
+    def test_settings_rejected(self) -> None:
+        """An Error then a no-status close: the caller gets 4500 DG_SETTINGS_REJECTED."""
+        url = yield self.gateway({"settings": {"template": {
+            "tags": ["reject"], "agent": {"listen": {"provider": {"type": "deepgram"}},
+                                          "think": {"provider": {"type": "open_ai"}},
+                                          "speak": {"provider": {"type": "deepgram"}}}}}})
+        result = yield twilio_call(reactor, url + "/twilio", ORDER, stop_after_s=None).addTimeout(30, reactor)
+        self.assertEqual((result.close_code, result.close_reason), (4500, "DG_SETTINGS_REJECTED"))
+
+    @defer.inlineCallbacks
+    def test_bad_key(self) -> None:
+        """A 401 upgrade: the caller gets 4500 DG_AUTH_FAILED (with reconnection off)."""
+        url = yield self.gateway({"deepgram": {"reconnect_attempts": 0}}, DEEPGRAM_API_KEY="wrong-key")
+        result = yield twilio_call(reactor, url + "/twilio", ORDER, stop_after_s=None).addTimeout(30, reactor)
+        self.assertEqual((result.close_code, result.close_reason), (4500, "DG_AUTH_FAILED"))
