@@ -342,7 +342,8 @@ class Call:
         self._lost_diagnosis: Diagnosis | None = None
         self._random = random.random
         self._gateway_state = gateway_state
-        self.closed = Deferred()
+        self._waiters: list[Deferred] = []
+        self.is_closed = False
         stages = []
         names = []
         self._chain = None  # type: ignore[assignment]
@@ -609,8 +610,20 @@ class Call:
             dg_error=d.error,
             duration_s=round(self.clock.seconds() - self.info.started_at, 3),
         )
+        self.is_closed = True
         self._on_closed(self)
-        self.closed.callback(self)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(self)
+
+    def when_closed(self) -> Deferred:
+        """A new Deferred that fires with the call once it is closed (cancelling it is harmless)."""
+        d: Deferred = Deferred()
+        if self.is_closed:
+            d.callback(self)
+        else:
+            self._waiters.append(d)
+        return d
 
     # --- the sinks at either end of the chain ----------------------------------------------------
 

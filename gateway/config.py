@@ -139,6 +139,7 @@ class GatewayConfig:
     reconnect_max_s: float = 20.0
     reconnect_backoff_s: float = 0.5
     drain_deadline_s: float = 30.0
+    max_calls: int = 200
     end_timeout_s: float = 5.0
     demo: bool = False
     plugin_sections: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict, repr=False)
@@ -224,6 +225,7 @@ def load_config(
     require_signature = gw.bool("require_signature", False)
     public_url = gw.str("public_url", "") or None
     drain = gw.float("drain_deadline_s", 30.0, minimum=0)
+    max_calls = gw.int("max_calls", 200, minimum=1)
     end_timeout = gw.float("end_timeout_s", 5.0, minimum=0.1)
     demo = gw.bool("demo", False) or demo
     gw.finish()
@@ -291,6 +293,7 @@ def load_config(
         reconnect_max_s=reconnect_max_s,
         reconnect_backoff_s=reconnect_backoff_s,
         drain_deadline_s=drain,
+        max_calls=max_calls,
         end_timeout_s=end_timeout,
         demo=demo,
         warnings=tuple(warnings),

@@ -63,6 +63,8 @@ class Gateway:
         """Why a new call would be refused now (None: it is accepted)."""
         if self.draining:
             return "draining"
+        if len(self.calls) >= self.config.max_calls:
+            return "full"
         return None
 
     def new_call(self, leg: str) -> Call:
@@ -95,7 +97,7 @@ class Gateway:
             deadline_s=deadline_s,
         )
         if live:
-            waiting = defer.DeferredList([c.closed for c in live], consumeErrors=True)
+            waiting = defer.DeferredList([c.when_closed() for c in live], consumeErrors=True)
             timer = self.reactor.callLater(deadline_s, waiting.cancel)
             try:
                 yield waiting
@@ -107,7 +109,7 @@ class Gateway:
         for call in rest:
             call.end(Diagnosis("DRAINED", leg="gateway", phase=call.phase))
         if rest:
-            yield defer.DeferredList([c.closed for c in rest], consumeErrors=True)
+            yield defer.DeferredList([c.when_closed() for c in rest], consumeErrors=True)
         self.log.info("drain done: {closed} calls closed at the deadline", closed=len(rest))
 
 
@@ -116,7 +118,13 @@ class GatewayService(service.Service):
 
     log = Logger()
 
-    def __init__(self, configured: ConfiguredGateway, endpoint: str, reactor: Any = None) -> None:
+    def __init__(
+        self,
+        configured: ConfiguredGateway,
+        endpoint: str,
+        reactor: Any = None,
+        handle_second_signal: bool = False,
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -126,6 +134,7 @@ class GatewayService(service.Service):
         self.gateway = Gateway(configured, reactor)
         self.port: Any = None
         self._stopping: defer.Deferred | None = None
+        self._handle_second_signal = handle_second_signal
 
     @defer.inlineCallbacks
     def startService(self) -> Any:
@@ -149,9 +158,27 @@ class GatewayService(service.Service):
             self._stopping = self._stop()
         return self._stopping
 
+    def _ignore_further_signals(self) -> None:
+        """
+        twistd answers a second SIGTERM during the drain with a 'reactor not running'
+        traceback; say plainly instead that the drain goes on.
+        """
+        import signal
+
+        def again(signum: int, frame: Any) -> None:
+            self.reactor.callFromThread(
+                self.log.warn, "signal {signum} again: still draining, exiting when calls end",
+                signum=signum,
+            )
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, again)
+
     @defer.inlineCallbacks
     def _stop(self) -> Any:
         service.Service.stopService(self)
+        if self._handle_second_signal:
+            self._ignore_further_signals()
         yield self.gateway.drain(self.gateway.config.drain_deadline_s)
         if self.port is not None:
             yield self.port.stopListening()

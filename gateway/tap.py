@@ -44,5 +44,5 @@ def makeService(options: Options) -> service.IService:
     from gateway.service import GatewayService
 
     top = service.MultiService()
-    GatewayService(options.configured, options["port"]).setServiceParent(top)
+    GatewayService(options.configured, options["port"], handle_second_signal=True).setServiceParent(top)
     return top
