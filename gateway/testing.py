@@ -27,6 +27,7 @@ from gateway.config import ConfiguredGateway, load_config
 from gateway.events import DeepgramEvent
 
 __all__ = [
+    "temp_path",
     "RecordingContext",
     "FakeCallerLeg",
     "FakeUpstreamLeg",
@@ -37,6 +38,18 @@ __all__ = [
 ]
 
 TEST_API_KEY = "test-deepgram-key"
+
+
+def temp_path(test: Any, name: str = "file") -> str:
+    """
+    A path in a fresh temporary directory removed when ``test`` ends. (trial's ``mktemp``
+    writes into the working directory, which under pytest is the checkout.)
+    """
+    import shutil
+
+    directory = tempfile.mkdtemp(prefix="gw-test-")
+    test.addCleanup(shutil.rmtree, directory, True)
+    return os.path.join(directory, name)
 
 
 def call_info(

@@ -20,6 +20,8 @@ import venv
 
 from twisted.trial.unittest import TestCase
 
+from gateway.testing import temp_path
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHECK = r"""
@@ -56,10 +58,11 @@ def _env() -> dict:
 class InstalledCopyTests(TestCase):
     """The project as installed."""
 
+
     timeout = 300
 
     def run_in(self, python: str, args: list[str]) -> subprocess.CompletedProcess:
-        workdir = self.mktemp()
+        workdir = temp_path(self)
         os.makedirs(workdir)
         return subprocess.run([python, *args], cwd=workdir, env=_env(), capture_output=True, text=True,
                               timeout=240)

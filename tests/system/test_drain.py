@@ -5,12 +5,14 @@ calls that end before the deadline are not cut, the rest are closed with 1001, t
 
 from __future__ import annotations
 
+import os
+
 import treq
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from gateway.standin import StandIn
-from gateway.testing import TEST_API_KEY
+from gateway.testing import temp_path, TEST_API_KEY
 from tests.system.harness import TwistdGateway, clip
 from tests.system.twilio_client import twilio_call
 
@@ -19,6 +21,7 @@ AUDIO = clip("caller-yes-8k-mulaw.wav").data
 
 class DrainTests(TestCase):
     """SIGTERM with live calls."""
+
 
     timeout = 90
 
@@ -30,7 +33,7 @@ class DrainTests(TestCase):
 
     @defer.inlineCallbacks
     def start(self, drain_s: float) -> defer.Deferred:
-        config = self.mktemp()
+        config = temp_path(self)
         with open(config, "w") as f:
             f.write(f"[gateway]\ndrain_deadline_s = {drain_s}\n")
         gw = TwistdGateway(["--port", "tcp:0:interface=127.0.0.1", "--config", config],

@@ -6,17 +6,20 @@ import os
 
 from twisted.trial.unittest import TestCase
 
+from gateway.testing import temp_path
+
 from tests.system.harness import DROPINS, run_twistd_to_exit
 
 
 class StartupTests(TestCase):
     """Start-up errors of a real twistd."""
 
+
     timeout = 60
 
     def test_broken_dropin(self) -> None:
         """A broken drop-in stops start-up with status 1 and the file's name."""
-        config = self.mktemp()
+        config = temp_path(self)
         with open(config, "w") as f:
             f.write(f'[gateway]\ndropin_dirs = ["{os.path.join(DROPINS, "broken")}"]\n')
         result = run_twistd_to_exit(["--config", config], {"DEEPGRAM_API_KEY": "k"})
@@ -26,7 +29,7 @@ class StartupTests(TestCase):
 
     def test_config_typo(self) -> None:
         """A typo exits 1 naming the key."""
-        config = self.mktemp()
+        config = temp_path(self)
         with open(config, "w") as f:
             f.write('[keepalive]\nintervl_s = 3\n')
         result = run_twistd_to_exit(["--config", config], {"DEEPGRAM_API_KEY": "k"})
