@@ -106,6 +106,8 @@ class CallInfo:
     last_error: dict[str, Any] | None = None
     last_warning: dict[str, Any] | None = None
     phase: str = "handshake"
+    frames_from_caller: int = 0
+    frames_from_upstream: int = 0
     frames_to_upstream: int = 0
     bytes_to_upstream: int = 0
     frames_to_caller: int = 0
@@ -402,6 +404,7 @@ class Call:
 
     def caller_audio(self, event: Audio) -> None:
         """The hot path: one caller audio frame into the chain."""
+        self.info.frames_from_caller += 1
         self._chain.inbound(event)
 
     def caller_closed(self, code: int | None, reason: str | None, was_clean: bool) -> None:
@@ -456,6 +459,7 @@ class Call:
 
     def upstream_audio(self, event: Audio) -> None:
         """The hot path: one agent audio frame into the chain."""
+        self.info.frames_from_upstream += 1
         self._chain.outbound(event)
 
     def upstream_closed(self, event: UpstreamClosed) -> None:

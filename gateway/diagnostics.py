@@ -22,6 +22,7 @@ AUTH_FAILED = 4003
 SESSION_SETUP_FAILED = 4500
 UPSTREAM_FAILED = 4501
 INTERNAL_ERROR = 4502
+CALLER_IDLE = 4408
 
 
 @attrs.frozen
@@ -49,6 +50,8 @@ _ROWS = [
     _e("CALLER_HANGUP", "Twilio sent 'stop': the caller hung up or the call moved on",
        "nothing to do", False, 1000),
     _e("CALLER_CLOSED", "the caller closed the WebSocket", "nothing to do", False, 1000),
+    _e("CALLER_IDLE", "the caller sent no audio for keepalive.caller_idle_timeout_s",
+       "check the caller: Twilio streams audio continuously, even silence", False, CALLER_IDLE),
     _e("CALLER_DROPPED", "the caller's connection dropped without a WebSocket close",
        "check the caller's network or the proxy's timeouts (longer than the ping interval)",
        False, 1000),

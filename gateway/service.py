@@ -79,11 +79,21 @@ class Gateway:
     def _closed(self, call: Call) -> None:
         self.calls.discard(call)
 
+    def caller_options(self) -> dict[str, Any]:
+        """Autobahn options of the caller legs; stage factories may contribute (keepalive's pings)."""
+        options = dict(CALLER_OPTIONS)
+        for _, factory in self.configured.stages:
+            contribute = getattr(factory, "caller_protocol_options", None)
+            if contribute is not None:
+                options.update(contribute())
+        return options
+
     def make_site(self) -> Any:
+        options = self.caller_options()
         twilio = CallerFactory(self, TwilioProtocol)
-        twilio.setProtocolOptions(**CALLER_OPTIONS)
+        twilio.setProtocolOptions(**options)
         client = CallerFactory(self, ClientProtocol)
-        client.setProtocolOptions(**CALLER_OPTIONS)
+        client.setProtocolOptions(**options)
         return make_site(self, twilio, client)
 
     @defer.inlineCallbacks

@@ -9,6 +9,10 @@ keepalive: keep the Deepgram leg open through silence.
   nothing this stage sends real silence in the declared encoding (as much as the gap lasted, so
   Deepgram's timeline stays in step with the call), which works under both readings.
 
+Towards the caller: WebSocket pings (a caller that stops answering is dropped and the call
+ended) and an idle check (no caller audio for ``caller_idle_timeout_s`` ends the call:
+Twilio streams audio continuously, silence included, so a quiet socket means a stuck peer).
+
 Timers come from the call's clock and are cancelled when the call ends.
 """
 
@@ -22,6 +26,7 @@ from zope.interface import implementer
 
 from gateway.codecs.deepgram import KEEPALIVE
 from gateway.config import GatewayConfig, Section
+from gateway.diagnostics import Diagnosis
 from gateway.events import Audio, UpstreamMessage, UpstreamOpened, UpstreamReconnecting
 from gateway.plugin import IStreamPlugin, Routes, StageContext
 
@@ -30,10 +35,18 @@ __all__ = ["plugin", "KeepaliveStage"]
 
 @attrs.frozen
 class KeepaliveOptions:
-    """``[keepalive]``: ``interval_s`` (Voice Agent KeepAlive), ``silence_interval_s`` (listen)."""
+    """
+    ``[keepalive]``: ``interval_s`` (Voice Agent KeepAlive), ``silence_interval_s`` (listen),
+    ``caller_idle_timeout_s`` (end a call whose caller sends no audio that long; 0 = never),
+    ``caller_ping_interval_s`` / ``caller_ping_timeout_s`` (WebSocket pings to the caller; a
+    caller that does not answer in time is dropped and the call ended).
+    """
 
     interval_s: float
     silence_interval_s: float
+    caller_idle_timeout_s: float = 60.0
+    caller_ping_interval_s: float = 10.0
+    caller_ping_timeout_s: float = 5.0
 
 
 @attrs.define
@@ -45,16 +58,35 @@ class KeepaliveStage:
     _timer: Any = None
     _last_frames: int = -1
     _last_tick: float = 0.0
+    _idle_timer: Any = None
+    _caller_frames: int = -1
+
+    def __attrs_post_init__(self) -> None:
+        if self.options.caller_idle_timeout_s > 0:
+            self._idle_timer = self.ctx.clock.callLater(
+                self.options.caller_idle_timeout_s, self._check_idle
+            )
+
+    def _check_idle(self) -> None:
+        frames = self.ctx.call.frames_from_caller
+        if frames == self._caller_frames:
+            self._idle_timer = None
+            self.ctx.log.warn("no audio from the caller for {timeout_s} s; ending the call",
+                              timeout_s=self.options.caller_idle_timeout_s)
+            self.ctx.end_call(Diagnosis("CALLER_IDLE", leg="caller", phase=self.ctx.call.phase))
+            return
+        self._caller_frames = frames
+        self._idle_timer = self.ctx.clock.callLater(self.options.caller_idle_timeout_s, self._check_idle)
 
     def routes(self) -> Routes:
         return Routes(outbound={UpstreamOpened: self.on_open, UpstreamReconnecting: self.on_lost})
 
     def on_lost(self, event: UpstreamReconnecting) -> Any:
-        self.close()
+        self._stop_keepalive()
         return event
 
     def on_open(self, event: UpstreamOpened) -> Any:
-        self.close()
+        self._stop_keepalive()
         self._last_frames = self.ctx.call.frames_to_upstream
         self._last_tick = self.ctx.clock.seconds()
         self._schedule()
@@ -84,10 +116,16 @@ class KeepaliveStage:
         self._last_tick = now
         self._schedule()
 
-    def close(self) -> None:
+    def _stop_keepalive(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+    def close(self) -> None:
+        self._stop_keepalive()
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
 
 
 @implementer(IPlugin, IStreamPlugin)
@@ -101,6 +139,9 @@ class KeepalivePlugin:
         options = KeepaliveOptions(
             interval_s=section.float("interval_s", 5.0, minimum=0.5),
             silence_interval_s=section.float("silence_interval_s", 2.0, minimum=0.1),
+            caller_idle_timeout_s=section.float("caller_idle_timeout_s", 60.0, minimum=0),
+            caller_ping_interval_s=section.float("caller_ping_interval_s", 10.0, minimum=0),
+            caller_ping_timeout_s=section.float("caller_ping_timeout_s", 5.0, minimum=0.5),
         )
         if options.silence_interval_s >= 8:
             from gateway.errors import ConfigError
@@ -109,7 +150,23 @@ class KeepalivePlugin:
                 section.key("silence_interval_s"),
                 "must be under 8 s: Deepgram closes /v1/listen after ~10 s without audio",
             )
-        return lambda ctx: KeepaliveStage(ctx, options)
+        return KeepaliveFactory(options)
+
+
+@attrs.frozen
+class KeepaliveFactory:
+    """Makes keepalive stages; also sets the caller legs' WebSocket ping options."""
+
+    options: KeepaliveOptions
+
+    def caller_protocol_options(self) -> dict[str, float]:
+        return {
+            "autoPingInterval": self.options.caller_ping_interval_s,
+            "autoPingTimeout": self.options.caller_ping_timeout_s,
+        }
+
+    def __call__(self, ctx: StageContext) -> KeepaliveStage:
+        return KeepaliveStage(ctx, self.options)
 
 
 plugin = KeepalivePlugin()

@@ -262,3 +262,29 @@ class SettingsSchemaTests(SynchronousTestCase):
         self.assertIsNone(stage.routes().inbound[StreamStarted](StreamStarted("MZ1", custom_parameters={"t": "hot"})))
         self.assertEqual(ctx.inbound, [])
         self.assertEqual(ctx.ended[0].code, "SESSION_SETUP_FAILED")
+
+
+class KeepaliveCallerTests(SynchronousTestCase):
+    """keepalive towards the caller."""
+
+    def test_idle_caller_ends_the_call(self) -> None:
+        """No caller audio for caller_idle_timeout_s ends the call with CALLER_IDLE (4408)."""
+        ctx = RecordingContext()
+        stage, _ = stage_for("keepalive", ctx, {"keepalive": {"caller_idle_timeout_s": 30}})
+        for _ in range(3):
+            ctx.call.frames_from_caller += 1500
+            ctx.clock.advance(30)
+        self.assertEqual(ctx.ended, [])
+        ctx.clock.advance(30)
+        self.assertEqual([(d.code, d.caller_close) for d in ctx.ended], [("CALLER_IDLE", 4408)])
+        stage.close()
+        self.assertEqual(ctx.clock.getDelayedCalls(), [])
+
+    def test_ping_options(self) -> None:
+        """The caller legs ping at the configured cadence."""
+        from gateway.service import Gateway
+
+        configured = configure({"keepalive": {"caller_ping_interval_s": 7, "caller_ping_timeout_s": 3}})
+        options = Gateway(configured, None).caller_options()
+        self.assertEqual((options["autoPingInterval"], options["autoPingTimeout"]), (7.0, 3.0))
+        self.assertFalse(options["webStatus"])
