@@ -83,6 +83,22 @@ class Tokens(resource.Resource):
         return json_response(request, 200, {"token": token, "expires_in": TOKEN_TTL_S})
 
 
+class Metrics(resource.Resource):
+    """``GET /metrics``: the Prometheus text format, rendered on the reactor thread."""
+
+    isLeaf = True
+
+    def __init__(self, gateway: Any) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def render_GET(self, request: Any) -> bytes:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(self.gateway.metrics.registry)
+
+
 class TwilioResource(resource.Resource):
     """``/twilio``: the Media Streams WebSocket at the exact path; HTTP children below it."""
 
@@ -108,6 +124,7 @@ def make_site(gateway: Any, twilio_factory: Any, client_factory: Any) -> server.
     root.putChild(b"client", WebSocketResource(client_factory))
     root.putChild(b"healthz", Heartbeat())
     root.putChild(b"readyz", Readiness(gateway))
+    root.putChild(b"metrics", Metrics(gateway))
     v1 = resource.Resource()
     v1.putChild(b"tokens", Tokens(gateway))
     root.putChild(b"v1", v1)

@@ -234,6 +234,15 @@ def _build_machine() -> Callable[[Call], _CallInputs]:
     return b.build()
 
 
+class _NoMetrics:
+    """Metrics that go nowhere (a call made without a gateway, in tests)."""
+
+    def connected(self, mode: str, seconds: float) -> None: ...
+    def settings_applied(self, seconds: float) -> None: ...
+    def agent_responded(self, seconds: float) -> None: ...
+    def leg_closed(self, leg: str, code: int | None) -> None: ...
+
+
 class CallLogger(Logger):
     """A `Logger` that adds the call's ``call_id``, ``stream_sid`` and ``phase`` to every event."""
 
@@ -300,6 +309,7 @@ class Call:
         on_closed: Callable[[Call], None] = lambda call: None,
         call_id: str | None = None,
         gateway_state: Any = None,
+        metrics: Any = None,
     ) -> None:
         global _Machine
         if _Machine is None:
@@ -345,6 +355,10 @@ class Call:
         self._random = random.random
         self._gateway_state = gateway_state
         self._waiters: list[Deferred] = []
+        self.metrics = metrics if metrics is not None else _NoMetrics()
+        self._connect_started = 0.0
+        self._opened_at = 0.0
+        self._turn_ended_at: float | None = None
         self.is_closed = False
         stages = []
         names = []
@@ -408,6 +422,7 @@ class Call:
         self._chain.inbound(event)
 
     def caller_closed(self, code: int | None, reason: str | None, was_clean: bool) -> None:
+        self.metrics.leg_closed("caller", code)
         self._caller_open = False
         self._caller_gone = True
         event = CallerClosed(code, reason, was_clean)
@@ -436,6 +451,8 @@ class Call:
         self._upstream_state = "open"
         self.info.request_id = request_id
         self.info.request_ids.append(request_id)
+        self._opened_at = self.clock.seconds()
+        self.metrics.connected(self.info.mode, self._opened_at - self._connect_started)
         # The last Error belongs to the session it came with.
         self.info.last_error = None
         self.log.info(
@@ -451,15 +468,23 @@ class Call:
     def from_upstream(self, event: Any) -> None:
         """An event from Deepgram (agent audio goes through `upstream_audio`)."""
         if type(event) is DeepgramEvent:
-            if event.type == "Error":
+            kind = event.type
+            if kind == "Error":
                 self.info.last_error = dict(event.message)
-            elif event.type == "Warning":
+            elif kind == "Warning":
                 self.info.last_warning = dict(event.message)
+            elif kind == "SettingsApplied":
+                self.metrics.settings_applied(self.clock.seconds() - self._opened_at)
+            elif kind == "ConversationText" and event.message.get("role") == "user":
+                self._turn_ended_at = self.clock.seconds()
         self._chain.outbound(event)
 
     def upstream_audio(self, event: Audio) -> None:
         """The hot path: one agent audio frame into the chain."""
         self.info.frames_from_upstream += 1
+        if self._turn_ended_at is not None:
+            self.metrics.agent_responded(self.clock.seconds() - self._turn_ended_at)
+            self._turn_ended_at = None
         self._chain.outbound(event)
 
     def upstream_closed(self, event: UpstreamClosed) -> None:
@@ -467,6 +492,7 @@ class Call:
             return
         self._upstream_open = False
         self._upstream_state = "gone"
+        self.metrics.leg_closed("deepgram", event.code)
         event = attrs.evolve(event, phase=self.info.phase)
         self._pending_diagnosis = None
         self._chain.outbound(event)
@@ -708,6 +734,7 @@ class Call:
 
     def _open_upstream(self, url: str) -> None:
         self._upstream_url = url
+        self._connect_started = self.clock.seconds()
         self._upstream_state = "connecting"
         headers = {"Authorization": f"Token {self.config.api_key}"}
         d = self._connector(url, headers, self)

@@ -23,6 +23,7 @@ from gateway.config import ConfiguredGateway
 from gateway.diagnostics import Diagnosis
 from gateway.legs.agent import connect_deepgram
 from gateway.legs.caller import CallerFactory, ClientProtocol, TwilioProtocol
+from gateway.metrics import GatewayMetrics
 
 __all__ = ["Gateway", "GatewayService", "CALLER_OPTIONS", "UPSTREAM_OPTIONS"]
 
@@ -58,6 +59,7 @@ class Gateway:
         self.calls_total = 0
         options = dict(UPSTREAM_OPTIONS, openHandshakeTimeout=self.config.connect_timeout_s)
         self._upstream_options = options
+        self.metrics = GatewayMetrics(self)
 
     def refuse_new_call(self) -> str | None:
         """Why a new call would be refused now (None: it is accepted)."""
@@ -68,7 +70,8 @@ class Gateway:
         return None
 
     def new_call(self, leg: str) -> Call:
-        call = Call(self.configured, leg, self.reactor, self._connect, self._closed, gateway_state=self)
+        call = Call(self.configured, leg, self.reactor, self._connect, self._closed,
+                    gateway_state=self, metrics=self.metrics)
         self.calls.add(call)
         self.calls_total += 1
         return call
@@ -78,6 +81,7 @@ class Gateway:
 
     def _closed(self, call: Call) -> None:
         self.calls.discard(call)
+        self.metrics.call_ended(call)
 
     def caller_options(self) -> dict[str, Any]:
         """Autobahn options of the caller legs; stage factories may contribute (keepalive's pings)."""

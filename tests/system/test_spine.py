@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from urllib.parse import parse_qs
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from gateway.service import GatewayService
@@ -145,3 +145,44 @@ class SpineTests(TestCase):
         url = yield self.gateway({"deepgram": {"reconnect_attempts": 0}}, DEEPGRAM_API_KEY="wrong-key")
         result = yield twilio_call(reactor, url + "/twilio", ORDER, stop_after_s=None).addTimeout(30, reactor)
         self.assertEqual((result.close_code, result.close_reason), (4500, "DG_AUTH_FAILED"))
+
+
+class MetricsTests(TestCase):
+    """/metrics after real calls shows the counts they caused."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_metrics_after_calls(self) -> None:
+        """Two calls: ended counts, frames per leg, closes, connect histogram; no call ids."""
+        import treq
+        from prometheus_client.parser import text_string_to_metric_families
+
+        standin = StandIn(reactor, TEST_API_KEY)
+        yield standin.listen()
+        self.addCleanup(standin.stop)
+        service = GatewayService(configure(None, {"DEEPGRAM_AGENT_URL": standin.url("agent")}),
+                                 "tcp:0:interface=127.0.0.1", reactor)
+        yield service.startService()
+        self.addCleanup(service.stopService)
+        port = service.port.getHost().port
+        for _ in range(2):
+            yield twilio_call(reactor, f"ws://127.0.0.1:{port}/twilio", ORDER).addTimeout(30, reactor)
+        for session in standin.sessions:
+            yield session.closed
+        for _ in range(200):
+            if not service.gateway.calls:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        response = yield treq.get(f"http://127.0.0.1:{port}/metrics", persistent=False)
+        text = (yield response.content()).decode()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        frames = len(range(0, len(ORDER), 160))
+        self.assertEqual(samples[("gateway_calls_ended_total", (("diagnosis", "CALLER_HANGUP"), ("mode", "agent")))], 2)
+        self.assertEqual(samples[("gateway_frames_total", (("direction", "in"), ("leg", "caller")))], 2 * frames)
+        self.assertEqual(samples[("gateway_frames_total", (("direction", "out"), ("leg", "deepgram")))], 2 * frames)
+        self.assertEqual(samples[("gateway_leg_closes_total", (("code", "1000"), ("leg", "deepgram")))], 2)
+        self.assertEqual(samples[("gateway_deepgram_connect_seconds_count", (("mode", "agent"),))], 2)
+        self.assertEqual(samples[("gateway_active_calls", ())], 0)
+        self.assertNotIn("MZ", text)
