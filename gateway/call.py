@@ -35,6 +35,7 @@ from gateway.codecs.formats import AudioFormat, LINEAR16_16K, MULAW_8K
 from gateway.config import ConfiguredGateway
 from gateway.diagnostics import Diagnosis
 from gateway.errors import AuthError
+from gateway.report import TranscriptKeeper, build_report
 from gateway.events import (
     Audio,
     CallerClosed,
@@ -104,6 +105,7 @@ class CallInfo:
     request_id: str | None = None
     request_ids: list[str | None] = attrs.field(factory=list)
     last_error: dict[str, Any] | None = None
+    last_error_seen: dict[str, Any] | None = None
     last_warning: dict[str, Any] | None = None
     phase: str = "handshake"
     frames_from_caller: int = 0
@@ -359,6 +361,8 @@ class Call:
         self._connect_started = 0.0
         self._opened_at = 0.0
         self._turn_ended_at: float | None = None
+        self.transcript = TranscriptKeeper()
+        self.report: dict[str, Any] | None = None
         self.is_closed = False
         stages = []
         names = []
@@ -469,8 +473,10 @@ class Call:
         """An event from Deepgram (agent audio goes through `upstream_audio`)."""
         if type(event) is DeepgramEvent:
             kind = event.type
+            self.transcript.observe(kind, event.message)
             if kind == "Error":
                 self.info.last_error = dict(event.message)
+                self.info.last_error_seen = self.info.last_error
             elif kind == "Warning":
                 self.info.last_warning = dict(event.message)
             elif kind == "SettingsApplied":
@@ -630,6 +636,7 @@ class Call:
         self._chain.close()
         d = self.diagnosis
         assert d is not None
+        self.report = build_report(self, self.clock.seconds())
         self.log.info(
             "call {call_id} ended: {code} in {ended_phase}; {description}; "
             "stream {stream_sid}, dg-request-id {dg_request_id}",
@@ -637,8 +644,7 @@ class Call:
             ended_phase=d.phase,
             description=d.describe(),
             dg_request_id=self.info.request_id or d.dg_request_id,
-            dg_error=d.error,
-            duration_s=round(self.clock.seconds() - self.info.started_at, 3),
+            call_report=self.report,
         )
         self.is_closed = True
         self._on_closed(self)

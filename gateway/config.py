@@ -142,6 +142,10 @@ class GatewayConfig:
     max_calls: int = 200
     end_timeout_s: float = 5.0
     demo: bool = False
+    webhook_url: str | None = None
+    webhook_timeout_s: float = 5.0
+    webhook_attempts: int = 3
+    webhook_secret: bytes | None = attrs.field(default=None, repr=False)
     plugin_sections: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict, repr=False)
     warnings: tuple[str, ...] = ()
 
@@ -209,6 +213,7 @@ def load_config(
     root = Section("", data)
     gw = root.section("gateway")
     dg = root.section("deepgram")
+    report = root.section("report")
     warnings: list[str] = []
 
     mode = gw.str("mode", "agent", choices=("agent", "listen"))
@@ -237,6 +242,13 @@ def load_config(
     reconnect_max_s = dg.float("reconnect_max_s", 20.0, minimum=0)
     reconnect_backoff_s = dg.float("reconnect_backoff_s", 0.5, minimum=0.01)
     dg.finish()
+
+    webhook_url = report.str("webhook_url", "") or None
+    if webhook_url and not webhook_url.startswith(("http://", "https://")):
+        raise ConfigError("report.webhook_url", f"expected an http(s) URL, got {webhook_url!r}")
+    webhook_timeout = report.float("webhook_timeout_s", 5.0, minimum=0.1)
+    webhook_attempts = report.int("webhook_attempts", 3, minimum=1)
+    report.finish()
 
     if env.get("DEEPGRAM_AGENT_URL"):
         agent_url = _ws_url("DEEPGRAM_AGENT_URL", env["DEEPGRAM_AGENT_URL"])
@@ -296,6 +308,10 @@ def load_config(
         max_calls=max_calls,
         end_timeout_s=end_timeout,
         demo=demo,
+        webhook_url=webhook_url,
+        webhook_timeout_s=webhook_timeout,
+        webhook_attempts=webhook_attempts,
+        webhook_secret=(env.get("GATEWAY_WEBHOOK_SECRET") or "").encode() or None,
         warnings=tuple(warnings),
     )
 
@@ -307,7 +323,7 @@ def load_config(
             near = difflib.get_close_matches(name, sorted(available), n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
             raise ConfigError("gateway.chain", f"unknown plugin {name!r}{hint}")
-    known_sections = {"gateway", "deepgram"} | set(available)
+    known_sections = {"gateway", "deepgram", "report"} | set(available)
     for name, value in data.items():
         if name not in known_sections:
             near = difflib.get_close_matches(name, sorted(known_sections), n=1)

@@ -24,6 +24,7 @@ from gateway.diagnostics import Diagnosis
 from gateway.legs.agent import connect_deepgram
 from gateway.legs.caller import CallerFactory, ClientProtocol, TwilioProtocol
 from gateway.metrics import GatewayMetrics
+from gateway.webhooks import ReportSender
 
 __all__ = ["Gateway", "GatewayService", "CALLER_OPTIONS", "UPSTREAM_OPTIONS"]
 
@@ -60,6 +61,15 @@ class Gateway:
         options = dict(UPSTREAM_OPTIONS, openHandshakeTimeout=self.config.connect_timeout_s)
         self._upstream_options = options
         self.metrics = GatewayMetrics(self)
+        self.reports: ReportSender | None = None
+        if self.config.webhook_url:
+            self.reports = ReportSender(
+                reactor,
+                self.config.webhook_url,
+                timeout_s=self.config.webhook_timeout_s,
+                attempts=self.config.webhook_attempts,
+                secret=self.config.webhook_secret,
+            )
 
     def refuse_new_call(self) -> str | None:
         """Why a new call would be refused now (None: it is accepted)."""
@@ -82,6 +92,9 @@ class Gateway:
     def _closed(self, call: Call) -> None:
         self.calls.discard(call)
         self.metrics.call_ended(call)
+        if self.reports is not None and call.report is not None:
+            key = "conversation" if call.info.mode == "agent" else "transcript"
+            self.reports.send({**call.report, key: call.transcript.items})
 
     def caller_options(self) -> dict[str, Any]:
         """Autobahn options of the caller legs; stage factories may contribute (keepalive's pings)."""

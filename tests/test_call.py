@@ -298,3 +298,41 @@ class ReconnectTests(SynchronousTestCase):
         h.call.caller_closed(1000, None, True)
         self.assertEqual(h.call.phase, "closed")
         self.assertEqual(h.clock.getDelayedCalls(), [])
+
+
+class ReportTests(SynchronousTestCase):
+    """The call report, field by field."""
+
+    def test_report(self) -> None:
+        """Ids, mode, duration, frames and bytes, drops, reconnects, request ids, last Error, diagnosis."""
+        h = CallHarness({"deepgram": {"reconnect_attempts": 1}})
+        h.call._random = lambda: 0.0
+        h.start()
+        h.open_upstream("req-1")
+        h.call.from_upstream(dg("SettingsApplied"))
+        h.call.caller_audio(Audio(b"\x01" * 160))
+        h.call.caller_audio(Audio(b""))
+        h.call.upstream_audio(Audio(b"\x02" * 80, "outbound"))
+        h.call.from_upstream(dg("ConversationText", role="user", content="Hi"))
+        h.call.upstream_closed(UpstreamClosed(1006, "dropped", False))
+        h.clock.advance(0.5)
+        h.open_upstream("req-2")
+        h.call.from_upstream(dg("SettingsApplied"))
+        h.call.from_upstream(dg("Error", code="FAILED_TO_THINK", description="LLM down"))
+        h.clock.advance(2)
+        h.call.upstream_closed(UpstreamClosed(None, None, True))
+        h.call.caller_closed(4501, None, True)
+        report = h.call.report
+        self.assertEqual((report["call_id"], report["stream_sid"], report["mode"], report["leg"]),
+                         (h.call.info.call_id, SID, "agent", "twilio"))
+        self.assertEqual(report["duration_s"], 2.5)
+        self.assertEqual(report["frames"], {"caller_in": 2, "caller_out": 1, "deepgram_in": 1, "deepgram_out": 1})
+        self.assertEqual(report["bytes"], {"caller_out": 80, "deepgram_out": 160})
+        self.assertEqual(report["dropped"], {"empty_at_leg": 1} if "empty_frames" not in h.call._chain.names
+                         else {"empty": 1})
+        self.assertEqual(report["reconnects"], 1)
+        self.assertEqual(report["dg_request_ids"], ["req-1", "req-2"])
+        self.assertEqual(report["last_error"]["code"], "FAILED_TO_THINK")
+        self.assertEqual((report["diagnosis"]["code"], report["diagnosis"]["caller_close"], report["diagnosis"]["phase"]),
+                         ("DG_FATAL_ERROR", 4501, "live"))
+        self.assertEqual(h.call.transcript.items, [{"role": "user", "content": "Hi"}])
