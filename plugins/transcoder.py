@@ -18,6 +18,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from gateway.codecs.formats import AudioFormat
+from gateway.codecs.transcode import make_transcoder
 
 from gateway.config import ConfigError, GatewayConfig, Section
 from gateway.events import Audio
@@ -37,12 +38,8 @@ class TranscoderStage:
     def __attrs_post_init__(self) -> None:
         call = self.ctx.call
         if call.caller_format != call.upstream_input:
-            from gateway.codecs.transcode import make_transcoder
-
             self._inbound = make_transcoder(call.caller_format, call.upstream_input)
         if call.upstream_output != call.caller_format:
-            from gateway.codecs.transcode import make_transcoder
-
             self._outbound = make_transcoder(call.upstream_output, call.caller_format)
 
     def routes(self) -> Routes:

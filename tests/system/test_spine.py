@@ -130,6 +130,27 @@ class SpineTests(TestCase):
         _ = parse_qs
 
     @defer.inlineCallbacks
+    def test_transcoding(self) -> None:
+        """mu-law 8 kHz in, linear16 16 kHz to Deepgram; linear16 24 kHz agent audio, mu-law 8 kHz out."""
+        from gateway.codecs.formats import LINEAR16_16K, LINEAR16_24K, MULAW_8K
+        from gateway.codecs.transcode import make_transcoder
+
+        url = yield self.gateway({"transcoder": {"deepgram_input": "linear16/16000",
+                                                 "deepgram_output": "linear16/24000"}})
+        result = yield twilio_call(reactor, url + "/twilio", ORDER).addTimeout(30, reactor)
+        session = self.standin.sessions[0]
+        yield session.closed
+        settings = session.received[0][1]
+        self.assertEqual(settings["audio"]["input"], {"encoding": "linear16", "sample_rate": 16000})
+        self.assertEqual(settings["audio"]["output"]["sample_rate"], 24000)
+        frames = [ORDER[i:i + 160] for i in range(0, len(ORDER), 160)]
+        expected = make_transcoder(MULAW_8K, LINEAR16_16K)
+        self.assertEqual(session.audio, b"".join(expected.convert(f) for f in frames))
+        # 100 ms of linear16 24 kHz silence from the stand-in comes back as 100 ms of mu-law.
+        self.assertEqual(len(result.agent_audio), 800)
+        _ = LINEAR16_24K
+
+    @defer.inlineCallbacks
     def test_settings_rejected(self) -> None:
         """An Error then a no-status close: the caller gets 4500 DG_SETTINGS_REJECTED."""
         url = yield self.gateway({"settings": {"template": {
