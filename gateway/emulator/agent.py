@@ -1,0 +1,308 @@
+"""
+The Voice Agent endpoint (``/v1/agent/converse``) as Deepgram behaves on the wire.
+
+``Welcome``, one validated ``Settings`` and ``SettingsApplied``; then the greeting, and a turn for
+every utterance the energy detector finds in the caller's audio: ``UserStartedSpeaking``,
+``ConversationText`` (user), ``AgentThinking``, ``AgentStartedSpeaking``, ``ConversationText``
+(assistant), the agent clip in the output format paced in real time (scaled by ``speed``), then
+``AgentAudioDone``. Speech while the agent talks stops its audio (barge-in). Ordering and schema
+violations end the session as Deepgram does: a fatal ``Error``, then a Close with no status code.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections import deque
+from typing import Any
+
+from gateway.codecs.settings_schema import validate_settings
+from gateway.emulator.faults import FaultSpecError, parse_fault
+from gateway.emulator.script import Script
+from gateway.emulator.session import EmulatorProtocol
+from gateway.emulator.speech import DECODABLE, SpeechDetector, SpeechEnded, SpeechStarted, audio_problem, decode
+from gateway.emulator.voice import OUTPUT_ENCODINGS, agent_audio, chunks
+from gateway.errors import SettingsError
+
+__all__ = ["AgentProtocol", "DESCRIPTIONS", "FAULT_TAG"]
+
+FAULT_TAG = "emulator-fault:"
+
+#: Error descriptions; the first two are Deepgram's own words (protocols.md §2.2, §2.5).
+DESCRIPTIONS = {
+    "CLIENT_MESSAGE_TIMEOUT": "We waited too long for a websocket message. Please ensure that "
+                              "you're sending binary messages containing user speech.",
+    "UNPARSABLE_CLIENT_MESSAGE": "Text message received from client did not match any of the "
+                                 "formats we expect.",
+    "NON_SETTINGS_MESSAGE_BEFORE_SETTINGS": "The first message must be a Settings message.",
+    "SETTINGS_ALREADY_APPLIED": "Settings were already applied to this session; send Update* "
+                                "messages to change them.",
+    "USER_AUDIO_FORMAT": "The audio received does not match the declared audio.input encoding "
+                         "and sample rate.",
+}
+
+#: Client message types and the string fields each must carry.
+_CLIENT_MESSAGES = {
+    "KeepAlive": (),
+    "UpdatePrompt": ("prompt",),
+    "UpdateSpeak": (),
+    "UpdateThink": (),
+    "UpdateListen": (),
+    "InjectUserMessage": ("content",),
+    "InjectAgentMessage": ("message",),
+    "FunctionCallResponse": ("content",),
+}
+_OBJECT_FIELDS = {"UpdateSpeak": "speak", "UpdateThink": "think", "UpdateListen": "listen"}
+_ACKS = {"UpdatePrompt": "PromptUpdated", "UpdateSpeak": "SpeakUpdated",
+         "UpdateThink": "ThinkUpdated", "UpdateListen": "ListenUpdated"}
+
+
+class AgentProtocol(EmulatorProtocol):
+    """One Voice Agent session."""
+
+    _fatal = False
+    _settings: dict[str, Any] | None = None
+    _detector: SpeechDetector | None = None
+    _speaking: Any = None  # the pending chunk call while the agent talks, or True between chunks
+    _idle: Any = None
+
+    def opened(self) -> None:
+        self._users = Script(self.options.script)
+        self._replies = Script(self.options.replies)
+        self._queue: deque[str] = deque()
+        self._functions: dict[str, str] = {}
+        self._chunks: list[bytes] = []
+        if self.options.send_welcome:
+            self.send_json({"type": "Welcome", "request_id": self.session.request_id})
+        self._touch()
+
+    # --- the idle timer ---------------------------------------------------------------------------
+
+    def _touch(self) -> None:
+        self.cancel(self._idle)
+        self._idle = self.call_later(self.options.client_message_timeout_s, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._fail("CLIENT_MESSAGE_TIMEOUT")
+
+    def _fail(self, code: str, description: str | None = None) -> None:
+        if self._fatal:
+            return
+        self.cancel(self._idle)
+        self._stop_speaking()
+        self.fatal_error(code, description or DESCRIPTIONS[code])
+
+    # --- frames -----------------------------------------------------------------------------------
+
+    def on_text(self, message: Any) -> None:
+        if self._fatal:
+            return
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind != "KeepAlive" or self.options.agent_keepalive_counts:
+            self._touch()
+        if not isinstance(kind, str):
+            return self._fail("UNPARSABLE_CLIENT_MESSAGE")
+        if self._settings is None and kind != "Settings":
+            return self._fail("NON_SETTINGS_MESSAGE_BEFORE_SETTINGS")
+        if kind == "Settings":
+            if self._settings is not None:
+                return self._fail("SETTINGS_ALREADY_APPLIED")
+            return self._apply(message)
+        required = _CLIENT_MESSAGES.get(kind)
+        if required is None:
+            return self._fail("UNPARSABLE_CLIENT_MESSAGE")
+        for name in required:
+            if not isinstance(message.get(name), str):
+                return self._fail("UNPARSABLE_CLIENT_MESSAGE", _parse_error(f"{kind}.{name}"))
+        object_field = _OBJECT_FIELDS.get(kind)
+        if object_field and not isinstance(message.get(object_field), (dict, list)):
+            return self._fail("UNPARSABLE_CLIENT_MESSAGE", _parse_error(f"{kind}.{object_field}"))
+        if kind in _ACKS:
+            self.send_json({"type": _ACKS[kind]})
+        elif kind == "InjectUserMessage":
+            self._stop_speaking()
+            self._user_turn(message["content"])
+        elif kind == "InjectAgentMessage":
+            self._inject_agent(message["message"], message.get("behavior", "default"))
+        elif kind == "FunctionCallResponse":
+            if self._functions.pop(str(message.get("id")), None) is not None:
+                self._think(self._replies.next())
+
+    def on_binary(self, payload: bytes) -> None:
+        if self._fatal:
+            return
+        self._touch()
+        if self._settings is None:
+            return self._fail("NON_SETTINGS_MESSAGE_BEFORE_SETTINGS")
+        if not payload:
+            # An empty frame is the legacy end-of-stream signal: end the session normally.
+            self._stop_speaking()
+            self.cancel(self._idle)
+            self.close_with(1000)
+            return
+        audio_in = self._settings["audio"]["input"]
+        if self.options.check_audio:
+            problem = audio_problem(payload, audio_in["encoding"], 1, self._audio_bytes == len(payload))
+            if problem is not None:
+                return self._fail("USER_AUDIO_FORMAT", f"{DESCRIPTIONS['USER_AUDIO_FORMAT']} ({problem})")
+        if self._detector is None:
+            return
+        for event in self._detector.feed(decode(payload, audio_in["encoding"])):
+            if isinstance(event, SpeechStarted):
+                self._stop_speaking()
+                self.send_json({"type": "UserStartedSpeaking"})
+            elif isinstance(event, SpeechEnded):
+                self._user_turn(self._users.next())
+
+    # --- Settings ---------------------------------------------------------------------------------
+
+    def _apply(self, settings: dict[str, Any]) -> None:
+        try:
+            validate_settings(settings)
+        except SettingsError as e:
+            field = e.field.removeprefix("Settings.")
+            return self._fail("UNPARSABLE_CLIENT_MESSAGE", _parse_error(field))
+        problem = _invalid(settings)
+        faults = []
+        for tag in settings.get("tags", []):
+            if tag.startswith(FAULT_TAG):
+                try:
+                    parsed = parse_fault(tag[len(FAULT_TAG):])
+                except FaultSpecError as e:
+                    problem = problem or f"tags: {e}"
+                    continue
+                if any(f.kind == "refuse" for f in parsed):
+                    problem = problem or "tags: a refuse fault applies only to the upgrade"
+                faults.extend(parsed)
+        if problem is not None:
+            return self._fail("INVALID_SETTINGS", f"Invalid Settings: {problem}")
+        self._settings = settings
+        self.session.settings = settings
+        audio_in = settings["audio"]["input"]
+        if audio_in["encoding"] in DECODABLE:
+            self._detector = SpeechDetector(
+                audio_in["sample_rate"],
+                threshold_dbfs=self.options.speech_threshold_dbfs,
+                start_ms=self.options.speech_start_ms,
+                end_ms=self.options.agent_end_of_speech_ms,
+            )
+        output = settings["audio"]["output"]
+        self._chunks_for = (output["encoding"], output["sample_rate"])
+        self.send_json({"type": "SettingsApplied"})
+        self.arm(tuple(faults))
+        self.settings_applied()
+        agent = settings["agent"]
+        if isinstance(agent, dict) and agent.get("greeting"):
+            self._speak(agent["greeting"])
+
+    # --- turns ------------------------------------------------------------------------------------
+
+    def _history(self, role: str, content: str) -> None:
+        if (self._settings or {}).get("flags", {}).get("history", True):
+            self.send_json({"type": "History", "role": role, "content": content})
+
+    def _user_turn(self, text: str) -> None:
+        self.send_json({"type": "ConversationText", "role": "user", "content": text})
+        self._history("user", text)
+        name = self._function_named_in(text)
+        if name is not None:
+            call_id = f"emulator-fc-{uuid.uuid4().hex[:12]}"
+            self._functions[call_id] = name
+            self.send_json({"type": "AgentThinking", "content": f"I should call {name}."})
+            self.send_json({"type": "FunctionCallRequest", "functions": [
+                {"id": call_id, "name": name, "arguments": "{}", "client_side": True}]})
+            return
+        self.send_json({"type": "AgentThinking", "content": "Thinking about the answer."})
+        self._think(self._replies.next())
+
+    def _think(self, reply: str) -> None:
+        self.call_later(self.options.scaled_s(self.options.think_ms), self._speak, reply)
+
+    def _function_named_in(self, text: str) -> str | None:
+        if not self.options.function_calls:
+            return None
+        think = (self._settings or {}).get("agent", {}).get("think", [])
+        lowered = re.sub(r"[^a-z0-9]+", " ", text.lower())
+        for item in think if isinstance(think, list) else [think]:
+            for function in item.get("functions", []):
+                name = function["name"]
+                if "endpoint" not in function and re.sub(r"[^a-z0-9]+", " ", name.lower()).strip() in lowered:
+                    return name
+        return None
+
+    def _inject_agent(self, text: str, behavior: str) -> None:
+        busy = self._speaking is not None or (self._detector is not None and self._detector.in_speech)
+        if behavior == "interrupt":
+            self._stop_speaking()
+            self._speak(text)
+        elif behavior == "queue" or not busy:
+            self._speak(text)
+        else:
+            self.send_json({"type": "InjectionRefused",
+                            "message": "The agent or the user is speaking; message not injected."})
+
+    # --- the agent's voice ------------------------------------------------------------------------
+
+    def _speak(self, text: str) -> None:
+        self._queue.append(text)
+        if self._speaking is None:
+            self._next_utterance()
+
+    def _next_utterance(self) -> None:
+        if not self._queue or self._fatal:
+            self._speaking = None
+            return
+        text = self._queue.popleft()
+        latency = round(self.options.scaled_s(self.options.think_ms), 3)
+        self.send_json({"type": "AgentStartedSpeaking", "total_latency": latency,
+                        "tts_latency": round(latency / 3, 3), "ttt_latency": round(2 * latency / 3, 3)})
+        self.send_json({"type": "ConversationText", "role": "assistant", "content": text})
+        self._history("assistant", text)
+        encoding, rate = self._chunks_for
+        self._chunks = chunks(agent_audio(encoding, rate), encoding, rate, self.options.chunk_ms)
+        self._speaking = True
+        self._started = self.factory.emulator.reactor.seconds()
+        self._sent = 0
+        self._send_chunks()
+
+    def _send_chunks(self) -> None:
+        pacing = self.options.pacing_s
+        now = self.factory.emulator.reactor.seconds()
+        while self._chunks:
+            due = self._started + self._sent * pacing
+            if due > now:
+                self._speaking = self.call_later(due - now, self._send_chunks)
+                return
+            self.send_audio(self._chunks.pop(0))
+            self._sent += 1
+        self.send_json({"type": "AgentAudioDone"})
+        self._speaking = None
+        self._next_utterance()
+
+    def _stop_speaking(self) -> None:
+        """Barge-in: drop the rest of the agent's audio and anything queued."""
+        if self._speaking is not None:
+            if self._speaking is not True:
+                self.cancel(self._speaking)
+            self._speaking = None
+        self._chunks = []
+        self._queue.clear()
+
+
+def _parse_error(field: str) -> str:
+    return f"Error parsing client message. Check the {field} field against the API spec."
+
+
+def _invalid(settings: dict[str, Any]) -> str | None:
+    """What makes schema-valid ``settings`` unusable, or None (INVALID_SETTINGS)."""
+    audio = settings["audio"]
+    for side in ("input", "output"):
+        rate = audio[side]["sample_rate"]
+        if not 8000 <= rate <= 48000:
+            return f"audio.{side}.sample_rate {rate} is outside 8000-48000"
+    if audio["output"]["encoding"] not in OUTPUT_ENCODINGS:
+        return (f"audio.output.encoding {audio['output']['encoding']!r} is not produced by the "
+                f"emulator; use one of {', '.join(OUTPUT_ENCODINGS)}")
+    if isinstance(settings["agent"], str):
+        return "agent: stored agent configurations (agent ids) are not available on the emulator"
+    return None

@@ -1,0 +1,322 @@
+"""
+The emulator's HTTP side: one twisted.web ``Site`` for both WebSocket paths and ``/v1/projects``,
+the handshake checks, and the `Emulator` that ties it together.
+
+Upgrades are checked here before Autobahn sees them (faults, then the key, then the listen query
+string), so that a refusal can carry ``dg-error``, ``dg-request-id`` and a JSON body, which
+Autobahn's ``ConnectionDeny`` cannot. Accepted requests go to ``WebSocketResource``. Every
+response carries ``dg-request-id``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import uuid
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import attrs
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from gateway.codecs.settings_schema import INPUT_ENCODINGS
+from gateway.emulator.agent import AgentProtocol
+from gateway.emulator.faults import Fault, FaultSpecError, parse_fault
+from gateway.emulator.listen import ListenProtocol
+from gateway.emulator.options import EmulatorOptions
+from gateway.emulator.session import Session
+from gateway.emulator.speech import DECODABLE
+
+__all__ = ["Emulator", "AGENT_PATH", "LISTEN_PATH", "PROJECTS_PATH", "REFUSALS"]
+
+AGENT_PATH = "/v1/agent/converse"
+LISTEN_PATH = "/v1/listen"
+PROJECTS_PATH = "/v1/projects"
+FAULT_HEADER = b"x-emulator-fault"
+FAULT_PARAM = "emulator_fault"
+
+#: Default ``(err_code, err_msg)`` of a refused upgrade, by HTTP status.
+REFUSALS = {
+    400: ("Bad Request", "Bad Request: the request could not be processed."),
+    401: ("INVALID_AUTH", "Invalid credentials."),
+    402: ("ASR_PAYMENT_REQUIRED", "Project does not have enough credits for this request."),
+    403: ("INSUFFICIENT_PERMISSIONS", "Project does not have access to the requested model."),
+    404: ("NOT_FOUND", "Not found."),
+    429: ("TOO_MANY_REQUESTS", "Too many requests. Concurrency limit exceeded for this project."),
+    500: ("INTERNAL_SERVER_ERROR", "Internal server error."),
+    502: ("BAD_GATEWAY", "Bad gateway."),
+    503: ("SERVICE_UNAVAILABLE", "Service unavailable. Please try again later."),
+}
+
+_LANGUAGE = re.compile(r"^(multi|[a-z]{2,3}(-[A-Za-z0-9]{2,8})*)$")
+_BOOLEAN_PARAMS = ("interim_results", "vad_events", "punctuate", "smart_format", "diarize",
+                   "multichannel", "numerals", "profanity_filter", "dictation", "filler_words")
+
+
+class HandshakeRefused(Exception):
+    """An upgrade or request to refuse with ``status`` and ``message`` (``err_code`` in the body)."""
+
+    def __init__(self, status: int, message: str | None = None, err_code: str | None = None) -> None:
+        default_code, default_message = REFUSALS.get(status, ("ERROR", f"HTTP {status}."))
+        super().__init__(message or default_message)
+        self.status = status
+        self.message = message or default_message
+        self.err_code = err_code or default_code
+
+
+def _header(request: Any, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("utf-8", "replace") if value is not None else None
+
+
+def check_listen_query(query: dict[str, str]) -> None:
+    """Raise `HandshakeRefused` (400) for a ``/v1/listen`` query string Deepgram would refuse."""
+    encoding = query.get("encoding")
+    if encoding is not None and encoding not in INPUT_ENCODINGS:
+        raise HandshakeRefused(400, f"Bad Request: encoding {encoding!r} is not supported; "
+                                    f"use one of {', '.join(INPUT_ENCODINGS)}.")
+    rate = query.get("sample_rate")
+    if rate is not None and not (rate.isdigit() and 8000 <= int(rate) <= 48000):
+        raise HandshakeRefused(400, f"Bad Request: sample_rate {rate!r} is not an integer "
+                                    "between 8000 and 48000.")
+    if encoding in DECODABLE and rate is None:
+        raise HandshakeRefused(400, f"Bad Request: sample_rate is required with encoding={encoding}.")
+    channels = query.get("channels")
+    if channels is not None and not (channels.isdigit() and 1 <= int(channels) <= 8):
+        raise HandshakeRefused(400, f"Bad Request: channels {channels!r} is not an integer between 1 and 8.")
+    for name in _BOOLEAN_PARAMS:
+        if name in query and query[name] not in ("true", "false"):
+            raise HandshakeRefused(400, f"Bad Request: {name} must be true or false, got {query[name]!r}.")
+    if "utterance_end_ms" in query and not query["utterance_end_ms"].isdigit():
+        raise HandshakeRefused(400, "Bad Request: utterance_end_ms must be an integer.")
+    endpointing = query.get("endpointing")
+    if endpointing is not None and not (endpointing.isdigit() or endpointing in ("true", "false")):
+        raise HandshakeRefused(400, "Bad Request: endpointing must be an integer or false.")
+    language = query.get("language")
+    if language is not None and not _LANGUAGE.match(language):
+        raise HandshakeRefused(400, f"Bad Request: language {language!r} is not a BCP-47 tag.")
+
+
+@attrs.frozen
+class _Pending:
+    """An upgrade that passed the checks, waiting for Autobahn's ``onConnect``."""
+
+    request_id: str
+    faults: tuple[Fault, ...]
+
+
+class _Root(resource.Resource):
+    """The only resource: routes by path, answers errors as JSON, hands upgrades to Autobahn."""
+
+    isLeaf = True
+
+    def __init__(self, emulator: Emulator, agent_ws: WebSocketResource, listen_ws: WebSocketResource) -> None:
+        super().__init__()
+        self.emulator = emulator
+        self.ws = {AGENT_PATH: agent_ws, LISTEN_PATH: listen_ws}
+
+    def render(self, request: Any) -> Any:
+        request_id = str(uuid.uuid4())
+        request.setHeader(b"dg-request-id", request_id.encode())
+        path = request.path.decode("utf-8", "replace").rstrip("/") or "/"
+        try:
+            if path == PROJECTS_PATH:
+                return self._projects(request, request_id)
+            ws = self.ws.get(path)
+            if ws is None:
+                raise HandshakeRefused(404, f"No such path {path!r}.")
+            self.emulator.upgrade_attempts += 1
+            faults = self.emulator._faults_for(request)
+            for fault in faults:
+                if fault.kind == "refuse":
+                    raise HandshakeRefused(fault.status or 503, fault.reason)
+            if not self.emulator._authorised(request):
+                raise HandshakeRefused(401)
+            if path == LISTEN_PATH:
+                query = dict(parse_qsl(urlsplit(request.uri.decode("utf-8", "replace")).query))
+                check_listen_query(query)
+        except HandshakeRefused as refused:
+            return _json_error(request, request_id, refused)
+        self.emulator._pending = _Pending(request_id, faults)
+        try:
+            return ws.render(request)
+        finally:
+            self.emulator._pending = None
+
+    def _projects(self, request: Any, request_id: str) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            raise HandshakeRefused(405, "Method not allowed.", "METHOD_NOT_ALLOWED")
+        if not self.emulator._authorised(request, subprotocol=False):
+            raise HandshakeRefused(401)
+        request.setHeader(b"content-type", b"application/json")
+        body = {"projects": [{"project_id": self.emulator.options.project_id, "name": "Emulator project"}]}
+        return json.dumps(body).encode()
+
+
+def _json_error(request: Any, request_id: str, refused: HandshakeRefused) -> bytes:
+    Emulator.log.info("emulator refused {method} {path}: {status} {err_code}",
+                      method=request.method.decode(), path=request.path.decode("utf-8", "replace"),
+                      status=refused.status, err_code=refused.err_code)
+    request.setResponseCode(refused.status)
+    request.setHeader(b"dg-error", refused.message.encode("utf-8"))
+    request.setHeader(b"content-type", b"application/json")
+    body = {"err_code": refused.err_code, "err_msg": refused.message, "request_id": request_id}
+    return json.dumps(body).encode()
+
+
+class _Site(server.Site):
+    """A Site without an access log (requests may carry keys in odd places)."""
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+class Emulator:
+    """
+    A Deepgram emulator: the Voice Agent (``/v1/agent/converse``), streaming STT (``/v1/listen``)
+    and ``GET /v1/projects`` on one port.
+
+    ``options`` are `EmulatorOptions` fields (``speed``, ``fault``, ``net0001_timeout_s``, ...).
+    A session's faults come from, in order of precedence: the ``X-Emulator-Fault`` request header
+    or the ``emulator_fault`` query parameter; else the next entry of the queue filled by
+    `queue_fault` (every upgrade attempt takes one, refused ones included); else the ``fault``
+    option. On the agent, a Settings ``tags`` entry ``emulator-fault:<spec>`` adds faults from then on.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, api_key: str, **options: Any) -> None:
+        self.reactor = reactor
+        self._api_key = api_key
+        self.options = EmulatorOptions(**options)
+        self._default_faults = parse_fault(self.options.fault) if self.options.fault else ()
+        self._queue: collections.deque[tuple[Fault, ...]] = collections.deque()
+        self.sessions: list[Session] = []
+        self.upgrade_attempts = 0
+        self.port: Any = None
+        self._listening: Any = None
+        self._pending: _Pending | None = None
+
+    def __repr__(self) -> str:
+        return f"<Emulator port={self.port and self.port.getHost().port} sessions={len(self.sessions)}>"
+
+    # --- faults ----------------------------------------------------------------------------------
+
+    def queue_fault(self, spec: str, count: int = 1) -> None:
+        """The next ``count`` upgrade attempts get ``spec``; raise `FaultSpecError` if it is bad."""
+        faults = parse_fault(spec)
+        self._queue.extend([faults] * count)
+
+    def _faults_for(self, request: Any) -> tuple[Fault, ...]:
+        queued = self._queue.popleft() if self._queue else None
+        spec = _header(request, FAULT_HEADER)
+        if spec is None:
+            values = request.args.get(FAULT_PARAM.encode())
+            spec = values[0].decode("utf-8", "replace") if values else None
+        if spec is not None:
+            try:
+                return parse_fault(spec)
+            except FaultSpecError as e:
+                raise HandshakeRefused(400, str(e), "BAD_EMULATOR_FAULT") from None
+        if queued is not None:
+            return queued
+        return self._default_faults
+
+    # --- handshake -------------------------------------------------------------------------------
+
+    def _authorised(self, request: Any, subprotocol: bool = True) -> bool:
+        auth = (_header(request, b"authorization") or "").strip()
+        scheme, _, key = auth.partition(" ")
+        if scheme.lower() == "token" and key.strip() == self._api_key:
+            return True
+        if subprotocol:
+            offered = [p.strip() for p in (_header(request, b"sec-websocket-protocol") or "").split(",")]
+            if len(offered) >= 2 and offered[0] == "token" and offered[1] == self._api_key:
+                return True
+        return False
+
+    def _accept(self, request: Any, protocol: Any) -> Session:
+        pending = self._pending or _Pending(str(uuid.uuid4()), self._default_faults)
+        self._pending = None
+        session = Session(
+            path=request.path,
+            query={k: v[0] for k, v in request.params.items()},
+            headers=dict(request.headers),
+            request_id=pending.request_id,
+            faults=pending.faults,
+            protocol=protocol,
+        )
+        self.sessions.append(session)
+        return session
+
+    # --- listening -------------------------------------------------------------------------------
+
+    def _factory(self, protocol: type) -> WebSocketServerFactory:
+        factory = WebSocketServerFactory()
+        factory.protocol = protocol
+        factory.emulator = self
+        factory.setProtocolOptions(webStatus=False, closeHandshakeTimeout=2)
+        return factory
+
+    def site(self) -> server.Site:
+        """The twisted.web Site serving everything (for embedding in another listener)."""
+        root = _Root(self, WebSocketResource(self._factory(AgentProtocol)),
+                     WebSocketResource(self._factory(ListenProtocol)))
+        return _Site(root)
+
+    def listen(self, endpoint: str = "tcp:0:interface=127.0.0.1") -> Deferred:
+        """Listen on a server endpoint string; the Deferred fires with the IListeningPort."""
+
+        def listening(port: Any) -> Any:
+            self.port = self._listening = port
+            self.log.info("emulator listening on {url}", url=self.url("agent").rsplit("/v1", 1)[0])
+            return port
+
+        return serverFromString(self.reactor, endpoint).listen(self.site()).addCallback(listening)
+
+    @property
+    def http_url(self) -> str:
+        """``http://HOST:PORT`` of the listening port."""
+        address = self.port.getHost()
+        host = "127.0.0.1" if address.host in ("0.0.0.0", "::", "") else address.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{address.port}"
+
+    def url(self, kind: str) -> str:
+        """The WebSocket URL of ``"agent"`` or ``"listen"``."""
+        paths = {"agent": AGENT_PATH, "listen": LISTEN_PATH}
+        if kind not in paths:
+            raise ValueError(f"expected 'agent' or 'listen', got {kind!r}")
+        return "ws" + self.http_url[len("http"):] + paths[kind]
+
+    def stop(self) -> Deferred:
+        """Stop listening and close every open session (1001); fires once all are gone."""
+        port, self._listening = self._listening, None
+        waits = [maybeDeferred(port.stopListening) if port is not None else succeed(None)]
+        for session in self.sessions:
+            if not session.closed.called:
+                waits.append(_observe(session.closed))
+                if session._protocol is not None:
+                    session._protocol.shutdown()
+        return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
+
+
+def _observe(d: Deferred) -> Deferred:
+    """A Deferred that fires when ``d`` does, without taking its result."""
+    mine: Deferred = Deferred()
+
+    def fire(result: Any) -> Any:
+        mine.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return mine
