@@ -1,0 +1,176 @@
+"""
+``gateway-call``: place one simulated call against a running gateway and report.
+
+Prints one line per event with a timestamp (transcripts as ``caller:``/``agent:``, barge-ins,
+agent speaking, marks) and a summary; ``--json`` prints the `CallResult` as JSON instead. Exit
+status 0 only for a call that ended with a normal close (1000) and no protocol violation;
+otherwise 1, with one line on stderr saying why; 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import react
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+
+from gateway.codecs.wav import WavAudio, read_wav, write_wav
+from gateway.simulator.audio import default_clip_path
+from gateway.simulator.client import ClientCall
+from gateway.simulator.report import format_event, summary_lines
+from gateway.simulator.result import CallResult
+from gateway.simulator.twilio import TwilioCall
+
+__all__ = ["main", "build_parser"]
+
+_DEFAULT_URLS = {"twilio": "ws://127.0.0.1:8080/twilio", "client": "ws://127.0.0.1:8080/client"}
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, value
+
+
+def _dtmf(text: str) -> tuple[float, str]:
+    digit, sep, at = text.partition("@")
+    try:
+        at_s = float(at)
+    except ValueError:
+        at_s = -1.0
+    if not sep or len(digit) != 1 or digit not in "0123456789*#ABCD" or at_s < 0:
+        raise argparse.ArgumentTypeError(f"expected DIGIT@SECONDS such as 5@2.5, got {text!r}")
+    return at_s, digit
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``gateway-call``."""
+    p = argparse.ArgumentParser(
+        prog="gateway-call",
+        description="Play a WAV clip into the gateway as Twilio (or a raw-audio client) would, and report.",
+    )
+    p.add_argument("--url", help="WebSocket URL to connect to (default ws://127.0.0.1:8080/twilio or /client)")
+    p.add_argument("--mode", choices=("twilio", "client"), default="twilio")
+    p.add_argument("--audio", metavar="PATH", help="WAV clip to play (default: the packaged caller clip)")
+    p.add_argument("--token", help="client mode: the token sent first; twilio mode: customParameters.token")
+    p.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN"),
+                   help="sign the upgrade with X-Twilio-Signature (default: $TWILIO_AUTH_TOKEN)")
+    p.add_argument("--signed-url", metavar="URL",
+                   help="the public wss:// URL to sign (default: --url); differs behind a proxy")
+    p.add_argument("--param", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="a custom parameter (twilio: customParameters; client: parameters); repeatable")
+    p.add_argument("--dtmf", action="append", type=_dtmf, default=[], metavar="DIGIT@SECONDS",
+                   help="send a DTMF digit at this stream time (twilio mode); repeatable")
+    p.add_argument("--fast", action="store_true", help="send the clip as fast as possible, not in real time")
+    p.add_argument("--wait-s", type=float, default=8.0,
+                   help="seconds of silence after the clip while the agent answers (default 8)")
+    p.add_argument("--until-close", action="store_true",
+                   help="keep streaming silence until the gateway closes (ignores --wait-s)")
+    p.add_argument("--no-stop", action="store_true", help="twilio mode: hang up without sending stop")
+    p.add_argument("--save-audio", metavar="PATH", help="write the agent's audio to this WAV file")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of lines")
+    return p
+
+
+def _load_audio(args: argparse.Namespace) -> WavAudio:
+    return read_wav(args.audio or default_clip_path(args.mode))
+
+
+def _make_call(reactor: Any, args: argparse.Namespace, audio: WavAudio, on_event: Any) -> Any:
+    url = args.url or _DEFAULT_URLS[args.mode]
+    wait_s = None if args.until_close else args.wait_s
+    params = dict(args.param)
+    if args.mode == "client":
+        return ClientCall(reactor, url=url, audio=audio, token=args.token, parameters=params,
+                          realtime=not args.fast, wait_s=wait_s, on_event=on_event)
+    if args.token is not None:
+        params["token"] = args.token
+    return TwilioCall(reactor, url=url, audio=audio, custom_parameters=params,
+                      auth_token=args.auth_token or None, signed_url=args.signed_url,
+                      realtime=not args.fast, dtmf=args.dtmf, wait_s=wait_s,
+                      send_stop=not args.no_stop, on_event=on_event)
+
+
+def _print_event(t_s: float, kind: str, message: Any) -> None:
+    line = format_event(t_s, kind, message)
+    if line is not None:
+        print(line, flush=True)
+
+
+def _report(result: CallResult, args: argparse.Namespace) -> int:
+    if args.save_audio:
+        write_wav(args.save_audio, WavAudio(result.agent_encoding, result.agent_sample_rate_hz, 1,
+                                            result.agent_audio))
+    if args.json:
+        print(json.dumps(result.to_json()), flush=True)
+    else:
+        print("\n".join(summary_lines(result)), flush=True)
+        if args.save_audio:
+            print(f"agent audio saved to {args.save_audio} ({result.agent_audio_s:.2f} s)", flush=True)
+    failure = result.failure()
+    if failure is not None:
+        print(f"gateway-call: {failure}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def _run(reactor: Any, args: argparse.Namespace, audio: WavAudio) -> Deferred:
+    call = _make_call(reactor, args, audio, None if args.json else _print_event)
+    done = call.run()
+    # Ctrl-C: abort the call rather than leave the Deferred hanging.
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: None if done.called else done.cancel())
+
+    def finished(result: CallResult) -> None:
+        code = _report(result, args)
+        if code:
+            raise SystemExit(code)
+
+    def interrupted(failure: Any) -> None:
+        failure.trap(CancelledError)
+        print("gateway-call: interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(130)
+
+    return done.addCallbacks(finished, interrupted)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``gateway-call`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        audio = _load_audio(args)
+    except (OSError, ValueError) as e:
+        print(f"gateway-call: cannot read the audio clip: {e}", file=sys.stderr)
+        return 2
+    # Only warnings and errors (a bug in a callback, say) reach stderr; Autobahn's chatter does not.
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    # Autobahn warns about the connection it drops after a refused upgrade; the result says it.
+    predicate.setLogLevelForNamespace("autobahn", LogLevel.error)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])],
+        redirectStandardIO=False,
+    )
+    try:
+        react(_run, (args, audio))
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
