@@ -15,7 +15,22 @@ from gateway.service import GatewayService
 from gateway.standin import StandIn
 from gateway.testing import TEST_API_KEY, configure
 from tests.system.harness import DROPINS, TwistdGateway, clip
+from tests.system.client_client import client_call
 from tests.system.twilio_client import twilio_call
+
+
+def capture_logs(test: TestCase) -> list[str]:
+    """Every log event emitted during ``test``, formatted, in a list."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observe(event: dict) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    test.addCleanup(globalLogPublisher.removeObserver, observe)
+    return lines
 
 ORDER = clip("caller-order-8k-mulaw.wav").data
 
@@ -152,20 +167,88 @@ class SpineTests(TestCase):
 
     @defer.inlineCallbacks
     def test_settings_rejected(self) -> None:
-        """An Error then a no-status close: the caller gets 4500 DG_SETTINGS_REJECTED."""
+        """An Error then a no-status close: 4500 to the caller, one line with the Error and the request id."""
+        events = capture_logs(self)
         url = yield self.gateway({"settings": {"template": {
             "tags": ["reject"], "agent": {"listen": {"provider": {"type": "deepgram"}},
                                           "think": {"provider": {"type": "open_ai"}},
                                           "speak": {"provider": {"type": "deepgram"}}}}}})
         result = yield twilio_call(reactor, url + "/twilio", ORDER, stop_after_s=None).addTimeout(30, reactor)
         self.assertEqual((result.close_code, result.close_reason), (4500, "DG_SETTINGS_REJECTED"))
+        ended = [line for line in events if "ended: DG_SETTINGS_REJECTED in configuring" in line]
+        self.assertEqual(len(ended), 1, events)
+        self.assertIn("INVALID_SETTINGS", ended[0])
+        self.assertIn("agent.think", ended[0])
+        self.assertIn(self.standin.sessions[0].request_id, ended[0])
 
     @defer.inlineCallbacks
     def test_bad_key(self) -> None:
-        """A 401 upgrade: the caller gets 4500 DG_AUTH_FAILED (with reconnection off)."""
+        """A 401 upgrade: 4500 DG_AUTH_FAILED to the caller, dg-error in the log (reconnection off)."""
+        events = capture_logs(self)
         url = yield self.gateway({"deepgram": {"reconnect_attempts": 0}}, DEEPGRAM_API_KEY="wrong-key")
         result = yield twilio_call(reactor, url + "/twilio", ORDER, stop_after_s=None).addTimeout(30, reactor)
         self.assertEqual((result.close_code, result.close_reason), (4500, "DG_AUTH_FAILED"))
+        ended = [line for line in events if "ended: DG_AUTH_FAILED" in line]
+        self.assertEqual(len(ended), 1, events)
+        self.assertIn("HTTP 401", ended[0])
+        self.assertIn("dg-error 'Invalid credentials.'", ended[0])
+        self.assertFalse([line for line in events if "wrong-key" in line])
+
+
+class ClientTests(TestCase):
+    """Raw-audio clients on /client through the whole gateway."""
+
+    timeout = 60
+    secret = "c" * 32
+
+    @defer.inlineCallbacks
+    def setUp(self) -> None:
+        self.standin = StandIn(reactor, TEST_API_KEY)
+        yield self.standin.listen()
+        self.addCleanup(self.standin.stop)
+        configured = configure({"auth": {"client_timeout_s": 0.5}},
+                               {"DEEPGRAM_AGENT_URL": self.standin.url("agent"),
+                                "GATEWAY_TOKEN_SECRET": self.secret})
+        service = GatewayService(configured, "tcp:0:interface=127.0.0.1", reactor)
+        yield service.startService()
+        self.addCleanup(service.stopService)
+        self.url = f"ws://127.0.0.1:{service.port.getHost().port}/client"
+
+    @defer.inlineCallbacks
+    def test_good_token(self) -> None:
+        """linear16 16 kHz both ways; Deepgram events arrive as JSON; a normal end is 1000."""
+        from gateway.tokens import mint_token
+
+        audio = clip("caller-yes-16k-s16le.wav").data
+        token = mint_token(self.secret.encode(), reactor.seconds())
+        result = yield client_call(reactor, self.url, audio, token).addTimeout(30, reactor)
+        session = self.standin.sessions[0]
+        yield session.closed
+        self.assertEqual(session.received[0][1]["audio"]["input"], {"encoding": "linear16", "sample_rate": 16000})
+        self.assertEqual(session.audio, audio)
+        self.assertEqual(len(result.agent_audio), 3200)
+        types = [e["type"] for e in result.events]
+        self.assertIn("SettingsApplied", types)
+        self.assertIn("UserStartedSpeaking", types)
+        self.assertEqual(result.close_code, 1000)
+
+    @defer.inlineCallbacks
+    def test_auth_errors(self) -> None:
+        """No token in time: 4001; not a token: 4002; a bad token: 4003; each after its JSON error."""
+        from gateway.tokens import mint_token
+
+        cases = [
+            (None, None, b"", 4001, "AUTH_TIMEOUT"),
+            (None, None, b"\0" * 640, 4002, "INVALID_AUTH"),
+            (None, b"hello", b"", 4002, "INVALID_AUTH"),
+            (mint_token(b"another secret", reactor.seconds()), None, b"", 4003, "AUTH_FAILED"),
+        ]
+        for token, first, audio, code, name in cases:
+            result = yield client_call(reactor, self.url, audio, token, first=first,
+                                       close_after_s=None).addTimeout(30, reactor)
+            self.assertEqual((result.close_code, result.close_reason), (code, name))
+            self.assertEqual([(e["type"], e["code"]) for e in result.events], [("Error", name)])
+        self.assertEqual(self.standin.upgrade_attempts, 0)
 
 
 class MetricsTests(TestCase):
