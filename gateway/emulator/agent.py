@@ -79,7 +79,7 @@ class AgentProtocol(EmulatorProtocol):
     # --- the idle timer ---------------------------------------------------------------------------
 
     def _touch(self) -> None:
-        self.cancel(self._idle)
+        self.cancel_call(self._idle)
         self._idle = self.call_later(self.options.client_message_timeout_s, self._timed_out)
 
     def _timed_out(self) -> None:
@@ -88,7 +88,7 @@ class AgentProtocol(EmulatorProtocol):
     def _fail(self, code: str, description: str | None = None) -> None:
         if self._fatal:
             return
-        self.cancel(self._idle)
+        self.cancel_call(self._idle)
         self._stop_speaking()
         self.fatal_error(code, description or DESCRIPTIONS[code])
 
@@ -137,7 +137,7 @@ class AgentProtocol(EmulatorProtocol):
         if not payload:
             # An empty frame is the legacy end-of-stream signal: end the session normally.
             self._stop_speaking()
-            self.cancel(self._idle)
+            self.cancel_call(self._idle)
             self.close_with(1000)
             return
         audio_in = self._settings["audio"]["input"]
@@ -189,7 +189,7 @@ class AgentProtocol(EmulatorProtocol):
         output = settings["audio"]["output"]
         self._chunks_for = (output["encoding"], output["sample_rate"])
         self.send_json({"type": "SettingsApplied"})
-        self.arm(tuple(faults))
+        self.arm_faults(tuple(faults))
         self.settings_applied()
         agent = settings["agent"]
         if isinstance(agent, dict) and agent.get("greeting"):
@@ -261,7 +261,7 @@ class AgentProtocol(EmulatorProtocol):
         encoding, rate = self._chunks_for
         self._chunks = chunks(agent_audio(encoding, rate), encoding, rate, self.options.chunk_ms)
         self._speaking = True
-        self._started = self.factory.emulator.reactor.seconds()
+        self._speech_t0 = self.factory.emulator.reactor.seconds()
         self._sent = 0
         self._send_chunks()
 
@@ -269,7 +269,7 @@ class AgentProtocol(EmulatorProtocol):
         pacing = self.options.pacing_s
         now = self.factory.emulator.reactor.seconds()
         while self._chunks:
-            due = self._started + self._sent * pacing
+            due = self._speech_t0 + self._sent * pacing
             if due > now:
                 self._speaking = self.call_later(due - now, self._send_chunks)
                 return
@@ -283,7 +283,7 @@ class AgentProtocol(EmulatorProtocol):
         """Barge-in: drop the rest of the agent's audio and anything queued."""
         if self._speaking is not None:
             if self._speaking is not True:
-                self.cancel(self._speaking)
+                self.cancel_call(self._speaking)
             self._speaking = None
         self._chunks = []
         self._queue.clear()

@@ -69,7 +69,7 @@ class ListenProtocol(EmulatorProtocol):
     # --- NET-0001 ---------------------------------------------------------------------------------
 
     def _restart_timer(self) -> None:
-        self.cancel(self._timer)
+        self.cancel_call(self._timer)
         self._timer = self.call_later(self.options.net0001_timeout_s, self._net0001)
 
     def _net0001(self) -> None:
@@ -103,7 +103,7 @@ class ListenProtocol(EmulatorProtocol):
                 self.log.info("emulator session {request_id}: DATA-0000 ({problem})",
                               request_id=self.session.request_id, problem=problem)
                 self._finished = True
-                self.cancel(self._timer)
+                self.cancel_call(self._timer)
                 self.close_with(1008, REASONS["DATA-0000"])
                 return
         if self._detector is None:
@@ -125,7 +125,7 @@ class ListenProtocol(EmulatorProtocol):
                 start = detector.speech_start_s
                 count = max(1, int((now - start) * _WORDS_PER_S))
                 words = words_for(self._utterance, start, now, count=count)
-                self._results(now, words, is_final=False)
+                self._send_results(now, words, is_final=False)
         else:
             if (self._utterance_end_s is not None and self._last_word_end is not None
                     and now - self._last_word_end >= self._utterance_end_s):
@@ -133,11 +133,11 @@ class ListenProtocol(EmulatorProtocol):
                                 "last_word_end": round(self._last_word_end, 3)})
                 self._last_word_end = None
             if now - self._segment_start >= self.options.silence_final_ms / 1000:
-                self._results(now, [], is_final=True)
+                self._send_results(now, [], is_final=True)
 
     # --- results ----------------------------------------------------------------------------------
 
-    def _results(self, end_s: float, words: list[dict[str, Any]], is_final: bool,
+    def _send_results(self, end_s: float, words: list[dict[str, Any]], is_final: bool,
                  speech_final: bool = False, from_finalize: bool = False) -> None:
         start = self._segment_start
         message = {
@@ -162,7 +162,7 @@ class ListenProtocol(EmulatorProtocol):
 
     def _final(self, event: SpeechEnded, speech_final: bool, from_finalize: bool = False) -> None:
         words = words_for(self._utterance or self._script.next(), event.start_s, event.end_s)
-        self._results(event.detected_s, words, is_final=True, speech_final=speech_final,
+        self._send_results(event.detected_s, words, is_final=True, speech_final=speech_final,
                       from_finalize=from_finalize)
         self._last_word_end = event.end_s
         self._utterance = ""
@@ -175,12 +175,12 @@ class ListenProtocol(EmulatorProtocol):
         if ended is not None:
             self._final(ended, speech_final=False, from_finalize=from_finalize)
         elif from_finalize or self._detector.now_s > self._segment_start:
-            self._results(self._detector.now_s, [], is_final=True, from_finalize=from_finalize)
+            self._send_results(self._detector.now_s, [], is_final=True, from_finalize=from_finalize)
 
     def _finish(self) -> None:
         """CloseStream: flush, Metadata, then a normal close."""
         self._finished = True
-        self.cancel(self._timer)
+        self.cancel_call(self._timer)
         self._flush(from_finalize=False)
         audio = self.session.audio
         self.send_json({

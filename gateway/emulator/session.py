@@ -94,7 +94,7 @@ class EmulatorProtocol(WebSocketServerProtocol):
         self.log.info("emulator session {request_id} opened on {path}",
                       request_id=self.session.request_id, path=self.session.path)
         self.opened()
-        self.arm(self.session.faults)
+        self.arm_faults(self.session.faults)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
@@ -102,7 +102,7 @@ class EmulatorProtocol(WebSocketServerProtocol):
             self.session._audio += payload
             self._audio_bytes += len(payload)
             while self._byte_triggers and self._audio_bytes >= self._byte_triggers[0][0]:
-                self.fire(self._byte_triggers.pop(0)[1])
+                self.fire_fault(self._byte_triggers.pop(0)[1])
             if self.state == WebSocketProtocol.STATE_OPEN:
                 self.on_binary(payload)
             return
@@ -157,7 +157,7 @@ class EmulatorProtocol(WebSocketServerProtocol):
         return call
 
     @staticmethod
-    def cancel(call: Any) -> None:
+    def cancel_call(call: Any) -> None:
         """Cancel a call from `call_later` if it is still pending."""
         if call is not None and call.active():
             call.cancel()
@@ -222,16 +222,16 @@ class EmulatorProtocol(WebSocketServerProtocol):
 
     # --- faults ----------------------------------------------------------------------------------
 
-    def arm(self, faults: tuple[Fault, ...]) -> None:
+    def arm_faults(self, faults: tuple[Fault, ...]) -> None:
         """Arm ``faults`` now: fire, schedule, or wait for their trigger."""
         for fault in faults:
             trigger = fault.trigger
             if fault.kind == "refuse":
                 continue
             if trigger.kind == "on_open":
-                self.fire(fault)
+                self.fire_fault(fault)
             elif trigger.kind == "after_ms":
-                self.call_later(trigger.value / 1000, self.fire, fault)
+                self.call_later(trigger.value / 1000, self.fire_fault, fault)
             elif trigger.kind == "after_audio_bytes":
                 self._byte_triggers.append((self._audio_bytes + max(trigger.value, 1), fault))
                 self._byte_triggers.sort(key=lambda pair: pair[0])
@@ -244,9 +244,9 @@ class EmulatorProtocol(WebSocketServerProtocol):
         """Fire the faults waiting for ``after_settings``."""
         waiting, self._settings_triggers = self._settings_triggers, []
         for fault in waiting:
-            self.fire(fault)
+            self.fire_fault(fault)
 
-    def fire(self, fault: Fault) -> None:
+    def fire_fault(self, fault: Fault) -> None:
         """Make ``fault`` happen now."""
         if self._gone:
             return
