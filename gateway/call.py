@@ -481,8 +481,18 @@ class Call:
                 self.info.last_warning = dict(event.message)
             elif kind == "SettingsApplied":
                 self.metrics.settings_applied(self.clock.seconds() - self._opened_at)
-            elif kind == "ConversationText" and event.message.get("role") == "user":
-                self._turn_ended_at = self.clock.seconds()
+            elif kind == "ConversationText":
+                role = event.message.get("role")
+                if role == "user":
+                    self._turn_ended_at = self.clock.seconds()
+                if self.config.log_conversation:
+                    self.log.info("{speaker}: {content}", speaker="caller" if role == "user" else "agent",
+                                  content=event.message.get("content"))
+            elif kind == "Results" and self.config.log_conversation and event.message.get("is_final"):
+                alternatives = (event.message.get("channel") or {}).get("alternatives") or [{}]
+                text = alternatives[0].get("transcript") if isinstance(alternatives[0], dict) else None
+                if text:
+                    self.log.info("{speaker}: {content}", speaker="caller", content=text)
         self._chain.outbound(event)
 
     def upstream_audio(self, event: Audio) -> None:

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import IO, Sequence
@@ -35,19 +36,27 @@ def _twistd() -> list[str]:
 class _Child:
     """A child process whose output is echoed with a prefix and scanned for its port."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], echo: bool) -> None:
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], echo: bool,
+        show: re.Pattern[str] | None = None,
+    ) -> None:
         self.name = name
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.proc = subprocess.Popen(
             argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         )
         self._echo = echo
+        self.show = show
         threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
 
     def _pump(self, stream: IO[str]) -> None:
         for line in stream:
             if self._echo:
                 sys.stdout.write(f"[{self.name}] {line}")
+            elif self.show is not None:
+                match = self.show.search(line)
+                if match:
+                    sys.stdout.write(f"  {match.group(1)}\n")
             self.lines.put(line)
         self.lines.put(None)
 
@@ -103,12 +112,13 @@ def demo(args: argparse.Namespace) -> int:
         argv = _twistd() + ["-n", "--pidfile=", "gateway", "--port", "tcp:0:interface=127.0.0.1"]
         if args.config:
             argv += ["--config", args.config]
-        elif mode == "listen":
-            config = os.path.join(os.getcwd(), ".demo-listen.toml")
+        else:
+            config = os.path.join(tempfile.mkdtemp(prefix="gateway-demo-"), "demo.toml")
             with open(config, "w") as f:
-                f.write('[gateway]\nmode = "listen"\n')
+                f.write(f'[gateway]\nmode = "{mode}"\nlog_conversation = true\n')
             argv += ["--config", config]
-        gateway = _Child("gateway", argv, gw_env, args.verbose)
+        conversation = re.compile(r"\] ((?:caller|agent): .*)$")
+        gateway = _Child("gateway", argv, gw_env, args.verbose, show=conversation)
         children.append(gateway)
         gw_port = gateway.wait_for_port(60)
         print(f"demo: emulator on port {dg_port}, gateway on port {gw_port}; placing a call")

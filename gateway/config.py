@@ -142,6 +142,7 @@ class GatewayConfig:
     max_calls: int = 200
     end_timeout_s: float = 5.0
     demo: bool = False
+    log_conversation: bool = False
     webhook_url: str | None = None
     webhook_timeout_s: float = 5.0
     webhook_attempts: int = 3
@@ -233,6 +234,7 @@ def load_config(
     max_calls = gw.int("max_calls", 200, minimum=1)
     end_timeout = gw.float("end_timeout_s", 5.0, minimum=0.1)
     demo = gw.bool("demo", False) or demo
+    log_conversation = gw.bool("log_conversation", False)
     gw.finish()
 
     agent_url = _ws_url("deepgram.agent_url", dg.str("agent_url", DEFAULT_AGENT_URL))
@@ -308,6 +310,7 @@ def load_config(
         max_calls=max_calls,
         end_timeout_s=end_timeout,
         demo=demo,
+        log_conversation=log_conversation,
         webhook_url=webhook_url,
         webhook_timeout_s=webhook_timeout,
         webhook_attempts=webhook_attempts,
