@@ -147,6 +147,7 @@ class GatewayConfig:
     webhook_timeout_s: float = 5.0
     webhook_attempts: int = 3
     webhook_secret: bytes | None = attrs.field(default=None, repr=False)
+    config_dir: str = "."
     plugin_sections: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict, repr=False)
     warnings: tuple[str, ...] = ()
 
@@ -315,6 +316,7 @@ def load_config(
         webhook_timeout_s=webhook_timeout,
         webhook_attempts=webhook_attempts,
         webhook_secret=(env.get("GATEWAY_WEBHOOK_SECRET") or "").encode() or None,
+        config_dir=base,
         warnings=tuple(warnings),
     )
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 from typing import Any, Mapping
 
 import attrs
@@ -230,7 +231,23 @@ class SettingsStage:
         self._held_bytes = 0
 
 
+#: /v1/listen parameters whose values Deepgram types strictly (protocols.md §3.1).
+_LISTEN_BOOLEANS = {"interim_results", "punctuate", "smart_format", "vad_events", "diarize",
+                    "multichannel", "numerals", "profanity_filter", "dictation", "detect_entities",
+                    "mip_opt_out"}
+_LISTEN_INTEGERS = {"utterance_end_ms"}
+
+
 def _listen_value(key: str, value: Any) -> str:
+    name = key.rsplit(".", 1)[-1]
+    if name in _LISTEN_BOOLEANS and not isinstance(value, bool):
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    if name in _LISTEN_INTEGERS and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(key, f"expected an integer (milliseconds), got {value!r}")
+    if name == "endpointing" and not (value is False or (isinstance(value, int) and not isinstance(value, bool))):
+        raise ConfigError(key, f"expected an integer (milliseconds) or false, got {value!r}")
+    if name == "language" and value == "english":
+        raise ConfigError(key, "expected a BCP-47 code such as 'en' or 'en-US' (Deepgram refuses 'english')")
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float, str)):
@@ -251,6 +268,7 @@ class SettingsPlugin:
         if template_file and inline:
             raise ConfigError(section.key("template"), "give template or template_file, not both")
         if template_file:
+            template_file = os.path.join(gateway.config_dir, template_file)
             try:
                 with open(template_file, encoding="utf-8") as f:
                     template = json.load(f)

@@ -288,3 +288,51 @@ class KeepaliveCallerTests(SynchronousTestCase):
         options = Gateway(configured, None).caller_options()
         self.assertEqual((options["autoPingInterval"], options["autoPingTimeout"]), (7.0, 3.0))
         self.assertFalse(options["webStatus"])
+
+
+class SettingsSourcesTests(SynchronousTestCase):
+    """Where the template comes from, and the listen parameters' types."""
+
+    def test_template_file(self) -> None:
+        """A JSON file named by template_file is the template; its errors name the file's field."""
+        import json
+
+        from gateway.codecs.deepgram import DEFAULT_SETTINGS
+        from gateway.errors import ConfigError
+        from gateway.testing import temp_path
+
+        path = temp_path(self, "settings.json")
+        template = json.loads(json.dumps(DEFAULT_SETTINGS))
+        template["agent"]["greeting"] = "From the file."
+        with open(path, "w") as f:
+            json.dump(template, f)
+        ctx = RecordingContext()
+        stage, _ = stage_for("settings", ctx, {"settings": {"template_file": path}})
+        r = stage.routes()
+        r.inbound[StreamStarted](StreamStarted("MZ1"))
+        r.outbound[UpstreamOpened](UpstreamOpened("req", "agent"))
+        self.assertEqual(ctx.inbound[2].message["agent"]["greeting"], "From the file.")
+        template["agent"]["greeting"] = ["not", "a", "string"]
+        with open(path, "w") as f:
+            json.dump(template, f)
+        with self.assertRaises(ConfigError) as cm:
+            configure({"settings": {"template_file": path}})
+        self.assertEqual(cm.exception.key, "settings.template_file.agent.greeting")
+        with open(path, "w") as f:
+            f.write("{nope")
+        with self.assertRaises(ConfigError) as cm:
+            configure({"settings": {"template_file": path}})
+        self.assertIn("not valid JSON", str(cm.exception))
+
+    def test_listen_types(self) -> None:
+        """Booleans, integers and the language code are checked at start-up."""
+        from gateway.errors import ConfigError
+
+        for listen, key in [({"interim_results": "yes"}, "settings.listen.interim_results"),
+                            ({"utterance_end_ms": "1000"}, "settings.listen.utterance_end_ms"),
+                            ({"endpointing": True}, "settings.listen.endpointing"),
+                            ({"language": "english"}, "settings.listen.language")]:
+            with self.assertRaises(ConfigError) as cm:
+                configure({"gateway": {"mode": "listen"}, "settings": {"listen": listen}})
+            self.assertEqual(cm.exception.key, key)
+        configure({"gateway": {"mode": "listen"}, "settings": {"listen": {"endpointing": False, "keyterm": "order"}}})
