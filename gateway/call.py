@@ -35,6 +35,7 @@ from gateway.codecs.formats import AudioFormat, LINEAR16_16K, MULAW_8K
 from gateway.config import ConfiguredGateway
 from gateway.diagnostics import Diagnosis
 from gateway.errors import AuthError
+from gateway.redact import redact
 from gateway.report import TranscriptKeeper, build_report
 from gateway.events import (
     Audio,
@@ -362,6 +363,7 @@ class Call:
         self._opened_at = 0.0
         self._turn_ended_at: float | None = None
         self.transcript = TranscriptKeeper()
+        self.debug = self.config.debug_calls
         self.report: dict[str, Any] | None = None
         self.is_closed = False
         stages = []
@@ -411,6 +413,11 @@ class Call:
             self.info.call_sid = event.call_sid
             self.info.account_sid = event.account_sid
             self.info.custom_parameters = dict(event.custom_parameters)
+            flag = event.custom_parameters.get(self.config.debug_parameter, "")
+            if flag.lower() in ("1", "true", "yes", "on"):
+                self.debug = True
+        if self.debug:
+            self._debug("caller -> gateway", event)
         if type(event) is StreamStopped:
             self._stopped = True
             self.log.info("Twilio sent stop")
@@ -471,6 +478,8 @@ class Call:
 
     def from_upstream(self, event: Any) -> None:
         """An event from Deepgram (agent audio goes through `upstream_audio`)."""
+        if self.debug:
+            self._debug("deepgram -> gateway", event)
         if type(event) is DeepgramEvent:
             kind = event.type
             self.transcript.observe(kind, event.message)
@@ -686,6 +695,8 @@ class Call:
             else:
                 self.count("frames_dropped", reason="upstream_not_open")
         elif kind is UpstreamMessage:
+            if self.debug:
+                self._debug("gateway -> deepgram", event)
             if self._upstream_open and self.upstream is not None:
                 self.upstream.send_message(event.message)
             else:
@@ -716,6 +727,8 @@ class Call:
                 info.frames_to_caller += 1
                 info.bytes_to_caller += len(event.payload)
             return
+        if self.debug:
+            self._debug("gateway -> caller", event)
         if kind is DeepgramEvent:
             if event.type == "SettingsApplied":
                 self._machine.settings_applied()
@@ -736,6 +749,17 @@ class Call:
         elif kind is UpstreamClosed:
             if event.diagnosis is not None:
                 self._pending_diagnosis = event.diagnosis
+
+    def _debug(self, direction: str, event: Any) -> None:
+        """The per-call debug switch: one line per control message, secrets redacted."""
+        if type(event) is Audio:
+            return
+        if hasattr(event, "message"):
+            body = redact(dict(event.message))
+        else:
+            body = redact(attrs.asdict(event, recurse=False)) if attrs.has(type(event)) else repr(event)
+        self.log.info("debug {direction}: {event_type} {body}", direction=direction,
+                      event_type=type(event).__name__, body=body)
 
     def _stage_failed(self, name: str, event: object) -> None:
         self.log.failure(

@@ -1,5 +1,6 @@
 """
-The ``gateway`` command: ``gateway demo`` (the whole thing on the local emulator) and
+The ``gateway`` command: ``gateway demo`` (the whole thing on the local emulator),
+``gateway doctor`` (check a configuration, the key and a real Deepgram session) and
 ``gateway check-config`` (validate a configuration and its plugins, as start-up would).
 """
 
@@ -160,6 +161,32 @@ def check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def doctor(args: argparse.Namespace) -> int:
+    """Check the configuration, the key and a real session; exit 0 only if one was configured."""
+    from twisted.internet import task
+
+    from gateway.config import load_config
+    from gateway.doctor import run_doctor
+    from gateway.errors import ConfigError, PluginLoadError
+
+    try:
+        configured = load_config(args.config)
+    except (ConfigError, PluginLoadError) as e:
+        print(f"configuration: FAILED: {e}")
+        return 1
+    status: list[int] = []
+
+    def main(reactor: object) -> object:
+        return run_doctor(reactor, configured).addCallback(status.append)
+
+    try:
+        task.react(main)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            return int(e.code)
+    return status[0] if status else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,6 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fast", action="store_true", help="send the caller audio faster than real time")
     p.add_argument("--verbose", "-v", action="store_true", help="show the emulator's and gateway's logs")
     p.set_defaults(func=demo)
+    p = sub.add_parser("doctor", help="check the configuration, the Deepgram key and a real session")
+    p.add_argument("--config", help="the TOML file (none: the defaults)")
+    p.set_defaults(func=doctor)
     p = sub.add_parser("check-config", help="validate a configuration file and its plugins")
     p.add_argument("--config", help="the TOML file (none: the defaults)")
     p.set_defaults(func=check_config)

@@ -143,6 +143,8 @@ class GatewayConfig:
     end_timeout_s: float = 5.0
     demo: bool = False
     log_conversation: bool = False
+    debug_calls: bool = False
+    debug_parameter: str = "debug"
     webhook_url: str | None = None
     webhook_timeout_s: float = 5.0
     webhook_attempts: int = 3
@@ -236,6 +238,8 @@ def load_config(
     end_timeout = gw.float("end_timeout_s", 5.0, minimum=0.1)
     demo = gw.bool("demo", False) or demo
     log_conversation = gw.bool("log_conversation", False)
+    debug_calls = gw.bool("debug_calls", False)
+    debug_parameter = gw.str("debug_parameter", "debug")
     gw.finish()
 
     agent_url = _ws_url("deepgram.agent_url", dg.str("agent_url", DEFAULT_AGENT_URL))
@@ -312,6 +316,8 @@ def load_config(
         end_timeout_s=end_timeout,
         demo=demo,
         log_conversation=log_conversation,
+        debug_calls=debug_calls,
+        debug_parameter=debug_parameter,
         webhook_url=webhook_url,
         webhook_timeout_s=webhook_timeout,
         webhook_attempts=webhook_attempts,

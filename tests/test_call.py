@@ -336,3 +336,34 @@ class ReportTests(SynchronousTestCase):
         self.assertEqual((report["diagnosis"]["code"], report["diagnosis"]["caller_close"], report["diagnosis"]["phase"]),
                          ("DG_FATAL_ERROR", 4501, "live"))
         self.assertEqual(h.call.transcript.items, [{"role": "user", "content": "Hi"}])
+
+
+class DebugSwitchTests(SynchronousTestCase):
+    """The per-call debug switch."""
+
+    def test_debug_parameter(self) -> None:
+        """A call with debug=1 logs its control messages both ways, secrets redacted; others do not."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        lines: list[str] = []
+        observer = lambda e: lines.append(formatEvent(e))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        template = {"agent": {"listen": {"provider": {"type": "deepgram"}},
+                              "think": {"provider": {"type": "open_ai"},
+                                        "endpoint": {"url": "https://llm", "headers": {"authorization": "Bearer sk-LLM"}}},
+                              "speak": {"provider": {"type": "deepgram"}}}}
+        quiet = CallHarness({"settings": {"template": template}})
+        quiet.start()
+        self.assertFalse([line for line in lines if "debug " in line])
+        h = CallHarness({"settings": {"template": template}})
+        h.start(params={"debug": "1", "token": "secret-token"})
+        h.open_upstream()
+        h.call.from_upstream(dg("SettingsApplied"))
+        h.call.caller_audio(Audio(b"\xff" * 160))
+        debug = [line for line in lines if "debug " in line]
+        self.assertTrue(any("caller -> gateway: StreamStarted" in line for line in debug))
+        self.assertTrue(any("gateway -> deepgram: UpstreamMessage" in line and "Settings" in line for line in debug))
+        self.assertTrue(any("deepgram -> gateway: DeepgramEvent" in line for line in debug))
+        self.assertFalse([line for line in debug if ": Audio " in line])
+        self.assertFalse([line for line in lines if "sk-LLM" in line or "secret-token" in line])

@@ -1,0 +1,162 @@
+"""
+``gateway doctor``: check a configuration against the real Deepgram (or the emulator) and say
+in plain words what happened.
+
+It validates the configuration and plugins as start-up does, checks the key over HTTP
+(``GET $DEEPGRAM_API_URL/v1/projects``: 200 valid, 401 not), then places one probe call through
+the gateway's own machinery — the configured chain, the real Deepgram leg — sending the
+configured ``Settings`` (or listen parameters) and a short silence, and prints either OK with the
+``dg-request-id`` or the diagnosis: a bad key with ``dg-error``, Settings rejected with the
+``Error`` and the field, a close with no status after Settings, a network failure. The exit
+status is 0 only when a session was configured.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping
+
+import attrs
+from twisted.internet import defer, task
+
+from gateway.call import Call
+from gateway.codecs.signatures import compute_signature
+from gateway.config import ConfiguredGateway
+from gateway.events import Audio, DeepgramEvent, Handshake, StreamStarted, StreamStopped
+from gateway.legs.agent import connect_deepgram
+from gateway.service import UPSTREAM_OPTIONS
+
+__all__ = ["run_doctor", "DEFAULT_API_URL"]
+
+DEFAULT_API_URL = "https://api.deepgram.com"
+
+
+@attrs.define
+class _ProbeCaller:
+    """The probe call's caller leg: it only watches."""
+
+    configured: defer.Deferred = attrs.field(factory=defer.Deferred)
+    events: list[str] = attrs.field(factory=list)
+    closed_with: tuple[int, str] | None = None
+
+    def send_audio(self, payload: bytes) -> None:
+        pass
+
+    def send_clear(self) -> None:
+        pass
+
+    def send_mark(self, name: str) -> None:
+        pass
+
+    def send_event(self, event: DeepgramEvent) -> None:
+        self.events.append(event.type)
+        if event.type == "SettingsApplied" and not self.configured.called:
+            self.configured.callback(True)
+
+    def send_error(self, code: str, message: str) -> None:
+        pass
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
+
+    def abort(self) -> None:
+        pass
+
+
+@defer.inlineCallbacks
+def check_key(reactor: Any, api_url: str, api_key: str, say: Callable[[str], None]) -> Any:
+    """True when Deepgram accepts the key, False when it refuses it, None if it could not tell."""
+    import treq
+
+    url = api_url.rstrip("/") + "/v1/projects"
+    try:
+        response = yield treq.get(url, headers={"Authorization": f"Token {api_key}"},
+                                  timeout=10, persistent=False)
+        body = yield response.text()
+    except Exception as e:  # noqa: BLE001 - any network failure is reported in plain words
+        say(f"key check: could not reach {url}: {type(e).__name__}: {e}")
+        return None
+    request_id = response.headers.getRawHeaders(b"dg-request-id", [b"?"])[0].decode()
+    if response.code == 200:
+        say(f"key check: OK (GET {url} answered 200, dg-request-id {request_id})")
+        return True
+    dg_error = response.headers.getRawHeaders(b"dg-error", [b""])[0].decode()
+    detail = dg_error or body.strip()[:200]
+    if response.code in (401, 403):
+        say(f"key check: FAILED: Deepgram refused DEEPGRAM_API_KEY with HTTP {response.code}"
+            f" ({detail}); dg-request-id {request_id}")
+        return False
+    say(f"key check: inconclusive: HTTP {response.code} ({detail})")
+    return None
+
+
+@defer.inlineCallbacks
+def probe_session(reactor: Any, configured: ConfiguredGateway, say: Callable[[str], None],
+                  silence_ms: int = 1000) -> Any:
+    """Place one probe call; True when Deepgram configured a session."""
+    config = attrs.evolve(configured.config, reconnect_attempts=0)
+    configured = attrs.evolve(configured, config=config)
+    options = dict(UPSTREAM_OPTIONS, openHandshakeTimeout=config.connect_timeout_s)
+
+    def connector(url: str, headers: dict, call: Call) -> defer.Deferred:
+        say(f"session: connecting to {config.upstream_url} ({config.mode} mode)")
+        return connect_deepgram(reactor, url, headers, call, options)
+
+    call = Call(configured, "twilio", reactor, connector, call_id="doctor")
+    headers: dict[str, str] = {}
+    if config.twilio_auth_token and config.stream_url:
+        headers["x-twilio-signature"] = compute_signature(config.twilio_auth_token, config.stream_url)
+    caller = _ProbeCaller()
+    call.caller_handshake(Handshake("twilio", "/twilio", headers, "doctor"))
+    call.caller_opened(caller)
+    call.from_caller(StreamStarted("MZdoctor", "CAdoctor"))
+    frame = call.info.caller_format.silence(20)
+    for _ in range(max(1, silence_ms // 20)):
+        call.caller_audio(Audio(frame))
+    configured_ok = False
+    if config.mode == "agent":
+        waiting = defer.DeferredList([caller.configured, call.when_closed()], fireOnOneCallback=True,
+                                     consumeErrors=True)
+        yield waiting.addTimeout(config.connect_timeout_s + 15, reactor)
+        configured_ok = caller.configured.called
+    else:
+        for _ in range(int((config.connect_timeout_s + 5) / 0.05)):
+            if call.phase in ("live", "ending", "closed"):
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        configured_ok = call.phase == "live"
+        if configured_ok:
+            yield task.deferLater(reactor, 0.5, lambda: None)
+            configured_ok = call.phase == "live"
+    if not call.is_closed:
+        call.from_caller(StreamStopped())
+        call.caller_closed(1000, None, True)
+    yield call.when_closed().addTimeout(config.end_timeout_s + 5, reactor)
+    d = call.diagnosis
+    if configured_ok:
+        say(f"session: OK: Deepgram configured a {config.mode} session "
+            f"(dg-request-id {call.info.request_id})")
+        return True
+    assert d is not None
+    say(f"session: FAILED: {d.code}: {d.describe()}")
+    if d.dg_request_id or call.info.request_id:
+        say(f"session: dg-request-id {d.dg_request_id or call.info.request_id}")
+    return False
+
+
+@defer.inlineCallbacks
+def run_doctor(reactor: Any, configured: ConfiguredGateway, environ: Mapping[str, str] | None = None,
+               say: Callable[[str], None] = print) -> Any:
+    """The whole check; fires with the exit status."""
+    env = os.environ if environ is None else environ
+    config = configured.config
+    say(f"configuration: OK (mode {config.mode}, chain {' -> '.join(config.chain)})")
+    for warning in config.warnings:
+        say(f"configuration: warning: {warning}")
+    key_ok = yield check_key(reactor, env.get("DEEPGRAM_API_URL") or DEFAULT_API_URL, config.api_key, say)
+    if key_ok is False:
+        say("result: FAILED: fix DEEPGRAM_API_KEY")
+        return 1
+    ok = yield probe_session(reactor, configured, say)
+    say("result: OK" if ok else "result: FAILED")
+    return 0 if ok else 1
