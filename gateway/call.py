@@ -110,7 +110,9 @@ class CallInfo:
     last_warning: dict[str, Any] | None = None
     phase: str = "handshake"
     frames_from_caller: int = 0
+    bytes_from_caller: int = 0
     frames_from_upstream: int = 0
+    bytes_from_upstream: int = 0
     frames_to_upstream: int = 0
     bytes_to_upstream: int = 0
     frames_to_caller: int = 0
@@ -429,7 +431,9 @@ class Call:
 
     def caller_audio(self, event: Audio) -> None:
         """The hot path: one caller audio frame into the chain."""
-        self.info.frames_from_caller += 1
+        info = self.info
+        info.frames_from_caller += 1
+        info.bytes_from_caller += len(event.payload)
         self._chain.inbound(event)
 
     def caller_closed(self, code: int | None, reason: str | None, was_clean: bool) -> None:
@@ -506,7 +510,9 @@ class Call:
 
     def upstream_audio(self, event: Audio) -> None:
         """The hot path: one agent audio frame into the chain."""
-        self.info.frames_from_upstream += 1
+        info = self.info
+        info.frames_from_upstream += 1
+        info.bytes_from_upstream += len(event.payload)
         if self._turn_ended_at is not None:
             self.metrics.agent_responded(self.clock.seconds() - self._turn_ended_at)
             self._turn_ended_at = None

@@ -95,7 +95,9 @@ class GatewayMetrics:
         yield ("frames", ("caller", "out")), info.frames_to_caller
         yield ("frames", ("deepgram", "in")), info.frames_from_upstream
         yield ("frames", ("deepgram", "out")), info.frames_to_upstream
+        yield ("bytes", ("caller", "in")), info.bytes_from_caller
         yield ("bytes", ("caller", "out")), info.bytes_to_caller
+        yield ("bytes", ("deepgram", "in")), info.bytes_from_upstream
         yield ("bytes", ("deepgram", "out")), info.bytes_to_upstream
         for (name, labels), value in info.counters.items():
             if name in _COUNTERS:
@@ -117,7 +119,7 @@ class GatewayMetrics:
         ended = CounterMetricFamily("gateway_calls_ended", "Calls ended, by diagnosis and mode",
                                     labels=["diagnosis", "mode"])
         frames = CounterMetricFamily("gateway_frames", "Frames per leg and direction", labels=["leg", "direction"])
-        nbytes = CounterMetricFamily("gateway_audio_bytes", "Audio bytes sent per leg", labels=["leg", "direction"])
+        nbytes = CounterMetricFamily("gateway_audio_bytes", "Audio bytes per leg and direction", labels=["leg", "direction"])
         closes = CounterMetricFamily("gateway_leg_closes", "Leg closes by close code", labels=["leg", "code"])
         others = {name: CounterMetricFamily(metric, help_, labels=list(labels))
                   for name, (metric, help_, labels) in _COUNTERS.items()}

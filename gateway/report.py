@@ -71,7 +71,12 @@ def build_report(call: Any, now: float) -> dict[str, Any]:
             "deepgram_in": info.frames_from_upstream,
             "deepgram_out": info.frames_to_upstream,
         },
-        "bytes": {"caller_out": info.bytes_to_caller, "deepgram_out": info.bytes_to_upstream},
+        "bytes": {
+            "caller_in": info.bytes_from_caller,
+            "caller_out": info.bytes_to_caller,
+            "deepgram_in": info.bytes_from_upstream,
+            "deepgram_out": info.bytes_to_upstream,
+        },
         "dropped": _counters(info, "frames_dropped"),
         "rejected": _counters(info, "caller_messages_rejected"),
         "reconnects": sum(_counters(info, "reconnects").values()),

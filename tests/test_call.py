@@ -327,7 +327,7 @@ class ReportTests(SynchronousTestCase):
                          (h.call.info.call_id, SID, "agent", "twilio"))
         self.assertEqual(report["duration_s"], 2.5)
         self.assertEqual(report["frames"], {"caller_in": 2, "caller_out": 1, "deepgram_in": 1, "deepgram_out": 1})
-        self.assertEqual(report["bytes"], {"caller_out": 80, "deepgram_out": 160})
+        self.assertEqual(report["bytes"], {"caller_in": 160, "caller_out": 80, "deepgram_in": 80, "deepgram_out": 160})
         self.assertEqual(report["dropped"], {"empty_at_leg": 1} if "empty_frames" not in h.call._chain.names
                          else {"empty": 1})
         self.assertEqual(report["reconnects"], 1)

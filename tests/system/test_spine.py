@@ -286,6 +286,7 @@ class MetricsTests(TestCase):
         self.assertEqual(samples[("gateway_calls_ended_total", (("diagnosis", "CALLER_HANGUP"), ("mode", "agent")))], 2)
         self.assertEqual(samples[("gateway_frames_total", (("direction", "in"), ("leg", "caller")))], 2 * frames)
         self.assertEqual(samples[("gateway_frames_total", (("direction", "out"), ("leg", "deepgram")))], 2 * frames)
+        self.assertEqual(samples[("gateway_audio_bytes_total", (("direction", "in"), ("leg", "caller")))], 2 * len(ORDER))
         self.assertEqual(samples[("gateway_leg_closes_total", (("code", "1000"), ("leg", "deepgram")))], 2)
         self.assertEqual(samples[("gateway_deepgram_connect_seconds_count", (("mode", "agent"),))], 2)
         self.assertEqual(samples[("gateway_active_calls", ())], 0)
