@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 
 __all__ = ["make_site", "Heartbeat", "Readiness", "Tokens", "TwilioResource", "json_response"]
 
@@ -102,7 +102,7 @@ class Metrics(resource.Resource):
 class TwilioResource(resource.Resource):
     """``/twilio``: the Media Streams WebSocket at the exact path; HTTP children below it."""
 
-    def __init__(self, websocket: WebSocketResource) -> None:
+    def __init__(self, websocket: Any) -> None:
         super().__init__()
         self.websocket = websocket
 
@@ -110,22 +110,81 @@ class TwilioResource(resource.Resource):
         return self.websocket.render(request)
 
 
+class _BoundedChannel(http.HTTPChannel):
+    """
+    An HTTP channel whose request headers must be complete within ``header_timeout_s``.
+
+    twisted.web already bounds their size (16 KiB, 500 headers); a client sending them one byte
+    at a time would otherwise hold the connection for the idle timeout, restarted by every byte.
+    """
+
+    header_timeout_s = 10.0
+    _header_deadline: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._header_deadline = self.callLater(self.header_timeout_s, self._headers_too_slow)
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def allHeadersReceived(self) -> None:
+        self.cancel_header_deadline()
+        super().allHeadersReceived()
+
+    def cancel_header_deadline(self) -> None:
+        if self._header_deadline is not None and self._header_deadline.active():
+            self._header_deadline.cancel()
+        self._header_deadline = None
+
+    def connectionLost(self, reason: Any) -> None:
+        self.cancel_header_deadline()
+        super().connectionLost(reason)
+
+
+class WebSocketEndpoint(resource.Resource):
+    """
+    A WebSocket upgrade at exactly this path. Before Autobahn takes the connection over, the HTTP
+    channel's timers are stopped: it never sees the connection again, so its idle timeout would
+    otherwise stay scheduled for the life of the process.
+    """
+
+    isLeaf = True
+
+    def __init__(self, factory: Any) -> None:
+        super().__init__()
+        self.websocket = WebSocketResource(factory)
+
+    def render(self, request: Any) -> Any:
+        channel = request.channel
+        channel.setTimeout(None)
+        if isinstance(channel, _BoundedChannel):
+            channel.cancel_header_deadline()
+        return self.websocket.render(request)
+
+
 class _Site(server.Site):
     noisy = False
+    protocol = _BoundedChannel
 
     def log(self, request: Any) -> None:
         """No access log line per request (the WebSocket calls log their own lines)."""
 
 
-def make_site(gateway: Any, twilio_factory: Any, client_factory: Any) -> server.Site:
+def make_site(gateway: Any, twilio_factory: Any, client_factory: Any,
+              header_timeout_s: float = 10.0, idle_timeout_s: float = 60.0) -> server.Site:
     """The whole resource tree of the gateway's port."""
     root = resource.Resource()
-    root.putChild(b"twilio", TwilioResource(WebSocketResource(twilio_factory)))
-    root.putChild(b"client", WebSocketResource(client_factory))
+    root.putChild(b"twilio", TwilioResource(WebSocketEndpoint(twilio_factory)))
+    root.putChild(b"client", WebSocketEndpoint(client_factory))
     root.putChild(b"healthz", Heartbeat())
     root.putChild(b"readyz", Readiness(gateway))
     root.putChild(b"metrics", Metrics(gateway))
     v1 = resource.Resource()
     v1.putChild(b"tokens", Tokens(gateway))
     root.putChild(b"v1", v1)
-    return _Site(root)
+    site = _Site(root, timeout=idle_timeout_s)
+    site.protocol = type("BoundedChannel", (_BoundedChannel,), {"header_timeout_s": header_timeout_s})
+    return site

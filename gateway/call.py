@@ -70,6 +70,8 @@ _CLIENT_ERRORS = {4500: "SESSION_SETUP_FAILED", 4501: "SESSION_FAILED", 4502: "I
 class CallerLeg(Protocol):
     """What the call asks of the caller's WebSocket protocol (gateway.legs.caller)."""
 
+    congested: bool
+
     def send_audio(self, payload: bytes) -> None: ...
     def send_clear(self) -> None: ...
     def send_mark(self, name: str) -> None: ...
@@ -81,6 +83,8 @@ class CallerLeg(Protocol):
 
 class UpstreamLeg(Protocol):
     """What the call asks of the Deepgram WebSocket protocol (gateway.legs.agent)."""
+
+    congested: bool
 
     def send_audio(self, payload: bytes) -> None: ...
     def send_message(self, message: Any) -> None: ...
@@ -694,6 +698,9 @@ class Call:
             if not event.payload:
                 self.count("frames_dropped", reason="empty_at_leg")
             elif self._upstream_open and self.upstream is not None:
+                if self.upstream.congested:
+                    self.count("frames_dropped", reason="deepgram_backpressure")
+                    return
                 self.upstream.send_audio(event.payload)
                 info = self.info
                 info.frames_to_upstream += 1
@@ -728,6 +735,9 @@ class Call:
         caller = self.caller
         if kind is Audio:
             if caller is not None and self._caller_open and event.payload:
+                if caller.congested:
+                    self.count("frames_dropped", reason="caller_backpressure")
+                    return
                 caller.send_audio(event.payload)
                 info = self.info
                 info.frames_to_caller += 1

@@ -140,6 +140,7 @@ class GatewayConfig:
     reconnect_backoff_s: float = 0.5
     drain_deadline_s: float = 30.0
     max_calls: int = 200
+    handshake_timeout_s: float = 10.0
     end_timeout_s: float = 5.0
     demo: bool = False
     log_conversation: bool = False
@@ -235,6 +236,7 @@ def load_config(
     public_url = gw.str("public_url", "") or None
     drain = gw.float("drain_deadline_s", 30.0, minimum=0)
     max_calls = gw.int("max_calls", 200, minimum=1)
+    handshake_timeout_s = gw.float("handshake_timeout_s", 10.0, minimum=0.1)
     end_timeout = gw.float("end_timeout_s", 5.0, minimum=0.1)
     demo = gw.bool("demo", False) or demo
     log_conversation = gw.bool("log_conversation", False)
@@ -313,6 +315,7 @@ def load_config(
         reconnect_backoff_s=reconnect_backoff_s,
         drain_deadline_s=drain,
         max_calls=max_calls,
+        handshake_timeout_s=handshake_timeout_s,
         end_timeout_s=end_timeout,
         demo=demo,
         log_conversation=log_conversation,

@@ -38,6 +38,7 @@ class _ProbeCaller:
     configured: defer.Deferred = attrs.field(factory=defer.Deferred)
     events: list[str] = attrs.field(factory=list)
     closed_with: tuple[int, str] | None = None
+    congested: bool = False
 
     def send_audio(self, payload: bytes) -> None:
         pass

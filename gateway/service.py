@@ -111,7 +111,7 @@ class Gateway:
         twilio.setProtocolOptions(**options)
         client = CallerFactory(self, ClientProtocol)
         client.setProtocolOptions(**options)
-        return make_site(self, twilio, client)
+        return make_site(self, twilio, client, header_timeout_s=self.config.handshake_timeout_s)
 
     @defer.inlineCallbacks
     def drain(self, deadline_s: float) -> Any:

@@ -116,6 +116,7 @@ class FakeCallerLeg:
     sent: list[tuple[str, Any]] = attrs.field(factory=list)
     closed_with: tuple[int, str] | None = None
     aborted: bool = False
+    congested: bool = False
 
     def send_audio(self, payload: bytes) -> None:
         self.sent.append(("audio", payload))
@@ -146,6 +147,7 @@ class FakeUpstreamLeg:
     sent: list[tuple[str, Any]] = attrs.field(factory=list)
     closed_with: int | None = None
     aborted: bool = False
+    congested: bool = False
 
     def send_audio(self, payload: bytes) -> None:
         self.sent.append(("audio", payload))

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from gateway.codecs.deepgram import encode_message, parse_server_message
 from gateway.errors import UpstreamProtocolError
 from gateway.events import Audio, UpstreamClosed
+from gateway.legs.pressure import Pressure, attach
 
 __all__ = ["DeepgramProtocol", "DeepgramFactory", "connect_deepgram"]
 
@@ -35,6 +36,12 @@ class DeepgramProtocol(WebSocketClientProtocol):
     _dg_request_id: str | None = None
     _opened = False
     _bad_messages = 0
+    _pressure = Pressure()
+
+    @property
+    def congested(self) -> bool:
+        """True while more than 64 KiB wait to be written to Deepgram."""
+        return self._pressure.congested
 
     @property
     def call(self) -> Any:
@@ -55,6 +62,7 @@ class DeepgramProtocol(WebSocketClientProtocol):
 
     def onOpen(self) -> None:
         self._opened = True
+        self._pressure = attach(self.transport)
         self.factory.opened(self)
         self.call.upstream_opened(self, self._dg_request_id)
 

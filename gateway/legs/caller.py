@@ -19,6 +19,7 @@ from autobahn.websocket.types import ConnectionDeny
 from gateway.codecs import twilio as twilio_codec
 from gateway.codecs.close_codes import sendable
 from gateway.errors import AuthError, CallerProtocolError
+from gateway.legs.pressure import Pressure, attach
 from gateway.events import Audio, CallerControl, ClientHello, DeepgramEvent, Handshake, StreamStarted
 
 __all__ = ["TwilioProtocol", "ClientProtocol", "CallerFactory", "CLIENT_FORWARDED_EVENTS"]
@@ -67,6 +68,7 @@ class _CallerProtocol(WebSocketServerProtocol):
 
     call: Any = None
     _rejections = 0
+    _pressure = Pressure()
 
     def onConnect(self, request: Any) -> None:
         gateway = self.factory.gateway
@@ -91,7 +93,13 @@ class _CallerProtocol(WebSocketServerProtocol):
         return None
 
     def onOpen(self) -> None:
+        self._pressure = attach(self.transport)
         self.call.caller_opened(self)
+
+    @property
+    def congested(self) -> bool:
+        """True while more than 64 KiB wait to be written to the caller."""
+        return self._pressure.congested
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.call is not None:

@@ -1,0 +1,58 @@
+"""
+Backpressure on a leg: know when a peer reads slower than we write.
+
+A `Pressure` is registered as the streaming producer of a leg's transport, whose ``bufferSize``
+is set to the leg's budget. Twisted pauses the producer when more than that is waiting to be
+written and resumes it once the buffer has drained; the call then drops audio towards that peer
+(real-time audio cannot be slowed down at its source: pausing Twilio's reads would not make the
+caller speak slower) and counts it, while control messages still go. So what a slow peer can
+cost is bounded by the budget plus one message per leg.
+
+The budget is far above Twisted's 64 KiB default on purpose: Twisted checks the limit when data
+is *queued*, before it tries to send, so a legitimate burst in one reactor turn (the audio held
+until ``SettingsApplied`` released at once, or a second of agent speech) would otherwise look like
+a stuck peer. Only a peer that does not read for a long time fills a megabyte.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zope.interface import implementer
+from twisted.internet.interfaces import IPushProducer
+
+__all__ = ["Pressure", "attach"]
+
+
+@implementer(IPushProducer)
+class Pressure:
+    """``congested`` is true while the transport's write buffer is over its limit."""
+
+    congested = False
+
+    def pauseProducing(self) -> None:
+        self.congested = True
+
+    def resumeProducing(self) -> None:
+        self.congested = False
+
+    def stopProducing(self) -> None:
+        self.congested = True
+
+
+#: Bytes that may wait on one leg's socket before audio towards that peer is dropped.
+DEFAULT_BUDGET_BYTES = 1024 * 1024
+
+
+def attach(transport: Any, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> Pressure:
+    """Register a new `Pressure` on ``transport`` (replacing a producer left by twisted.web)."""
+    pressure = Pressure()
+    if transport is None:
+        return pressure
+    if hasattr(transport, "bufferSize"):
+        transport.bufferSize = budget_bytes
+    if getattr(transport, "producer", None) is not None:
+        # After a WebSocket upgrade through twisted.web the HTTP channel is still registered.
+        transport.unregisterProducer()
+    transport.registerProducer(pressure, True)
+    return pressure
