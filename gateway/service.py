@@ -37,7 +37,9 @@ CALLER_OPTIONS = dict(
     closeHandshakeTimeout=2.0,
     autoPingInterval=10.0,
     autoPingTimeout=5.0,
-    failByDrop=True,
+    # A peer breaking a limit gets a Close frame saying why (1009 for a message too big),
+    # then closeHandshakeTimeout bounds how long it may hold the socket.
+    failByDrop=False,
 )
 UPSTREAM_OPTIONS = dict(
     maxFramePayloadSize=1024 * 1024,

@@ -62,7 +62,7 @@ class DeepgramProtocol(WebSocketClientProtocol):
 
     def onOpen(self) -> None:
         self._opened = True
-        self._pressure = attach(self.transport)
+        self._pressure = attach(self.transport, self.call.config.send_budget_bytes)
         self.factory.opened(self)
         self.call.upstream_opened(self, self._dg_request_id)
 

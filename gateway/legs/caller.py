@@ -93,7 +93,7 @@ class _CallerProtocol(WebSocketServerProtocol):
         return None
 
     def onOpen(self) -> None:
-        self._pressure = attach(self.transport)
+        self._pressure = attach(self.transport, self.call.config.send_budget_bytes)
         self.call.caller_opened(self)
 
     @property

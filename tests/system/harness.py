@@ -128,3 +128,29 @@ def run_twistd_to_exit(args: list[str], env: Mapping[str, str], timeout_s: float
     full_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     full_env.update(env)
     return subprocess.run(twistd_argv(*args), env=full_env, capture_output=True, text=True, timeout=timeout_s)
+
+
+@defer.inlineCallbacks
+def wait_until(predicate: Any, timeout_s: float = 10.0, step_s: float = 0.02) -> Any:
+    """Poll ``predicate`` on the reactor until it is true; fail after ``timeout_s``."""
+    from twisted.internet import task
+
+    deadline = reactor.seconds() + timeout_s
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"condition not reached within {timeout_s} s")
+        yield task.deferLater(reactor, step_s, lambda: None)
+
+
+def autobahn_timers_pending() -> bool:
+    """Whether Autobahn's txaio batched timers still hold a delayed call on the reactor."""
+    return any("_notify_bucket" in repr(call) for call in reactor.getDelayedCalls())
+
+
+def settle_autobahn_timers(timeout_s: float = 5.0) -> Any:
+    """
+    Wait until Autobahn's leftover timers have fired. After it fails a connection (1007 for
+    invalid UTF-8, for example) Autobahn 26 leaves its closing-handshake timer scheduled even
+    though the connection is gone; it fires harmlessly, but trial would call the reactor dirty.
+    """
+    return wait_until(lambda: not autobahn_timers_pending(), timeout_s)
