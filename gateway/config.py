@@ -141,6 +141,7 @@ class GatewayConfig:
     drain_deadline_s: float = 30.0
     max_calls: int = 200
     handshake_timeout_s: float = 10.0
+    send_budget_bytes: int = 1024 * 1024
     end_timeout_s: float = 5.0
     demo: bool = False
     log_conversation: bool = False
@@ -237,6 +238,7 @@ def load_config(
     drain = gw.float("drain_deadline_s", 30.0, minimum=0)
     max_calls = gw.int("max_calls", 200, minimum=1)
     handshake_timeout_s = gw.float("handshake_timeout_s", 10.0, minimum=0.1)
+    send_budget_bytes = gw.int("send_budget_bytes", 1024 * 1024, minimum=4096)
     end_timeout = gw.float("end_timeout_s", 5.0, minimum=0.1)
     demo = gw.bool("demo", False) or demo
     log_conversation = gw.bool("log_conversation", False)
@@ -316,6 +318,7 @@ def load_config(
         drain_deadline_s=drain,
         max_calls=max_calls,
         handshake_timeout_s=handshake_timeout_s,
+        send_budget_bytes=send_budget_bytes,
         end_timeout_s=end_timeout,
         demo=demo,
         log_conversation=log_conversation,
