@@ -35,6 +35,7 @@ from gateway.codecs.formats import AudioFormat, LINEAR16_16K, MULAW_8K
 from gateway.config import ConfiguredGateway
 from gateway.diagnostics import Diagnosis
 from gateway.errors import AuthError
+from gateway.functions import FunctionDispatcher, declarations
 from gateway.redact import redact
 from gateway.report import TranscriptKeeper, build_report
 from gateway.events import (
@@ -113,6 +114,7 @@ class CallInfo:
     last_error_seen: dict[str, Any] | None = None
     last_warning: dict[str, Any] | None = None
     phase: str = "handshake"
+    functions: list[dict[str, Any]] = attrs.field(factory=list)
     frames_from_caller: int = 0
     bytes_from_caller: int = 0
     frames_from_upstream: int = 0
@@ -380,6 +382,16 @@ class Call:
             stages.append(factory(ctx))
             names.append(name)
         self._chain = Chain(names, stages, self._inbound_sink, self._outbound_sink, self._stage_failed)
+        functions = declarations(dict(configured.stages))
+        self.info.functions = [spec.declaration(name) for name, (_, spec) in functions.items()]
+        self._functions = FunctionDispatcher(
+            functions,
+            {name: stage for name, stage in zip(names, stages)},
+            clock,
+            respond=lambda message: self._chain.inbound(UpstreamMessage(message)),
+            count=self.count,
+            log=self.log,
+        )
         self._machine = _Machine(self)
 
     # --- facts for stages and the service --------------------------------------------------------
@@ -748,6 +760,10 @@ class Call:
         if kind is DeepgramEvent:
             if event.type == "SettingsApplied":
                 self._machine.settings_applied()
+            elif event.type == "FunctionCallRequest":
+                for item in event.message.get("functions") or ():
+                    if isinstance(item, dict) and item.get("client_side"):
+                        self._functions.dispatch(item)
             if caller is not None and self._caller_open:
                 if event.type == "UserStartedSpeaking":
                     # Barge-in: drop the agent audio queued at Twilio (clients do it themselves).

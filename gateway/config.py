@@ -27,7 +27,9 @@ __all__ = [
     "REQUIRED_STAGES",
 ]
 
-DEFAULT_CHAIN = ("auth", "settings", "empty_frames", "transcoder", "keepalive", "close_codes")
+DEFAULT_CHAIN = (
+    "auth", "settings", "empty_frames", "transcoder", "keepalive", "call_control", "close_codes",
+)
 
 #: Stages the chain cannot do without: no unauthenticated stream may reach Deepgram (auth), and
 #: settings is what opens the Deepgram leg with a validated configuration.

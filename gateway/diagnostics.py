@@ -47,6 +47,8 @@ def _e(code: str, summary: str, action: str, retryable: bool, caller_close: int)
 _ROWS = [
     # normal ends
     _e("CALL_COMPLETED", "the call ended normally", "nothing to do", False, 1000),
+    _e("AGENT_ENDED_CALL", "the agent called end_call and its last words were played",
+       "nothing to do: Twilio continues with the next TwiML verb or hangs up", False, 1000),
     _e("CALLER_HANGUP", "Twilio sent 'stop': the caller hung up or the call moved on",
        "nothing to do", False, 1000),
     _e("CALLER_CLOSED", "the caller closed the WebSocket", "nothing to do", False, 1000),

@@ -38,6 +38,11 @@ _COUNTERS = {
     "keepalive_sent": ("gateway_keepalives_sent", "KeepAlive messages or silence sent to Deepgram",
                        ("kind",)),
     "plugin_errors": ("gateway_plugin_errors", "Plugin exceptions, by plugin", ("plugin",)),
+    "function_calls": ("gateway_function_calls", "Client-side function calls, by function and outcome",
+                       ("function", "outcome")),
+    "marks": ("gateway_marks", "Twilio marks echoed, played or cleared by a barge-in", ("outcome",)),
+    "transfers": ("gateway_transfers", "Calls transferred with transfer_call", ()),
+    "dtmf": ("gateway_dtmf", "DTMF key presses", ()),
 }
 
 

@@ -2,11 +2,12 @@
 The built-in stream plugins, one module each, and the registry of them.
 
 The default chain is ``auth -> settings -> empty_frames -> transcoder -> keepalive ->
-close_codes`` (inbound events in that order, outbound in reverse). Drop-in plugins are not
+call_control -> close_codes`` (inbound events in that order, outbound in reverse). Drop-in plugins are not
 found here: they live in a configured directory (see `gateway.plugin`).
 """
 
 from plugins.auth import plugin as auth
+from plugins.call_control import plugin as call_control
 from plugins.close_codes import plugin as close_codes
 from plugins.empty_frames import plugin as empty_frames
 from plugins.keepalive import plugin as keepalive
@@ -16,4 +17,4 @@ from plugins.transcoder import plugin as transcoder
 __all__ = ["BUILTINS"]
 
 #: Every built-in plugin, in the default chain's order.
-BUILTINS = (auth, settings, empty_frames, transcoder, keepalive, close_codes)
+BUILTINS = (auth, settings, empty_frames, transcoder, keepalive, call_control, close_codes)

@@ -117,6 +117,7 @@ class SettingsStage:
                 self.settings = build_settings(
                     self.options.template, call.upstream_input, call.upstream_output, overrides
                 )
+                _add_functions(self.settings, call.functions)
                 validate_settings(self.settings)
                 url = self.options.agent_url
             else:
@@ -236,6 +237,19 @@ _LISTEN_BOOLEANS = {"interim_results", "punctuate", "smart_format", "vad_events"
                     "multichannel", "numerals", "profanity_filter", "dictation", "detect_entities",
                     "mip_opt_out"}
 _LISTEN_INTEGERS = {"utterance_end_ms"}
+
+
+def _add_functions(settings: dict[str, Any], functions: list[dict[str, Any]]) -> None:
+    """Declare the plugins' client-side functions in ``agent.think`` (each item of a fallback list)."""
+    agent = settings.get("agent")
+    if not functions or not isinstance(agent, dict):
+        return
+    think = agent.get("think")
+    for item in think if isinstance(think, list) else [think]:
+        if isinstance(item, dict):
+            declared = item.setdefault("functions", [])
+            names = {f.get("name") for f in declared if isinstance(f, dict)}
+            declared.extend(f for f in functions if f["name"] not in names)
 
 
 def _listen_value(key: str, value: Any) -> str:

@@ -164,3 +164,12 @@ class SerialiseTests(SynchronousTestCase):
         self.assertEqual(json.loads(twilio.mark_message(SID, 'a "b"')),
                          {"event": "mark", "streamSid": SID, "mark": {"name": 'a "b"'}})
         self.assertEqual(json.loads(twilio.clear_message(SID)), {"event": "clear", "streamSid": SID})
+
+
+class RegressionTests(SynchronousTestCase):
+    """Cases hypothesis found."""
+
+    def test_non_ascii_payload(self) -> None:
+        """A payload with non-ASCII characters is bad base64, not a crash."""
+        frame = b'{"event":"media","media":{"payload":"\\u0080"}}'
+        self.assertEqual(twilio.parse_message(frame), Audio(b"", "inbound", defect="bad_base64"))

@@ -139,7 +139,8 @@ def _parse_media(msg: dict[str, Any]) -> Audio:
         raise CallerProtocolError("wrong_type", "expected a string for media.track", "media.track")
     try:
         data = binascii.a2b_base64(payload, strict_mode=True)
-    except binascii.Error:
+    except ValueError:
+        # binascii.Error for bad base64; a plain ValueError for non-ASCII text
         return Audio(b"", track, defect="bad_base64")
     return Audio(data, track)
 

@@ -1,0 +1,111 @@
+"""
+Client-side function calls: the Voice Agent asks, a plugin answers.
+
+A stage factory declares the functions its stages serve with a ``functions`` mapping (name ->
+`FunctionSpec`); its stages implement ``call_function(name, arguments)``, returning the result
+(a string, or anything JSON-serialisable) or a Deferred of it. The settings stage adds every
+declaration to ``agent.think.functions``; when Deepgram sends a ``FunctionCallRequest`` item with
+``client_side: true``, the call dispatches it here and sends the ``FunctionCallResponse`` with
+the same ``id`` and ``name``. An unknown function, arguments that are not JSON or break the
+declared schema, an exception and a timeout each give a response the agent can speak about, a
+log line and a counter; the call goes on.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Mapping
+
+import attrs
+import jsonschema
+from twisted.internet import defer
+
+__all__ = ["FunctionSpec", "FunctionDispatcher", "declarations"]
+
+
+@attrs.frozen
+class FunctionSpec:
+    """One function a plugin serves: its description and the JSON Schema of its parameters."""
+
+    description: str
+    parameters: Mapping[str, Any] = attrs.field(factory=lambda: {"type": "object", "properties": {}})
+
+    def declaration(self, name: str) -> dict[str, Any]:
+        """The ``agent.think.functions`` item (no ``endpoint``: it runs here, client-side)."""
+        return {"name": name, "description": self.description, "parameters": dict(self.parameters)}
+
+
+def declarations(factories: Mapping[str, Any]) -> dict[str, tuple[str, FunctionSpec]]:
+    """Every declared function: name -> (the plugin serving it, its spec)."""
+    found: dict[str, tuple[str, FunctionSpec]] = {}
+    for plugin, factory in factories.items():
+        for name, spec in (getattr(factory, "functions", None) or {}).items():
+            if name in found:
+                from gateway.errors import ConfigError
+
+                raise ConfigError(f"{plugin}", f"function {name!r} is already served by {found[name][0]!r}")
+            jsonschema.Draft202012Validator.check_schema(dict(spec.parameters))
+            found[name] = (plugin, spec)
+    return found
+
+
+@attrs.define
+class FunctionDispatcher:
+    """Runs one call's function requests. ``servers`` maps a plugin name to its stage."""
+
+    functions: Mapping[str, tuple[str, FunctionSpec]]
+    servers: Mapping[str, Any]
+    clock: Any
+    respond: Callable[[dict[str, Any]], None]
+    count: Callable[..., None]
+    log: Any
+    timeout_s: float = 10.0
+
+    def dispatch(self, item: Mapping[str, Any]) -> defer.Deferred:
+        """Answer one ``FunctionCallRequest`` item; fires when the response has been sent."""
+        call_id, name = str(item.get("id", "")), str(item.get("name", ""))
+        known = self.functions.get(name)
+        label = name if known else "unknown"
+        if known is None:
+            return self._done(call_id, name, label, "unknown_function",
+                              f"Error: there is no function named {name!r} here.")
+        plugin, spec = known
+        raw = item.get("arguments", "{}")
+        try:
+            arguments = json.loads(raw) if isinstance(raw, str) else raw
+            if not isinstance(arguments, dict):
+                raise ValueError("arguments must be a JSON object")
+        except ValueError as e:
+            return self._done(call_id, name, label, "bad_arguments",
+                              f"Error: the arguments of {name} are not a JSON object ({e}).")
+        try:
+            jsonschema.validate(arguments, dict(spec.parameters))
+        except jsonschema.ValidationError as e:
+            where = "/".join(str(p) for p in e.absolute_path) or "(top)"
+            return self._done(call_id, name, label, "invalid_arguments",
+                              f"Error: invalid arguments for {name} at {where}: {e.message}")
+        stage = self.servers[plugin]
+        d = defer.maybeDeferred(stage.call_function, name, arguments)
+        d.addTimeout(self.timeout_s, self.clock)
+
+        def ok(result: Any) -> defer.Deferred:
+            content = result if isinstance(result, str) else json.dumps(result, default=str)
+            return self._done(call_id, name, label, "ok", content)
+
+        def failed(failure: Any) -> defer.Deferred:
+            if failure.check(defer.TimeoutError):
+                return self._done(call_id, name, label, "timeout",
+                                  f"Error: {name} did not answer within {self.timeout_s:g} seconds.")
+            self.log.failure("function {function} failed", failure, function=name)
+            return self._done(call_id, name, label, "exception",
+                              f"Error: {name} failed: {failure.getErrorMessage()}")
+
+        return d.addCallbacks(ok, failed)
+
+    def _done(self, call_id: str, name: str, label: str, outcome: str, content: str) -> defer.Deferred:
+        self.count("function_calls", function=label, outcome=outcome)
+        if outcome != "ok":
+            self.log.warn("function call {function} ({call_id}): {outcome}: {content}",
+                          function=name, call_id=call_id, outcome=outcome, content=content)
+        self.respond({"type": "FunctionCallResponse", "id": call_id, "name": name, "content": content})
+        return defer.succeed(None)
