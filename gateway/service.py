@@ -172,7 +172,22 @@ class GatewayService(service.Service):
         for warning in config.warnings:
             self.log.warn("{startup_warning}", startup_warning=warning)
         site = self.gateway.make_site()
-        self.port = yield serverFromString(self.reactor, self.endpoint).listen(site)
+        try:
+            self.port = yield serverFromString(self.reactor, self.endpoint).listen(site)
+        except Exception as e:  # noqa: BLE001 - any reason not to listen ends the process
+            self.log.critical("cannot listen on {endpoint}: {error}", endpoint=self.endpoint,
+                              error=f"{type(e).__name__}: {e}")
+            if self._handle_second_signal:
+                # Under twistd a service that cannot listen must not look alive to supervisord
+                # or systemd: exit with status 1 as any start-up error does.
+                import os
+                import sys
+
+                sys.stderr.write(f"gateway: cannot listen on {self.endpoint}: {e}\n")
+                sys.stderr.flush()
+                sys.stdout.flush()
+                os._exit(1)
+            raise
         address = self.port.getHost()
         self.log.info(
             "gateway listening on {host}:{port} (mode {mode}, chain {chain})",

@@ -42,3 +42,17 @@ class StartupTests(TestCase):
         result = run_twistd_to_exit([], env)
         self.assertEqual(result.returncode, 1)
         self.assertIn("DEEPGRAM_API_KEY", result.stderr)
+
+    def test_cannot_listen(self) -> None:
+        """A port that is taken, or an endpoint that does not parse: exit 1 naming it."""
+        import socket
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        self.addCleanup(sock.close)
+        port = sock.getsockname()[1]
+        for endpoint in (f"tcp:{port}:interface=127.0.0.1", "tcp:http"):
+            result = run_twistd_to_exit(["--port", endpoint], {"DEEPGRAM_API_KEY": "k"})
+            self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+            self.assertIn("cannot listen on", result.stdout + result.stderr)
