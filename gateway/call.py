@@ -36,6 +36,7 @@ from gateway.config import ConfiguredGateway
 from gateway.diagnostics import Diagnosis
 from gateway.errors import AuthError
 from gateway.functions import FunctionDispatcher, declarations
+from gateway.plugin import cancel
 from gateway.redact import redact
 from gateway.report import TranscriptKeeper, build_report
 from gateway.events import (
@@ -612,8 +613,7 @@ class Call:
         self.diagnosis = diagnosis
         self._initiator = initiator
         self._ending_timer = self.clock.callLater(self.config.end_timeout_s, self._deadline)
-        if self._retry_timer is not None and self._retry_timer.active():
-            self._retry_timer.cancel()
+        cancel(self._retry_timer)
         self._retry_timer = None
         if self._upstream_state in ("none", "gone"):
             self._upstream_state = "gone"
@@ -669,8 +669,7 @@ class Call:
         self._machine.all_closed()
 
     def _cleanup(self) -> None:
-        if self._ending_timer is not None and self._ending_timer.active():
-            self._ending_timer.cancel()
+        cancel(self._ending_timer)
         self._ending_timer = None
         if self._attempt is not None:
             self._attempt.cancel()

@@ -31,6 +31,7 @@ from zope.interface.verify import verifyObject
 from gateway.errors import PluginLoadError
 
 __all__ = [
+    "cancel",
     "IStreamPlugin",
     "Stage",
     "StageFactory",
@@ -122,6 +123,12 @@ class StageContext(Protocol):
 
     def resume_handling(self, cls: type, direction: str = "inbound") -> None:
         """Put this stage back on the route of ``cls``, with the handler its routes gave."""
+
+
+def cancel(delayed_call: Any) -> None:
+    """Cancel a timer from ``clock.callLater`` if it is still pending (None is fine)."""
+    if delayed_call is not None and delayed_call.active():
+        delayed_call.cancel()
 
 
 # --- discovery ----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from gateway.config import GatewayConfig, Section
 from gateway.diagnostics import Diagnosis
 from gateway.errors import AuthError
 from gateway.events import CallerError, ClientHello, Handshake, HandshakeRefused, StreamStarted
-from gateway.plugin import IStreamPlugin, Routes, StageContext
+from gateway.plugin import IStreamPlugin, Routes, StageContext, cancel
 from gateway.tokens import verify_token
 
 __all__ = ["plugin", "AuthOptions", "AuthStage"]
@@ -131,8 +131,7 @@ class AuthStage:
         self.ctx.end_call(Diagnosis(code, leg="caller", phase=self.ctx.call.phase))
 
     def _cancel(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        cancel(self._timer)
         self._timer = None
 
     def close(self) -> None:

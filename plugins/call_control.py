@@ -32,7 +32,7 @@ from gateway.diagnostics import Diagnosis
 from gateway.errors import ConfigError
 from gateway.events import DeepgramEvent, Dtmf, MarkEchoed, SendMark, UpstreamMessage
 from gateway.functions import FunctionSpec
-from gateway.plugin import IStreamPlugin, Routes, StageContext
+from gateway.plugin import IStreamPlugin, Routes, StageContext, cancel
 
 __all__ = ["plugin", "CallControlStage", "CallControlOptions"]
 
@@ -192,8 +192,7 @@ class CallControlStage:
 
     def close(self) -> None:
         for timer in self._timers:
-            if timer.active():
-                timer.cancel()
+            cancel(timer)
         self._timers.clear()
 
 

@@ -28,7 +28,7 @@ from gateway.codecs.deepgram import KEEPALIVE
 from gateway.config import GatewayConfig, Section
 from gateway.diagnostics import Diagnosis
 from gateway.events import Audio, UpstreamMessage, UpstreamOpened, UpstreamReconnecting
-from gateway.plugin import IStreamPlugin, Routes, StageContext
+from gateway.plugin import IStreamPlugin, Routes, StageContext, cancel
 
 __all__ = ["plugin", "KeepaliveStage"]
 
@@ -117,14 +117,12 @@ class KeepaliveStage:
         self._schedule()
 
     def _stop_keepalive(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        cancel(self._timer)
         self._timer = None
 
     def close(self) -> None:
         self._stop_keepalive()
-        if self._idle_timer is not None and self._idle_timer.active():
-            self._idle_timer.cancel()
+        cancel(self._idle_timer)
         self._idle_timer = None
 
 

@@ -46,7 +46,7 @@ from gateway.events import (
     UpstreamOpened,
     UpstreamReconnecting,
 )
-from gateway.plugin import IStreamPlugin, Routes, StageContext
+from gateway.plugin import IStreamPlugin, Routes, StageContext, cancel
 
 __all__ = ["plugin", "SettingsOptions", "SettingsStage", "validate_template"]
 
@@ -222,8 +222,7 @@ class SettingsStage:
         self.ctx.end_call(Diagnosis("DG_SETUP_TIMEOUT", leg="upstream", phase=self.ctx.call.phase))
 
     def _cancel(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        cancel(self._timer)
         self._timer = None
 
     def close(self) -> None:

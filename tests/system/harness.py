@@ -154,3 +154,14 @@ def settle_autobahn_timers(timeout_s: float = 5.0) -> Any:
     though the connection is gone; it fires harmlessly, but trial would call the reactor dirty.
     """
     return wait_until(lambda: not autobahn_timers_pending(), timeout_s)
+
+
+@defer.inlineCallbacks
+def start_standin(test: Any) -> Any:
+    """The minimal Deepgram stand-in on 127.0.0.1, stopped when ``test`` ends."""
+    from gateway.standin import StandIn
+
+    standin = StandIn(reactor, TEST_API_KEY)
+    yield standin.listen()
+    test.addCleanup(standin.stop)
+    return standin

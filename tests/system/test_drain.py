@@ -11,9 +11,8 @@ import treq
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
-from gateway.standin import StandIn
 from gateway.testing import temp_path, TEST_API_KEY
-from tests.system.harness import TwistdGateway, clip
+from tests.system.harness import start_standin, TwistdGateway, clip
 from tests.system.twilio_client import twilio_call
 
 AUDIO = clip("caller-yes-8k-mulaw.wav").data
@@ -27,9 +26,7 @@ class DrainTests(TestCase):
 
     @defer.inlineCallbacks
     def setUp(self) -> None:
-        self.standin = StandIn(reactor, TEST_API_KEY)
-        yield self.standin.listen()
-        self.addCleanup(self.standin.stop)
+        self.standin = yield start_standin(self)
 
     @defer.inlineCallbacks
     def start(self, drain_s: float) -> defer.Deferred:

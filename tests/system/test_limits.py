@@ -10,9 +10,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 
 from gateway.service import GatewayService
-from gateway.standin import StandIn
-from gateway.testing import TEST_API_KEY, configure
-from tests.system.harness import clip, settle_autobahn_timers, wait_until
+from gateway.testing import configure
+from tests.system.harness import start_standin, clip, settle_autobahn_timers, wait_until
 from tests.system.twilio_client import twilio_call
 
 ORDER = clip("caller-order-8k-mulaw.wav").data
@@ -63,9 +62,7 @@ class LimitTests(TestCase):
 
     @defer.inlineCallbacks
     def setUp(self) -> None:
-        self.standin = StandIn(reactor, TEST_API_KEY)
-        yield self.standin.listen()
-        self.addCleanup(self.standin.stop)
+        self.standin = yield start_standin(self)
 
     @defer.inlineCallbacks
     def gateway(self, **gateway_options) -> defer.Deferred:
@@ -193,9 +190,7 @@ class NothingLostTests(TestCase):
     @defer.inlineCallbacks
     def test_concurrent_calls(self) -> None:
         """40 concurrent calls, each with its own clip slice, relayed exactly both ways."""
-        standin = StandIn(reactor, TEST_API_KEY)
-        yield standin.listen()
-        self.addCleanup(standin.stop)
+        standin = yield start_standin(self)
         service = GatewayService(configure(None, {"DEEPGRAM_AGENT_URL": standin.url("agent")}),
                                  "tcp:0:interface=127.0.0.1", reactor)
         yield service.startService()

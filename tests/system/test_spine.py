@@ -12,9 +12,8 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from gateway.service import GatewayService
-from gateway.standin import StandIn
 from gateway.testing import TEST_API_KEY, configure
-from tests.system.harness import DROPINS, TwistdGateway, clip
+from tests.system.harness import start_standin, DROPINS, TwistdGateway, clip
 from tests.system.client_client import client_call
 from tests.system.twilio_client import twilio_call
 
@@ -42,9 +41,7 @@ class SpineTests(TestCase):
 
     @defer.inlineCallbacks
     def setUp(self) -> None:
-        self.standin = StandIn(reactor, TEST_API_KEY)
-        yield self.standin.listen()
-        self.addCleanup(self.standin.stop)
+        self.standin = yield start_standin(self)
 
     def env(self, **more: str) -> dict:
         return {"DEEPGRAM_AGENT_URL": self.standin.url("agent"),
@@ -203,9 +200,7 @@ class ClientTests(TestCase):
 
     @defer.inlineCallbacks
     def setUp(self) -> None:
-        self.standin = StandIn(reactor, TEST_API_KEY)
-        yield self.standin.listen()
-        self.addCleanup(self.standin.stop)
+        self.standin = yield start_standin(self)
         configured = configure({"auth": {"client_timeout_s": 0.5}},
                                {"DEEPGRAM_AGENT_URL": self.standin.url("agent"),
                                 "GATEWAY_TOKEN_SECRET": self.secret})
@@ -262,9 +257,7 @@ class MetricsTests(TestCase):
         import treq
         from prometheus_client.parser import text_string_to_metric_families
 
-        standin = StandIn(reactor, TEST_API_KEY)
-        yield standin.listen()
-        self.addCleanup(standin.stop)
+        standin = yield start_standin(self)
         service = GatewayService(configure(None, {"DEEPGRAM_AGENT_URL": standin.url("agent")}),
                                  "tcp:0:interface=127.0.0.1", reactor)
         yield service.startService()

@@ -11,9 +11,8 @@ from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 
 from gateway.service import GatewayService
-from gateway.standin import StandIn
-from gateway.testing import TEST_API_KEY, configure
-from tests.system.harness import clip
+from gateway.testing import configure
+from tests.system.harness import start_standin, clip
 from tests.system.twilio_client import twilio_call
 
 
@@ -41,9 +40,7 @@ class WebhookTests(TestCase):
     @defer.inlineCallbacks
     def test_report_posted(self) -> None:
         """A listen-mode call's report arrives with the transcript after one retry."""
-        standin = StandIn(reactor, TEST_API_KEY)
-        yield standin.listen()
-        self.addCleanup(standin.stop)
+        standin = yield start_standin(self)
         receiver = Receiver()
         site = server.Site(receiver)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
