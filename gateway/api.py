@@ -1,5 +1,6 @@
 """
 The HTTP side of the gateway's one port: the resource tree, the heartbeat and readiness checks.
+The voice webhook (``/twilio/voice``) and the browser demo (``/demo/``) live in `gateway.twiml`.
 
 ``/twilio`` is a small dispatching resource (``WebSocketResource`` is a leaf, so on its own it
 would swallow ``/twilio/voice``): the WebSocket upgrade at the exact path, HTTP children below.
@@ -176,8 +177,12 @@ class _Site(server.Site):
 def make_site(gateway: Any, twilio_factory: Any, client_factory: Any,
               header_timeout_s: float = 10.0, idle_timeout_s: float = 60.0) -> server.Site:
     """The whole resource tree of the gateway's port."""
+    from gateway.twiml import VoiceWebhook, demo_resource
+
     root = resource.Resource()
-    root.putChild(b"twilio", TwilioResource(WebSocketEndpoint(twilio_factory)))
+    twilio = TwilioResource(WebSocketEndpoint(twilio_factory))
+    twilio.putChild(b"voice", VoiceWebhook(gateway))
+    root.putChild(b"twilio", twilio)
     root.putChild(b"client", WebSocketEndpoint(client_factory))
     root.putChild(b"healthz", Heartbeat())
     root.putChild(b"readyz", Readiness(gateway))
@@ -185,6 +190,9 @@ def make_site(gateway: Any, twilio_factory: Any, client_factory: Any,
     v1 = resource.Resource()
     v1.putChild(b"tokens", Tokens(gateway))
     root.putChild(b"v1", v1)
+    if gateway.config.demo:
+        # The browser demo and its credential-free token endpoint exist only while enabled.
+        root.putChild(b"demo", demo_resource(gateway))
     site = _Site(root, timeout=idle_timeout_s)
     site.protocol = type("BoundedChannel", (_BoundedChannel,), {"header_timeout_s": header_timeout_s})
     return site

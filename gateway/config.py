@@ -153,6 +153,9 @@ class GatewayConfig:
     webhook_timeout_s: float = 5.0
     webhook_attempts: int = 3
     webhook_secret: bytes | None = attrs.field(default=None, repr=False)
+    twiml_parameters: Mapping[str, str] = attrs.field(factory=dict)
+    twiml_forward: tuple[str, ...] = ("From", "To", "CallSid")
+    twiml_after_connect: str = ""
     config_dir: str = "."
     plugin_sections: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict, repr=False)
     warnings: tuple[str, ...] = ()
@@ -197,6 +200,42 @@ def _public_url(key: str, value: str) -> str:
     return value.rstrip("/")
 
 
+#: Twilio's limit on one ``<Parameter>``: name and value together under 500 characters.
+TWIML_PARAMETER_MAX_CHARS = 500
+
+
+def _twiml_section(twiml: Section) -> tuple[dict[str, str], tuple[str, ...], str]:
+    """``[twiml]``: extra ``<Parameter>``s, the forwarded webhook fields, TwiML after ``</Connect>``."""
+    import xml.etree.ElementTree as ET
+
+    parameters = twiml.table("parameters", {})
+    for name, value in parameters.items():
+        key = twiml.key(f"parameters.{name}")
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {_type_name(value)}")
+        if not name:
+            raise ConfigError(key, "expected a non-empty parameter name")
+        if len(name) + len(value) >= TWIML_PARAMETER_MAX_CHARS:
+            raise ConfigError(
+                key, f"name and value must stay under {TWIML_PARAMETER_MAX_CHARS} characters (Twilio's limit)"
+            )
+    forward = tuple(twiml.str_list("forward", ["From", "To", "CallSid"]))
+    for i, name in enumerate(forward):
+        if not name:
+            raise ConfigError(f"{twiml.key('forward')}[{i}]", "expected a non-empty field name")
+        if name in parameters:
+            raise ConfigError(
+                twiml.key(f"parameters.{name}"), f"{name!r} is also in twiml.forward; name it once"
+            )
+    after_connect = twiml.str("after_connect", "").strip()
+    if after_connect:
+        try:
+            ET.fromstring(f"<Response>{after_connect}</Response>")
+        except ET.ParseError as e:
+            raise ConfigError(twiml.key("after_connect"), f"is not well-formed TwiML: {e}")
+    return dict(parameters), forward, after_connect
+
+
 def load_config(
     path: str | None,
     environ: Mapping[str, str] | None = None,
@@ -222,6 +261,7 @@ def load_config(
     gw = root.section("gateway")
     dg = root.section("deepgram")
     report = root.section("report")
+    twiml = root.section("twiml")
     warnings: list[str] = []
 
     mode = gw.str("mode", "agent", choices=("agent", "listen"))
@@ -262,6 +302,9 @@ def load_config(
     webhook_timeout = report.float("webhook_timeout_s", 5.0, minimum=0.1)
     webhook_attempts = report.int("webhook_attempts", 3, minimum=1)
     report.finish()
+
+    twiml_parameters, twiml_forward, twiml_after_connect = _twiml_section(twiml)
+    twiml.finish()
 
     if env.get("DEEPGRAM_AGENT_URL"):
         agent_url = _ws_url("DEEPGRAM_AGENT_URL", env["DEEPGRAM_AGENT_URL"])
@@ -330,6 +373,9 @@ def load_config(
         webhook_timeout_s=webhook_timeout,
         webhook_attempts=webhook_attempts,
         webhook_secret=(env.get("GATEWAY_WEBHOOK_SECRET") or "").encode() or None,
+        twiml_parameters=twiml_parameters,
+        twiml_forward=twiml_forward,
+        twiml_after_connect=twiml_after_connect,
         config_dir=base,
         warnings=tuple(warnings),
     )
@@ -342,7 +388,7 @@ def load_config(
             near = difflib.get_close_matches(name, sorted(available), n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
             raise ConfigError("gateway.chain", f"unknown plugin {name!r}{hint}")
-    known_sections = {"gateway", "deepgram", "report"} | set(available)
+    known_sections = {"gateway", "deepgram", "report", "twiml"} | set(available)
     for name, value in data.items():
         if name not in known_sections:
             near = difflib.get_close_matches(name, sorted(known_sections), n=1)

@@ -1,0 +1,251 @@
+"""
+How Twilio calls arrive: the voice webhook (``POST /twilio/voice``) and the TwiML it answers.
+
+The phone number's voice webhook points here. The request is checked against
+``X-Twilio-Signature`` over the *public* webhook URL (``GATEWAY_PUBLIC_URL`` + ``/twilio/voice``,
+plus the query string if Twilio was given one) and the POST form parameters, exactly as Twilio's
+``RequestValidator`` does; never over the request's ``Host`` header. A valid request gets::
+
+    <?xml version="1.0" encoding="UTF-8"?>
+    <Response>
+      <Connect>
+        <Stream url="wss://PUBLIC/twilio">
+          <Parameter name="From" value="..."/>   (the [twiml] forward fields, when present)
+          <Parameter name="..." value="..."/>    (the [twiml] parameters)
+        </Stream>
+      </Connect>
+      ...                                        ([twiml] after_connect)
+    </Response>
+
+The TwiML is built with ``xml.etree`` so every value is escaped. A bad or missing signature gets a
+bare 403; a gateway without a public URL answers 503 naming ``GATEWAY_PUBLIC_URL``.
+
+Also here: the browser demo's resources (``/demo/`` and the demo-only ``POST /demo/token``),
+mounted only when the demo is enabled.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from typing import Any, Mapping, Sequence
+from urllib.parse import parse_qs
+
+from twisted.logger import Logger
+from twisted.web import pages, resource
+
+from gateway.codecs.signatures import validate_signature
+from gateway.config import TWIML_PARAMETER_MAX_CHARS
+
+__all__ = [
+    "build_twiml",
+    "webhook_url",
+    "VoiceWebhook",
+    "DemoToken",
+    "demo_resource",
+    "DemoResource",
+    "DEMO_DIR",
+]
+
+#: The browser demo's files, shipped in the package.
+DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo")
+
+_FORM = b"application/x-www-form-urlencoded"
+
+
+def webhook_url(public_url: str) -> str:
+    """The URL Twilio requests (and signs) for the voice webhook."""
+    return public_url.rstrip("/") + "/twilio/voice"
+
+
+def build_twiml(
+    stream_url: str,
+    parameters: Sequence[tuple[str, str]] = (),
+    after_connect: str = "",
+) -> bytes:
+    """
+    The TwiML document: ``<Connect><Stream url=stream_url>`` with one ``<Parameter>`` per
+    ``(name, value)`` in order, then the elements of the ``after_connect`` fragment (well-formed
+    TwiML, checked when the configuration was loaded).
+    """
+    response = ET.Element("Response")
+    connect = ET.SubElement(response, "Connect")
+    stream = ET.SubElement(connect, "Stream", {"url": stream_url})
+    for name, value in parameters:
+        ET.SubElement(stream, "Parameter", {"name": name, "value": value})
+    if after_connect:
+        fragment = ET.fromstring(f"<Response>{after_connect}</Response>")
+        response.extend(list(fragment))
+    body = ET.tostring(response, encoding="unicode", short_empty_elements=True)
+    return ('<?xml version="1.0" encoding="UTF-8"?>' + body).encode("utf-8")
+
+
+def _form(request: Any) -> dict[str, list[str]]:
+    """The POST body's form parameters (never the query string: Twilio signs those apart)."""
+    content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    if content_type and content_type != _FORM:
+        return {}
+    request.content.seek(0)
+    body = request.content.read().decode("utf-8", errors="replace")
+    return parse_qs(body, keep_blank_values=True)
+
+
+class VoiceWebhook(resource.Resource):
+    """``POST /twilio/voice`` (``GET`` too, as Twilio may be told to use it): answers TwiML."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, gateway: Any) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def render_POST(self, request: Any) -> bytes:
+        return self._answer(request, _form(request))
+
+    def render_GET(self, request: Any) -> bytes:
+        # A GET webhook signs the URL alone; its fields are in the query string.
+        return self._answer(request, {}, query_fields=True)
+
+    def _answer(self, request: Any, form: Mapping[str, list[str]], query_fields: bool = False) -> bytes:
+        config = self.gateway.config
+        if not config.public_url or not config.stream_url:
+            self.log.error(
+                "voice webhook refused: no public URL, so no <Stream url>; set GATEWAY_PUBLIC_URL "
+                "(or [gateway] public_url) to the https:// address Twilio reaches"
+            )
+            return _plain(request, 503, {
+                "error": "the gateway has no public URL: set GATEWAY_PUBLIC_URL to the "
+                         "https://host[:port][/prefix] that Twilio reaches"})
+        _, _, query = request.uri.partition(b"?")
+        url = webhook_url(config.public_url)
+        if query:
+            url += "?" + query.decode("utf-8", errors="replace")
+        token = config.twilio_auth_token
+        if token is not None:
+            signature = (request.getHeader(b"x-twilio-signature") or b"").decode("latin-1").strip()
+            if not validate_signature(token, url, signature, form):
+                self.log.warn(
+                    "voice webhook refused (403): X-Twilio-Signature {problem} for {url}",
+                    problem="does not match" if signature else "missing",
+                    url=url,
+                )
+                request.setResponseCode(403)
+                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+                return b"Forbidden\n"
+        fields = form
+        if query_fields:
+            fields = parse_qs(query.decode("utf-8", errors="replace"), keep_blank_values=True)
+        parameters = []
+        for name in config.twiml_forward:
+            values = fields.get(name)
+            if not values:
+                continue
+            value = values[0]
+            if len(name) + len(value) >= TWIML_PARAMETER_MAX_CHARS:
+                self.log.warn("voice webhook: {name} not forwarded: longer than Twilio's "
+                              "parameter limit", name=name)
+                continue
+            parameters.append((name, value))
+        parameters.extend(config.twiml_parameters.items())
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/xml; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return build_twiml(config.stream_url, parameters, config.twiml_after_connect)
+
+
+def _plain(request: Any, status: int, body: dict) -> bytes:
+    from gateway.api import json_response
+
+    return json_response(request, status, body)
+
+
+class DemoToken(resource.Resource):
+    """
+    ``POST /demo/token``: a short-lived ``/client`` token for the demo page, with no credentials.
+    It exists only while the demo is enabled (production mints tokens with ``GATEWAY_API_KEY``
+    at ``POST /v1/tokens``).
+    """
+
+    isLeaf = True
+
+    def __init__(self, gateway: Any) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def render_POST(self, request: Any) -> bytes:
+        from gateway.api import json_response
+        from gateway.tokens import TOKEN_TTL_S, mint_token
+
+        token = mint_token(self.gateway.config.token_secret, self.gateway.reactor.seconds())
+        return json_response(request, 200, {"token": token, "expires_in": TOKEN_TTL_S})
+
+
+#: The demo's file types; only files with these suffixes are served.
+DEMO_TYPES = {
+    ".html": b"text/html; charset=utf-8",
+    ".js": b"text/javascript; charset=utf-8",
+    ".mjs": b"text/javascript; charset=utf-8",
+    ".css": b"text/css; charset=utf-8",
+    ".txt": b"text/plain; charset=utf-8",
+    ".svg": b"image/svg+xml",
+    ".png": b"image/png",
+}
+
+_CSP = (b"default-src 'self'; connect-src 'self' ws: wss:; media-src 'self' blob:; "
+        b"img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+
+class _DemoFile(resource.Resource):
+    """One of the demo's files, read when requested (they are small; edits show on reload)."""
+
+    isLeaf = True
+
+    def __init__(self, path: str, content_type: bytes) -> None:
+        super().__init__()
+        self.path = path
+        self.content_type = content_type
+
+    def render_GET(self, request: Any) -> bytes:
+        with open(self.path, "rb") as f:
+            body = f.read()
+        request.setHeader(b"content-type", self.content_type)
+        request.setHeader(b"content-security-policy", _CSP)
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"cache-control", b"no-cache")
+        return body
+
+    render_HEAD = render_GET
+
+
+class DemoResource(resource.Resource):
+    """
+    ``/demo/``: the files of `DEMO_DIR` by name (a fixed list made at start-up, so no path can
+    leave the directory), ``index.html`` at ``/demo/``, and ``POST /demo/token``.
+    """
+
+    def __init__(self, gateway: Any, directory: str = DEMO_DIR) -> None:
+        super().__init__()
+        for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
+            kind = DEMO_TYPES.get(os.path.splitext(name)[1])
+            if kind is not None and os.path.isfile(path):
+                self.putChild(name.encode(), _DemoFile(path, kind))
+        if b"index.html" in self.children:
+            self.putChild(b"", self.children[b"index.html"])
+        self.putChild(b"token", DemoToken(gateway))
+
+    def getChild(self, path: bytes, request: Any) -> resource.Resource:
+        return pages.notFound()
+
+    def render_GET(self, request: Any) -> bytes:
+        # /demo without the slash: the page's relative URLs need /demo/. A relative Location keeps
+        # any path prefix a proxy added in front of the gateway.
+        _, sep, query = request.uri.partition(b"?")
+        request.redirect(b"demo/" + sep + query)
+        return b""
+
+
+def demo_resource(gateway: Any) -> resource.Resource:
+    """``/demo/``: the browser client's files and ``POST /demo/token``."""
+    return DemoResource(gateway)
