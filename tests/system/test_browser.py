@@ -4,8 +4,9 @@ Deepgram emulator on loopback.
 
 Chromium's fake microphone plays a 48 kHz speech clip (looped); the page's AudioWorklet turns it
 into PCM s16le 16 kHz mono and the emulator records what arrives. That audio is compared with a
-reference resampling of the same clip (`gateway.codecs.resample.Resampler`), aligned by
-cross-correlation: the figure is the signal-to-error ratio after a least-squares gain.
+reference resampling of the same clip (`gateway.codecs.resample.Resampler`), in half-second
+blocks each aligned by cross-correlation to a fraction of a sample: the figure is the median
+block's signal-to-error ratio after a least-squares gain.
 
 Selenium is blocking, so every WebDriver call runs in a thread (`deferToThread`) while the
 reactor serves the gateway and the emulator. Needs /usr/bin/chromium and /usr/bin/chromedriver:
@@ -33,7 +34,8 @@ CLIP_48K = os.path.join(DATA, "caller-order-48k-s16le.wav")
 
 #: Minimum signal-to-error ratio (dB) between what the emulator received and the reference
 #: resampling. The worklet's resampler and the reference agree to ~62 dB on this clip (checked
-#: offline, outside the browser); through Chromium we measured 46-63 dB. A missing low-pass, a
+#: offline, outside the browser); through Chromium the median block measured 61-69 dB. A block
+#: must beat this; the median must beat it by 10 dB. A missing low-pass, a
 #: wrong rate, lost or repeated frames or byte-order mistakes all score far below 30.
 MIN_MATCH_DB = 30.0
 
@@ -176,16 +178,26 @@ class BrowserDemoTests(TestCase):
         received = np.frombuffer(session.audio[: len(session.audio) // 2 * 2], dtype="<i2").astype(float)
         self.assertGreater(len(received), 16000 * 6)
         source = clip("caller-order-48k-s16le.wav")
-        # The clip plays once, from when the microphone opens: look for four seconds of what
-        # arrived, from half a second in, anywhere in the clip padded with silence.
+        # The clip plays once, from when the microphone opens. Each half second of what arrived
+        # (from a quarter second in, skipping silence) is aligned on its own against the clip
+        # padded with silence: Chromium's fake capture now and then drops a 10 ms buffer under
+        # load, which shifts everything after it; the page cannot see that, so it is not counted
+        # against the page. The figure is the median block; nearly every block must match.
         resampled = np.frombuffer(Resampler(48000, 16000).process(source.data), dtype="<i2").astype(float)
         reference = np.concatenate([np.zeros(16000 * 2), resampled, np.zeros(16000 * 10)])
-        window = received[8000 : 8000 + 16000 * 4]
-        self.assertGreater(np.sqrt(np.mean(window**2)), 300, "the microphone audio is (nearly) silent")
-        db, offset = match_db(window, reference)
+        blocks = []
+        for start in range(4000, 16000 * 6, 8000):
+            block = received[start : start + 8000]
+            if len(block) == 8000 and np.sqrt(np.mean(block**2)) > 300:
+                blocks.append(match_db(block, reference)[0])
+        self.assertGreaterEqual(len(blocks), 8, "too little of the clip arrived (or it is silent)")
+        db = float(np.median(blocks))
+        good = sum(b > MIN_MATCH_DB for b in blocks)
         print(f"\nbrowser audio at AudioContext {rate} Hz matches the reference resampling of the "
-              f"48 kHz clip: {db:.1f} dB signal-to-error (aligned at {offset:.2f} samples)")
-        self.assertGreater(db, MIN_MATCH_DB)
+              f"48 kHz clip: median {db:.1f} dB signal-to-error over {len(blocks)} half-second "
+              f"blocks ({good} above {MIN_MATCH_DB:g} dB; worst {min(blocks):.1f} dB)")
+        self.assertGreater(db, MIN_MATCH_DB + 10)
+        self.assertGreaterEqual(good, len(blocks) - 2)
         return db
 
     def assertPlayedAndShown(self, snapshot: dict) -> None:
