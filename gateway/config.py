@@ -332,7 +332,7 @@ def load_config(
         )
     if not twilio_token:
         warnings.append(
-            "TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked on /twilio"
+            "TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked on /twilio and /twilio/voice"
         )
     secret = env.get("GATEWAY_TOKEN_SECRET", "")
     if secret:
