@@ -1,0 +1,121 @@
+"""
+``gateway-bench``: ramp paced calls through a real gateway and report what they cost.
+
+    gateway-bench --mode relay --steps 50,100,150,200 --window-s 20 --json out.json
+    gateway-bench --smoke --json smoke.json        # 3 calls, 3 s, relay + transcode + tls
+
+Exit status: 0 when every step ran and nothing was lost, duplicated, reordered or misrouted;
+1 otherwise; 2 on a usage error. (Speed is never a failure: saturation is flagged, not fatal.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+from gateway.bench import report
+from gateway.bench.orchestrate import MODES, Bench, median_step
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway-bench", description=__doc__.split("\n\n")[0].strip())
+    p.add_argument("--mode", default="relay",
+                   help=f"comma-separated modes: {', '.join(MODES)} (default relay)")
+    p.add_argument("--steps", default="50,100,150,200", help="concurrent calls per step, comma-separated")
+    p.add_argument("--window-s", type=float, default=20.0, help="measured window per step (s)")
+    p.add_argument("--warmup-s", type=float, default=3.0, help="warm-up after the ramp (s)")
+    p.add_argument("--ramp-rate", type=float, default=100.0, help="new calls per second during the ramp")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each step (the table shows medians)")
+    p.add_argument("--pin", action="store_true",
+                   help="gateway on CPU 0, peer and load generator on CPU 1 (sched_setaffinity)")
+    p.add_argument("--json", metavar="PATH", help="write every run and the medians as JSON")
+    p.add_argument("--profile", metavar="PATH",
+                   help="run the gateway under cProfile (twistd --profiler=cprofile); PATH gets the "
+                        "stats, PATH.txt the top entries. Profiled figures are not the real ones.")
+    p.add_argument("--smoke", action="store_true",
+                   help="a quick sanity run: 3 calls, 3 s window, modes relay,transcode,tls")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.smoke:
+        if "--mode" not in (argv if argv is not None else sys.argv):
+            args.mode = "relay,transcode,tls"
+        args.steps, args.window_s, args.warmup_s = "3", 3.0, 1.0
+    modes = [m.strip() for m in args.mode.split(",") if m.strip()]
+    for mode in modes:
+        if mode not in MODES:
+            print(f"gateway-bench: unknown mode {mode!r} (choose from {', '.join(MODES)})", file=sys.stderr)
+            return 2
+    try:
+        steps = [int(s) for s in args.steps.split(",") if s.strip()]
+    except ValueError:
+        print(f"gateway-bench: --steps must be integers, got {args.steps!r}", file=sys.stderr)
+        return 2
+    if not steps or min(steps) < 1 or args.repeat < 1 or args.window_s <= 0:
+        print("gateway-bench: need at least one step of 1+ calls, --repeat >= 1, --window-s > 0",
+              file=sys.stderr)
+        return 2
+    if args.pin and len(os.sched_getaffinity(0)) < 2:
+        print("gateway-bench: --pin needs 2 CPUs", file=sys.stderr)
+        return 2
+    say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+    document: dict[str, Any] = {"machine": report.machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                "argv": sys.argv[1:] if argv is None else list(argv),
+                                "settings": {"steps": steps, "window_s": args.window_s,
+                                             "warmup_s": args.warmup_s, "ramp_rate": args.ramp_rate,
+                                             "repeat": args.repeat, "pin": args.pin},
+                                "runs": [], "steps": []}
+    ok = True
+    for mode in modes:
+        bench = Bench(mode, pin=args.pin, profile=args.profile, say=say)
+        try:
+            bench.start()
+            document.setdefault("baseline_rss_kb", {})[mode] = bench.baseline_rss_kb
+            for calls in steps:
+                runs = []
+                for rep in range(args.repeat):
+                    result = bench.run_step(calls, warmup_s=args.warmup_s, window_s=args.window_s,
+                                            ramp_rate=args.ramp_rate)
+                    result["repeat"] = rep + 1
+                    runs.append(result)
+                    say(f"[{mode}] {calls} calls run {rep + 1}: gw {result['gateway_cpu_pct']}% CPU, "
+                        f"{result['cpu_ms_per_call_s']} ms/call-s, in p99 {result['latency_in_ms']['p99']} ms, "
+                        f"out p99 {result['latency_out_ms']['p99']} ms, load {result['load_cpu_pct']['total']}% "
+                        f"{'; '.join(result['flags'])}")
+                document["runs"].extend(runs)
+                document["steps"].append(median_step(runs))
+        except Exception as e:  # report what ran, then fail
+            say(f"[{mode}] failed: {e}")
+            document.setdefault("failures", []).append(f"{mode}: {e}")
+            ok = False
+        finally:
+            document.setdefault("shutdown", {})[mode] = bench.close()
+        if args.profile and os.path.exists(args.profile):
+            summary = report.profile_summary(args.profile)
+            with open(args.profile + ".txt", "w") as f:
+                f.write(summary)
+            say(f"[{mode}] profile written to {args.profile} (top entries in {args.profile}.txt)")
+    for step in document["steps"]:
+        for direction in ("inbound", "outbound"):
+            d = step[direction]
+            if d["lost"] or d["duplicated"] or d["reordered"] or d["misrouted"] or not d["sent"]:
+                ok = False
+        if step["error_count"] or "calls failed" in step["flags"]:
+            ok = False
+    document["ok"] = ok
+    print(report.table(document["steps"]))
+    if args.json:
+        report.write_json(args.json, document)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""
+The Twilio side of the benchmark: K paced calls to the gateway's ``/twilio`` WebSocket.
+
+Each call sends ``connected``, ``start`` (with ``customParameters.greeting = "bench-<index>"``,
+which the benchmark's config maps to the Settings ``agent.greeting`` so that the peer learns which
+call a Deepgram connection belongs to), then one ``media`` message every 20 ms at its own phase of
+the period, and decodes the ``media`` messages the gateway sends back. Relay modes stamp each
+160-byte payload (`gateway.bench.tracking.STAMP`) and check the peer's stamps; transcoding modes
+record send and arrival times per frame index for the orchestrator to join.
+
+Run by the orchestrator as ``python -m gateway.bench.loadgen``; commands arrive as JSON lines on
+stdin.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import pickle
+import time
+from array import array
+from typing import Any
+
+from gateway.bench.framing import (OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameParser,
+                                   client_handshake, encode_frame)
+from gateway.bench.loop import FRAME_NS, Conn, Loop, connect_nonblocking, percentiles, phase_ns
+from gateway.bench.tracking import SeqTrack, stamp, unstamp
+
+ACCOUNT = "AC" + "0" * 32
+_MEDIA = (b'{"event":"media","sequenceNumber":"%d","media":{"track":"inbound","chunk":"%d",'
+          b'"timestamp":"%d","payload":"%s"},"streamSid":"%s"}')
+_PAYLOAD_KEY = b'"payload":"'
+
+
+class Call(Conn):
+    def __init__(self, gen: "LoadGen", index: int) -> None:
+        self.gen = gen
+        self.index = index
+        self.sid = f"MZ{index:032d}".encode()
+        self.call_sid = f"CA{index:032d}"
+        self.state = "connecting"
+        self.head = b""
+        self.parser = FrameParser()
+        self.seq = 0          # Twilio sequenceNumber of the last message sent
+        self.frames = 0       # media frames sent
+        self.sending = False
+        self.out = SeqTrack()
+        self.out_bytes = 0
+        self.got_media = False
+        self.in_send = array("q") if gen.joined else None
+        self.out_recv = array("q") if gen.joined else None
+        self.other = 0
+        super().__init__(gen.loop, connect_nonblocking(gen.host, gen.port), connecting=True)
+
+    def connection_made(self) -> None:
+        request, self.expect = client_handshake(self.gen.host, self.gen.port, "/twilio")
+        self.state = "upgrading"
+        self.write(request)
+
+    def _send_json(self, obj: dict) -> None:
+        self.write(encode_frame(OP_TEXT, json.dumps(obj, separators=(",", ":")).encode(), True))
+
+    def _opened(self) -> None:
+        self.state = "open"
+        sid = self.sid.decode()
+        self._send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        self.seq = 1
+        self._send_json({
+            "event": "start", "sequenceNumber": "1", "streamSid": sid,
+            "start": {"accountSid": ACCOUNT, "streamSid": sid, "callSid": self.call_sid,
+                      "tracks": ["inbound"],
+                      "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                      "customParameters": {"greeting": f"bench-{self.index}"}},
+        })
+        self.sending = True
+        now = time.monotonic_ns()
+        base = (now // FRAME_NS + 1) * FRAME_NS + phase_ns(self.index)
+        self.loop.call_at(base, self.tick)
+
+    def tick(self, now: int, due: int) -> int | None:
+        if not self.sending or self.closed:
+            return None
+        gen = self.gen
+        if gen.in_window:
+            gen.lateness.append(now - due)
+        n = self.frames
+        t = time.monotonic_ns()
+        payload = stamp(b"BI", self.index, n, t, 160, b"\xff")
+        self.seq += 1
+        msg = _MEDIA % (self.seq, n + 1, n * 20, binascii.b2a_base64(payload, newline=False), self.sid)
+        self.write(encode_frame(OP_TEXT, msg, True))
+        if self.in_send is not None:
+            self.in_send.append(t)
+        self.frames = n + 1
+        return due + FRAME_NS
+
+    def send_stop(self) -> None:
+        self.sending = False
+        if self.state != "open":
+            return
+        self.state = "stopping"
+        self.seq += 1
+        sid = self.sid.decode()
+        self._send_json({"event": "stop", "sequenceNumber": str(self.seq), "streamSid": sid,
+                         "stop": {"accountSid": ACCOUNT, "callSid": self.call_sid}})
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == "upgrading":
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head, rest = self.head[:end], self.head[end + 4:]
+            if not head.startswith(b"HTTP/1.1 101") or self.expect not in head:
+                self.gen.errors.append(f"call {self.index}: upgrade refused: {head[:80]!r}")
+                self.close("refused")
+                return
+            self._opened()
+            if not rest:
+                return
+            data = rest
+        now = time.monotonic_ns()
+        for op, payload in self.parser.feed(data):
+            if op == OP_TEXT:
+                i = payload.find(_PAYLOAD_KEY)
+                if i >= 0 and payload.startswith(b'{"event":"media"'):
+                    j = payload.index(b'"', i + 11)
+                    self._audio(binascii.a2b_base64(payload[i + 11:j]), now)
+                else:
+                    self.other += 1
+            elif op == OP_PING:
+                self.write(encode_frame(OP_PONG, payload, True))
+            elif op == OP_CLOSE:
+                if self.state != "closing":
+                    self.write(encode_frame(OP_CLOSE, payload[:2], True))
+                self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                self.state = "closing"
+            elif op == OP_BINARY:
+                self.other += 1
+
+    def _audio(self, audio: bytes, now: int) -> None:
+        self.got_media = True
+        gen = self.gen
+        if gen.joined:
+            before = self.out_bytes // 160
+            self.out_bytes += len(audio)
+            for _ in range(self.out_bytes // 160 - before):
+                self.out_recv.append(now)
+            return
+        for k in range(0, len(audio) - 159, 160):
+            magic, call, seq, t = unstamp(audio[k:k + 18])
+            track = self.out
+            if magic != b"BO":
+                track.bad += 1
+                continue
+            if call != self.index:
+                track.misrouted += 1
+                continue
+            track.see(seq)
+            if gen.in_window:
+                gen.out_latency.append(now - t)
+
+    def connection_lost(self, why: str) -> None:
+        gen = self.gen
+        clean = self.state == "closing" and getattr(self, "close_code", None) == 1000
+        if not clean:
+            gen.errors.append(f"call {self.index}: lost in state {self.state}: {why}")
+        gen.closed_calls += 1
+        self.state = "closed"
+
+
+class LoadGen:
+    def __init__(self) -> None:
+        self.loop = Loop(self.command)
+        self.calls: list[Call] = []
+        self.reset({})
+
+    def reset(self, cmd: dict) -> None:
+        self.host = cmd.get("host", "127.0.0.1")
+        self.port = cmd.get("port", 0)
+        self.joined = cmd.get("joined", False)
+        self.calls = []
+        self.errors: list[str] = []
+        self.closed_calls = 0
+        self.in_window = False
+        self.lateness: list[int] = []
+        self.out_latency: list[int] = []
+        self._waiting: str | None = None
+
+    def command(self, cmd: dict) -> dict | None:
+        kind = cmd["cmd"]
+        if kind == "start":
+            self.reset(cmd)
+            now = time.monotonic_ns()
+            gap = int(1e9 / cmd.get("ramp_rate", 100.0))
+            for i in range(cmd["calls"]):
+                self.loop.call_at(now + i * gap, self._opener(cmd.get("first_index", 0) + i))
+            self._waiting = "ready"
+            self._deadline = time.monotonic() + cmd.get("timeout_s", 30.0)
+            self.loop.call_at(now + 50_000_000, self._poll)
+            self._expected = cmd["calls"]
+            return None
+        if kind == "mark":
+            self.lateness, self.out_latency = [], []
+            self.in_window = True
+            self._cpu0 = time.process_time()
+            self._t0 = time.monotonic()
+            return {"ok": True}
+        if kind == "endwindow":
+            self.in_window = False
+            cpu = time.process_time() - self._cpu0
+            wall = time.monotonic() - self._t0
+            return {"cpu_s": cpu, "wall_s": wall, "cpu_pct": 100.0 * cpu / wall,
+                    "lateness": percentiles(self.lateness),
+                    "out_latency": percentiles(self.out_latency)}
+        if kind == "quiesce":
+            for call in self.calls:
+                call.sending = False
+            return {"ok": True}
+        if kind == "totals":
+            return {"calls": {c.index: {"in_sent": c.frames, "out": c.out.as_dict(),
+                                        "out_units": c.out_bytes // 160, "other": c.other}
+                              for c in self.calls},
+                    "errors": self.errors[:20], "error_count": len(self.errors)}
+        if kind == "dump":
+            with open(cmd["path"], "wb") as f:
+                pickle.dump({c.index: (c.in_send, c.out_recv) for c in self.calls}, f)
+            return {"ok": True}
+        if kind == "stop":
+            for call in self.calls:
+                call.send_stop()
+            self._waiting = "closed"
+            self._deadline = time.monotonic() + cmd.get("timeout_s", 15.0)
+            self.loop.call_at(time.monotonic_ns() + 50_000_000, self._poll)
+            return None
+        if kind == "exit":
+            self.loop.running = False
+            return {"ok": True}
+        return {"error": f"unknown command {kind!r}"}
+
+    def _opener(self, index: int) -> Any:
+        def open_call(now: int, due: int) -> None:
+            try:
+                self.calls.append(Call(self, index))
+            except OSError as e:
+                self.errors.append(f"call {index}: connect: {e}")
+                self.closed_calls += 1
+        return open_call
+
+    def _poll(self, now: int, due: int) -> int | None:
+        if self._waiting == "ready":
+            up = sum(1 for c in self.calls if c.got_media)
+            failed = self.closed_calls
+            if up + failed >= self._expected or time.monotonic() > self._deadline:
+                self._waiting = None
+                self.loop.reply({"ready": up, "failed": failed, "errors": self.errors[:20]})
+                return None
+        elif self._waiting == "closed":
+            if self.closed_calls >= len(self.calls) or time.monotonic() > self._deadline:
+                left = [c for c in self.calls if not c.closed]
+                for call in left:
+                    call.close("teardown timeout")
+                self._waiting = None
+                self.loop.reply({"closed": self.closed_calls, "forced": len(left),
+                                 "errors": self.errors[:20], "error_count": len(self.errors)})
+                return None
+        else:
+            return None
+        return now + 50_000_000
+
+
+def main() -> None:
+    gen = LoadGen()
+    gen.loop.reply({"hello": "loadgen"})
+    gen.loop.run()
+
+
+if __name__ == "__main__":
+    main()

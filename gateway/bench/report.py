@@ -1,0 +1,87 @@
+"""The benchmark's output: a plain-text table per mode, and the JSON document."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from typing import Any
+
+__all__ = ["table", "machine", "write_json", "profile_summary"]
+
+
+def _f(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _lost(direction: dict) -> str:
+    r = direction["reordered"]
+    return f"{direction['lost']}/{direction['duplicated']}/{'n/a' if r is None else r}"
+
+
+def table(steps: list[dict]) -> str:
+    """One row per (mode, calls): medians over the repeats."""
+    head = ("mode", "calls", "rep", "gw CPU%", "ms CPU/call-s", "KB/call", "in p50", "in p99",
+            "out p50", "out p99", "in lost/dup/reord", "out lost/dup/reord", "load CPU%", "flags")
+    rows = [head]
+    for s in steps:
+        rows.append((s["mode"], str(s["calls"]), str(s["repeats"]), _f(s["gateway_cpu_pct"], 1),
+                     _f(s["cpu_ms_per_call_s"]), _f(s["rss_kb_per_call"], 1),
+                     _f(s["in_p50_ms"]), _f(s["in_p99_ms"]), _f(s["out_p50_ms"]), _f(s["out_p99_ms"]),
+                     _lost(s["inbound"]), _lost(s["outbound"]), _f(s["load_cpu_pct"], 1),
+                     "; ".join(s["flags"]) or "ok"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    info: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
+                            "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    for name in ("twisted", "autobahn"):
+        try:
+            module = __import__(name)
+            info[name] = getattr(module, "__version__", None) or str(getattr(module, "version", ""))
+        except ImportError:
+            pass
+    try:
+        from autobahn.websocket import protocol as _p  # noqa: F401
+        import autobahn.websocket as ws
+        info["autobahn_nvx"] = bool(getattr(ws, "USES_NVX", False))
+    except ImportError:
+        pass
+    return info
+
+
+def write_json(path: str, document: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(document, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def profile_summary(stats_path: str, limit: int = 25) -> str:
+    """The top of a cProfile dump, by own time and by cumulative time."""
+    import io
+    import pstats
+
+    out = io.StringIO()
+    stats = pstats.Stats(stats_path, stream=out)
+    stats.strip_dirs().sort_stats("tottime").print_stats(limit)
+    stats.sort_stats("cumulative").print_stats(limit)
+    return out.getvalue()

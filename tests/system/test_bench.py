@@ -1,0 +1,123 @@
+"""
+The benchmark's smoke run (issue 8): ``gateway-bench --smoke`` drives 3 paced calls for 3 s in
+each mode (mu-law relay, transcoding, TLS on the Deepgram leg) through a real ``twistd`` gateway,
+and its counters must be sane with nothing lost, duplicated, reordered or misrouted. No speed
+threshold: the figures themselves are never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from twisted.internet import threads
+from twisted.trial.unittest import TestCase
+
+from gateway.testing import temp_path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CALLS = 3
+WINDOW_S = 3.0
+
+
+def run_bench(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess:
+    """``gateway-bench`` in a child process group, killed whole if it overruns ``timeout_s``."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = ROOT
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.bench.cli", *argv], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        err += f"\n(killed after {timeout_s} s)".encode()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(errors="replace"),
+                                       err.decode(errors="replace"))
+
+
+class BenchSmokeTests(TestCase):
+    """``gateway-bench --smoke``: one short run of every mode, checked for sanity and zero loss."""
+
+    timeout = 150
+
+    #: One smoke run serves every test of the class (it takes ~25 s); each test that finds no
+    #: earlier run makes its own.
+    _result: tuple[subprocess.CompletedProcess, dict] | None = None
+
+    def setUp(self) -> Any:
+        if BenchSmokeTests._result is not None:
+            self.completed, self.document = BenchSmokeTests._result
+            return None
+        json_path = temp_path(self, "smoke.json")
+        d = threads.deferToThread(run_bench, ["--smoke", "--quiet", "--json", json_path], 120)
+
+        def ran(completed: subprocess.CompletedProcess) -> None:
+            self.completed = completed
+            self.assertTrue(os.path.exists(json_path),
+                            f"no JSON written; exit {completed.returncode}\n{completed.stderr[-3000:]}")
+            with open(json_path) as f:
+                self.document = json.load(f)
+            BenchSmokeTests._result = (completed, self.document)
+
+        return d.addCallback(ran)
+
+    def explain(self) -> str:
+        return (f"exit {self.completed.returncode}\n{self.completed.stdout}\n"
+                f"{self.completed.stderr[-3000:]}\n{json.dumps(self.document.get('failures'))}")
+
+    def test_exit_status_and_table(self) -> None:
+        """The run succeeds (status 0) and prints one table row per mode."""
+        self.assertEqual(self.completed.returncode, 0, self.explain())
+        self.assertTrue(self.document["ok"], self.explain())
+        for mode in ("relay", "transcode", "tls"):
+            self.assertIn(f"\n{mode} ", self.completed.stdout)
+
+    def test_every_mode_measured(self) -> None:
+        """Each mode ran one step of 3 calls, all of them up, with a window of about 3 s."""
+        self.assertEqual([(s["mode"], s["calls"]) for s in self.document["steps"]],
+                         [("relay", CALLS), ("transcode", CALLS), ("tls", CALLS)], self.explain())
+        for run in self.document["runs"]:
+            self.assertEqual((run["ready"], run["failed"], run["error_count"]), (CALLS, 0, 0),
+                             f"{run['mode']}: {run['errors']}")
+            self.assertTrue(abs(run["window_s"] - WINDOW_S) <= 1.0, run["window_s"])
+
+    def test_nothing_lost_duplicated_or_reordered(self) -> None:
+        """Every frame sent either way arrived exactly once, in order, on its own call."""
+        for run in self.document["runs"]:
+            for direction in ("inbound", "outbound"):
+                counts = run[direction]
+                where = f"{run['mode']} {direction}: {counts}"
+                # 3 calls at 50 frames/s for at least warm-up + window (4 s): >= 600 frames.
+                self.assertGreaterEqual(counts["sent"], CALLS * 50 * 4, where)
+                self.assertEqual(counts["received"], counts["sent"], where)
+                self.assertEqual((counts["lost"], counts["duplicated"], counts["misrouted"]), (0, 0, 0), where)
+                if run["mode"] == "transcode":
+                    self.assertIsNone(counts["reordered"], where)   # not observable by counts
+                else:
+                    self.assertEqual(counts["reordered"], 0, where)
+
+    def test_counters_sane(self) -> None:
+        """CPU, memory and latency figures exist and are physically plausible (never a speed bound)."""
+        for run in self.document["runs"]:
+            mode = run["mode"]
+            self.assertGreater(run["gateway_cpu_s"], 0, mode)
+            self.assertGreater(run["cpu_ms_per_call_s"], 0, mode)
+            self.assertLessEqual(run["gateway_cpu_pct"], 100 * (os.cpu_count() or 1) + 5, mode)
+            self.assertGreater(run["rss_kb"], 0, mode)
+            self.assertGreater(run["baseline_rss_kb"], 0, mode)
+            for key in ("latency_in_ms", "latency_out_ms"):
+                latency = run[key]
+                # one window of 3 calls x 50 frames/s x 3 s, give or take the edges
+                self.assertGreater(latency["n"], CALLS * 50 * (WINDOW_S - 1), f"{mode} {key}")
+                self.assertGreater(latency["p50"], 0, f"{mode} {key}")
+                self.assertLessEqual(latency["p50"], latency["p99"], f"{mode} {key}")
+                self.assertLessEqual(latency["p99"], latency["max"], f"{mode} {key}")
+            self.assertGreaterEqual(run["load_cpu_pct"]["total"], 0, mode)
+            self.assertEqual(run["teardown"], {"closed": CALLS, "forced": 0, "peer_open_after": 0}, mode)
+        for mode, shutdown in self.document["shutdown"].items():
+            self.assertEqual(shutdown["gateway_tracebacks"], 0, mode)
