@@ -34,7 +34,8 @@ def table(steps: list[dict]) -> str:
                      _f(s["cpu_ms_per_call_s"]), _f(s["rss_kb_per_call"], 1),
                      _f(s["in_p50_ms"]), _f(s["in_p99_ms"]), _f(s["out_p50_ms"]), _f(s["out_p99_ms"]),
                      _lost(s["inbound"]), _lost(s["outbound"]), _f(s["load_cpu_pct"], 1),
-                     "; ".join(s["flags"]) or "ok"))
+                     "; ".join(s["flags"] + (["gw saturated"] if s.get("gateway_saturated") else []))
+                     or "ok"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in rows]
