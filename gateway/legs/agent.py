@@ -21,11 +21,12 @@ from gateway.codecs.deepgram import encode_message, parse_server_message
 from gateway.errors import UpstreamProtocolError
 from gateway.events import Audio, UpstreamClosed
 from gateway.legs.pressure import Pressure, attach
+from gateway.legs.wire import FastLane
 
 __all__ = ["DeepgramProtocol", "DeepgramFactory", "connect_deepgram"]
 
 
-class DeepgramProtocol(WebSocketClientProtocol):
+class DeepgramProtocol(FastLane, WebSocketClientProtocol):
     """One call's WebSocket to Deepgram."""
 
     # Autobahn 26 never applies the factory's tcpNoDelay (perf-notes §4.4): set it here.
@@ -61,6 +62,7 @@ class DeepgramProtocol(WebSocketClientProtocol):
         self._dg_request_id = response.headers.get("dg-request-id")
 
     def onOpen(self) -> None:
+        self.open_fast_lane()
         self._opened = True
         self._pressure = attach(self.transport, self.call.config.send_budget_bytes)
         self.factory.opened(self)

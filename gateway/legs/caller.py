@@ -20,6 +20,7 @@ from gateway.codecs import twilio as twilio_codec
 from gateway.codecs.close_codes import sendable
 from gateway.errors import AuthError, CallerProtocolError
 from gateway.legs.pressure import Pressure, attach
+from gateway.legs.wire import FastLane
 from gateway.events import Audio, CallerControl, ClientHello, DeepgramEvent, Handshake, StreamStarted
 
 __all__ = ["TwilioProtocol", "ClientProtocol", "CallerFactory", "CLIENT_FORWARDED_EVENTS"]
@@ -61,7 +62,7 @@ class CallerFactory(WebSocketServerFactory):
         self.protocol = protocol
 
 
-class _CallerProtocol(WebSocketServerProtocol):
+class _CallerProtocol(FastLane, WebSocketServerProtocol):
     # Autobahn 26 never applies the factory's tcpNoDelay (perf-notes §4.4): set it here.
     tcpNoDelay = True
     leg = ""
@@ -93,6 +94,7 @@ class _CallerProtocol(WebSocketServerProtocol):
         return None
 
     def onOpen(self) -> None:
+        self.open_fast_lane()
         self._pressure = attach(self.transport, self.call.config.send_budget_bytes)
         self.call.caller_opened(self)
 

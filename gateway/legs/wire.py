@@ -1,0 +1,259 @@
+"""
+The fast lane of a leg's WebSocket: whole data frames in and out without Autobahn's per-frame
+machinery, everything else through Autobahn.
+
+A call is 50 small frames a second in each direction on each leg. For each one Autobahn runs a
+frame parser that copies its buffer twice, a masker object created through cffi, nine callbacks,
+eager log formatting (``hltype``/``hlval``) and a Deferred for the ``message`` observers; writing
+one goes through four methods, the same log formatting and Twisted's buffer, which costs two
+``epoll_ctl`` calls per frame (perf-notes §4.3, BENCHMARKS.md profile). That is most of the
+gateway's CPU.
+
+`FastLane` is mixed into the legs' Autobahn protocols. Once the connection is open it takes the
+common case itself:
+
+- **In**: a read that starts at a frame boundary (nothing buffered in Autobahn, no message in
+  progress) is scanned for complete, unfragmented text or binary frames (FIN set, no RSV bits,
+  masked from clients, unmasked from servers, within the leg's size limits; text checked to be
+  UTF-8). Each goes straight to ``onMessage``. At the first frame that is anything else (a
+  control frame, a fragment, a partial frame, a violation, an oversize or invalid-UTF-8 message)
+  the rest of the read is handed to Autobahn, which parses it, answers pings and closes, and
+  fails the connection with the right code exactly as it would have. The next read that starts
+  at a frame boundary is the fast lane's again.
+- **Out**: ``sendMessage`` of an unfragmented message builds the frame itself (masked with a
+  fresh random key on the client side, RFC 6455 §5.3) and writes it with `write_now`.
+
+What is not reproduced: Autobahn's ``message`` observers (``protocol.on("message", ...)``,
+which nothing in the gateway uses), per-frame ``logFrames``/``logOctets``/``trackTimings``
+(when any of those is on, or per-message compression was negotiated, the lane stays closed and
+Autobahn does everything). Autobahn's traffic counters are kept.
+"""
+
+from __future__ import annotations
+
+import errno
+from random import getrandbits
+from struct import Struct
+from typing import Any
+
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import tcp
+
+__all__ = ["FastLane", "write_now", "mask", "frame_header"]
+
+_STATE_OPEN = WebSocketProtocol.STATE_OPEN
+_HEADER_16 = Struct("!BBH")
+_MASKED_HEADER_16 = Struct("!BBHI")
+_MASKED_HEADER_7 = Struct("!BBI")
+#: Larger messages (which need a 64-bit length) always go through Autobahn.
+_LANE_LIMIT = 0xFFFF
+_RETRY_LATER = (errno.EWOULDBLOCK, errno.EAGAIN, errno.ENOBUFS, errno.EINTR)
+
+
+def mask(payload: bytes, key: bytes) -> bytes:
+    """XOR ``payload`` with the 4-byte masking ``key`` repeated (RFC 6455 §5.3); self-inverse."""
+    n = len(payload)
+    if not n:
+        return b""
+    keys = (key * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(keys, "little")).to_bytes(
+        n, "little"
+    )
+
+
+def frame_header(opcode: int, length: int, key: int | None = None) -> bytes:
+    """The header of a final, unfragmented frame of ``length`` bytes (at most 65535)."""
+    b0 = 0x80 | opcode
+    if key is None:
+        if length < 126:
+            return bytes((b0, length))
+        return _HEADER_16.pack(b0, 126, length)
+    if length < 126:
+        return _MASKED_HEADER_7.pack(b0, 0x80 | length, key)
+    return _MASKED_HEADER_16.pack(b0, 0xFE, length, key)
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """
+    Write ``data`` to ``transport``, straight to the socket when nothing is queued before it.
+
+    Twisted's ``write`` always buffers and asks the reactor to watch the socket for writability,
+    then stops watching once it is written: two ``epoll_ctl`` system calls and a reactor turn for
+    every 20 ms frame. A TCP connection whose buffer is empty can take the bytes now; whatever
+    the kernel does not take (or any socket error, which Twisted then reports as it always does)
+    goes through ``transport.write``, so ordering, backpressure (the leg's `Pressure` producer)
+    and connection loss behave as before. TLS and other transports always use ``write``.
+    """
+    if (
+        type(transport) is not tcp.Server and type(transport) is not tcp.Client
+    ) or transport._tempDataLen or transport.dataBuffer or transport.disconnecting \
+            or not transport.connected or transport._writeDisconnected:
+        transport.write(data)
+        return
+    try:
+        sent = transport.socket.send(data)
+    except OSError as e:
+        if e.errno not in _RETRY_LATER:
+            # Let Twisted meet the error on its own write and close the connection its way.
+            transport.write(data)
+            return
+        sent = 0
+    if sent < len(data):
+        transport.write(data[sent:])
+
+
+class FastLane:
+    """
+    Mixed into an Autobahn ``WebSocketServerProtocol`` or ``WebSocketClientProtocol`` subclass
+    (before it in the bases). The leg calls `open_fast_lane` from ``onOpen``.
+    """
+
+    #: Largest payload taken in and sent out by the lane (0 while the lane is closed).
+    _lane_in_limit = 0
+    _lane_out_limit = 0
+    #: Server side: frames in are masked, frames out are not; client side the other way round.
+    _lane_server = True
+
+    def open_fast_lane(self) -> None:
+        """Open the lane if nothing this connection negotiated or enabled needs Autobahn's path."""
+        p: Any = self
+        if (
+            p._perMessageCompress is not None
+            or p.logFrames
+            or p.logOctets
+            or p.trackedTimings
+            or not p.applyMask
+            or p.websocket_version == 0
+        ):
+            return
+        self._lane_server = bool(p.factory.isServer)
+        limit = _LANE_LIMIT
+        for value in (p.maxFramePayloadSize, p.maxMessagePayloadSize):
+            if value > 0:
+                limit = min(limit, value)
+        self._lane_in_limit = limit
+        out_limit = _LANE_LIMIT
+        for value in (p.maxMessagePayloadSize, p.autoFragmentSize):
+            if value > 0:
+                out_limit = min(out_limit, value)
+        # Server frames go out unmasked unless Autobahn was told to mask them.
+        if self._lane_server and p.maskServerFrames:
+            return
+        if not self._lane_server and not p.maskClientFrames:
+            return
+        self._lane_out_limit = out_limit
+
+    # --- in ---------------------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        # Autobahn's own dataReceived only adds an eagerly formatted debug log line.
+        self._dataReceived(data)
+
+    def _dataReceived(self, data: bytes) -> None:
+        p: Any = self
+        if (
+            not self._lane_in_limit
+            or p.state != _STATE_OPEN
+            or p.data
+            or p.current_frame is not None
+            or p.inside_message
+        ):
+            super()._dataReceived(data)  # type: ignore[misc]
+            return
+        stats = p.trafficStats
+        stats.incomingOctetsWireLevel += len(data)
+        taken = self._take_frames(data)
+        if taken < len(data) and p.state != WebSocketProtocol.STATE_CLOSED:
+            # Not ours: Autobahn parses the rest (already counted at wire level).
+            p.data = data[taken:] if taken else data
+            p.consumeData()
+
+    def _take_frames(self, data: bytes) -> int:
+        """Deliver the whole data frames at the start of ``data``; return the bytes used."""
+        p: Any = self
+        stats = p.trafficStats
+        limit = self._lane_in_limit
+        masked = 0x80 if self._lane_server else 0
+        validate = p.utf8validateIncoming
+        end = len(data)
+        pos = 0
+        while p.state == _STATE_OPEN and end - pos >= 2:
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            # FIN, no RSV, text (0x81) or binary (0x82); masking as the side requires.
+            if (b0 != 0x81 and b0 != 0x82) or (b1 & 0x80) != masked:
+                break
+            length = b1 & 0x7F
+            start = pos + 2
+            if length == 126:
+                if end - pos < 4:
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                if length < 126:
+                    break  # not the minimal encoding: a violation Autobahn reports
+                start = pos + 4
+            elif length == 127:
+                break
+            if length > limit:
+                break
+            if masked:
+                stop = start + 4 + length
+                if stop > end:
+                    break
+                payload = mask(data[start + 4 : stop], data[start : start + 4])
+            else:
+                stop = start + length
+                if stop > end:
+                    break
+                payload = data[start:stop]
+            binary = b0 == 0x82
+            if not binary and validate and not payload.isascii():
+                try:
+                    payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    break  # Autobahn fails the connection with 1007
+            pos = stop
+            stats.incomingOctetsWebSocketLevel += length
+            stats.incomingOctetsAppLevel += length
+            stats.incomingWebSocketFrames += 1
+            stats.incomingWebSocketMessages += 1
+            if p.autoPingTimeoutCall and p.autoPingRestartOnAnyTraffic:
+                p._cancelAutoPingTimeoutCall()
+            p.onMessage(payload, binary)
+        return pos
+
+    # --- out --------------------------------------------------------------------------------------
+
+    def sendMessage(
+        self,
+        payload: bytes,
+        isBinary: bool = False,
+        fragmentSize: int | None = None,
+        sync: bool = False,
+        doNotCompress: bool = False,
+    ) -> None:
+        p: Any = self
+        length = len(payload)
+        if (
+            length > self._lane_out_limit
+            or fragmentSize is not None
+            or sync
+            or p.state != _STATE_OPEN
+            or p.send_queue
+            or type(payload) is not bytes
+        ):
+            super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)  # type: ignore[misc]
+            return
+        opcode = 2 if isBinary else 1
+        if self._lane_server:
+            frame = frame_header(opcode, length) + payload
+        else:
+            key = getrandbits(32)
+            frame = frame_header(opcode, length, key) + mask(payload, key.to_bytes(4, "big"))
+        stats = p.trafficStats
+        stats.outgoingWebSocketMessages += 1
+        stats.outgoingWebSocketFrames += 1
+        stats.outgoingOctetsAppLevel += length
+        stats.outgoingOctetsWebSocketLevel += length
+        stats.outgoingOctetsWireLevel += len(frame)
+        write_now(p.transport, frame)
