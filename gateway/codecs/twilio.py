@@ -14,6 +14,7 @@ import json
 from typing import Any, Union
 
 import attrs
+import msgspec
 
 from gateway.codecs.formats import AudioFormat, MULAW_8K
 from gateway.errors import CallerProtocolError
@@ -145,17 +146,52 @@ def _parse_media(msg: dict[str, Any]) -> Audio:
     return Audio(data, track)
 
 
+class _MediaBody(msgspec.Struct):
+    payload: str
+    track: str = "inbound"
+
+
+class _Frame(msgspec.Struct):
+    """The shape of a well-formed ``media`` message, for the typed fast parse."""
+
+    event: str
+    media: Union[_MediaBody, None] = None
+
+
+_decode_frame = msgspec.json.Decoder(_Frame).decode
+_Invalid = (msgspec.DecodeError, msgspec.ValidationError)
+
+
 def parse_message(frame: bytes | str) -> TwilioInbound:
     """
     Parse one text frame from Twilio into an event.
 
     Raises `CallerProtocolError` (reasons: ``too_big``, ``bad_utf8``, ``bad_json``, ``not_object``,
     ``missing_field``, ``wrong_type``, ``unknown_event``, ``unsupported_format``).
+
+    A well-formed ``media`` message (50 a second) takes a typed parse (msgspec, about 5x faster
+    than ``json``); everything else, and anything the typed parse refuses, takes the general
+    path, which names the field at fault.
     """
     if len(frame) > MAX_MESSAGE_BYTES:
         raise CallerProtocolError(
             "too_big", f"message of {len(frame)} bytes, limit {MAX_MESSAGE_BYTES}"
         )
+    try:
+        typed = _decode_frame(frame)
+    except _Invalid:
+        pass
+    else:
+        media = typed.media
+        if typed.event == "media" and media is not None:
+            try:
+                return Audio(binascii.a2b_base64(media.payload, strict_mode=True), media.track)
+            except ValueError:
+                return Audio(b"", media.track, defect="bad_base64")
+    return _parse_general(frame)
+
+
+def _parse_general(frame: bytes | str) -> TwilioInbound:
     try:
         msg = json.loads(frame)
     except UnicodeDecodeError:
