@@ -25,6 +25,7 @@ __all__ = [
     "TwilioInbound",
     "parse_message",
     "media_message",
+    "media_prefix",
     "mark_message",
     "clear_message",
     "MAX_MESSAGE_BYTES",
@@ -223,17 +224,19 @@ def _json_str(value: str) -> bytes:
     return json.dumps(value).encode()
 
 
-def media_message(stream_sid: str, payload: bytes) -> bytes:
-    """A ``media`` message playing ``payload`` (raw mu-law 8 kHz) on the stream."""
-    return b"".join(
-        (
-            b'{"event":"media","streamSid":',
-            _json_str(stream_sid),
-            b',"media":{"payload":"',
-            binascii.b2a_base64(payload, newline=False),
-            b'"}}',
-        )
-    )
+def media_prefix(stream_sid: str) -> bytes:
+    """What every ``media`` message on the stream starts with (see `media_message`)."""
+    return b'{"event":"media","streamSid":' + _json_str(stream_sid) + b',"media":{"payload":"'
+
+
+def media_message(stream_sid: str, payload: bytes, prefix: bytes | None = None) -> bytes:
+    """
+    A ``media`` message playing ``payload`` (raw mu-law 8 kHz) on the stream. A leg sending many
+    passes the stream's `media_prefix` as ``prefix``, computed once.
+    """
+    if prefix is None:
+        prefix = media_prefix(stream_sid)
+    return prefix + binascii.b2a_base64(payload, newline=False) + b'"}}'
 
 
 def mark_message(stream_sid: str, name: str) -> bytes:

@@ -38,15 +38,10 @@ class DeepgramProtocol(FastLane, WebSocketClientProtocol):
     _opened = False
     _bad_messages = 0
     _pressure = Pressure()
-
-    @property
-    def congested(self) -> bool:
-        """True while more than 64 KiB wait to be written to Deepgram."""
-        return self._pressure.congested
-
-    @property
-    def call(self) -> Any:
-        return self.factory.call
+    #: True while more than the send budget waits to be written to Deepgram (`Pressure`).
+    congested = False
+    #: The call this leg belongs to (set by `DeepgramFactory.buildProtocol`).
+    call: Any = None
 
     def failHandshake(self, reason: str) -> None:
         status_line = getattr(self, "http_status_line", None) or ""
@@ -64,7 +59,7 @@ class DeepgramProtocol(FastLane, WebSocketClientProtocol):
     def onOpen(self) -> None:
         self.open_fast_lane()
         self._opened = True
-        self._pressure = attach(self.transport, self.call.config.send_budget_bytes)
+        self._pressure = attach(self.transport, self.call.config.send_budget_bytes, self)
         self.factory.opened(self)
         self.call.upstream_opened(self, self._dg_request_id)
 
@@ -125,6 +120,7 @@ class DeepgramFactory(WebSocketClientFactory):
 
     def buildProtocol(self, addr: Any) -> DeepgramProtocol:
         proto = super().buildProtocol(addr)
+        proto.call = self.call
         self.protocol_instance = proto
         return proto
 

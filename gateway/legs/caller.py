@@ -70,6 +70,8 @@ class _CallerProtocol(FastLane, WebSocketServerProtocol):
     call: Any = None
     _rejections = 0
     _pressure = Pressure()
+    #: True while more than the send budget waits to be written to the caller (`Pressure`).
+    congested = False
 
     def onConnect(self, request: Any) -> None:
         gateway = self.factory.gateway
@@ -95,13 +97,8 @@ class _CallerProtocol(FastLane, WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self.open_fast_lane()
-        self._pressure = attach(self.transport, self.call.config.send_budget_bytes)
+        self._pressure = attach(self.transport, self.call.config.send_budget_bytes, self)
         self.call.caller_opened(self)
-
-    @property
-    def congested(self) -> bool:
-        """True while more than 64 KiB wait to be written to the caller."""
-        return self._pressure.congested
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.call is not None:
@@ -142,6 +139,7 @@ class TwilioProtocol(_CallerProtocol):
 
     leg = "twilio"
     stream_sid = ""
+    _media_prefix = b""
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
@@ -163,6 +161,7 @@ class TwilioProtocol(_CallerProtocol):
                 self._reject("second_start", "a second start on one stream")
                 return
             self.stream_sid = event.stream_sid
+            self._media_prefix = twilio_codec.media_prefix(event.stream_sid)
             self.call.from_caller(event)
         elif kind is twilio_codec.Connected:
             return
@@ -171,7 +170,9 @@ class TwilioProtocol(_CallerProtocol):
 
     def send_audio(self, payload: bytes) -> None:
         if self.stream_sid:
-            self.sendMessage(twilio_codec.media_message(self.stream_sid, payload), False)
+            self.sendMessage(
+                twilio_codec.media_message(self.stream_sid, payload, self._media_prefix), False
+            )
 
     def send_clear(self) -> None:
         if self.stream_sid:

@@ -26,27 +26,42 @@ __all__ = ["Pressure", "attach"]
 
 @implementer(IPushProducer)
 class Pressure:
-    """``congested`` is true while the transport's write buffer is over its limit."""
+    """
+    ``congested`` is true while the transport's write buffer is over its limit. With a ``leg``,
+    the leg's own ``congested`` attribute mirrors it: the call reads it for every frame, and a
+    plain attribute costs less than a property.
+    """
 
     congested = False
 
+    def __init__(self, leg: Any = None) -> None:
+        self._leg = leg
+
+    def _set(self, congested: bool) -> None:
+        self.congested = congested
+        if self._leg is not None:
+            self._leg.congested = congested
+
     def pauseProducing(self) -> None:
-        self.congested = True
+        self._set(True)
 
     def resumeProducing(self) -> None:
-        self.congested = False
+        self._set(False)
 
     def stopProducing(self) -> None:
-        self.congested = True
+        self._set(True)
 
 
 #: Bytes that may wait on one leg's socket before audio towards that peer is dropped.
 DEFAULT_BUDGET_BYTES = 1024 * 1024
 
 
-def attach(transport: Any, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> Pressure:
-    """Register a new `Pressure` on ``transport`` (replacing a producer left by twisted.web)."""
-    pressure = Pressure()
+def attach(transport: Any, budget_bytes: int = DEFAULT_BUDGET_BYTES, leg: Any = None) -> Pressure:
+    """
+    Register a new `Pressure` on ``transport`` (replacing a producer left by twisted.web), whose
+    state ``leg.congested`` mirrors if ``leg`` is given.
+    """
+    pressure = Pressure(leg)
     if transport is None:
         return pressure
     if hasattr(transport, "bufferSize"):

@@ -26,7 +26,8 @@ common case itself:
 What is not reproduced: Autobahn's ``message`` observers (``protocol.on("message", ...)``,
 which nothing in the gateway uses), per-frame ``logFrames``/``logOctets``/``trackTimings``
 (when any of those is on, or per-message compression was negotiated, the lane stays closed and
-Autobahn does everything). Autobahn's traffic counters are kept.
+Autobahn does everything), and Autobahn's ``trafficStats``, which then count only what Autobahn
+itself handled (the call keeps its own counters of frames and bytes per leg).
 """
 
 from __future__ import annotations
@@ -160,8 +161,6 @@ class FastLane:
         ):
             super()._dataReceived(data)  # type: ignore[misc]
             return
-        stats = p.trafficStats
-        stats.incomingOctetsWireLevel += len(data)
         taken = self._take_frames(data)
         if taken < len(data) and p.state != WebSocketProtocol.STATE_CLOSED:
             # Not ours: Autobahn parses the rest (already counted at wire level).
@@ -171,7 +170,6 @@ class FastLane:
     def _take_frames(self, data: bytes) -> int:
         """Deliver the whole data frames at the start of ``data``; return the bytes used."""
         p: Any = self
-        stats = p.trafficStats
         limit = self._lane_in_limit
         masked = 0x80 if self._lane_server else 0
         validate = p.utf8validateIncoming
@@ -213,10 +211,6 @@ class FastLane:
                 except UnicodeDecodeError:
                     break  # Autobahn fails the connection with 1007
             pos = stop
-            stats.incomingOctetsWebSocketLevel += length
-            stats.incomingOctetsAppLevel += length
-            stats.incomingWebSocketFrames += 1
-            stats.incomingWebSocketMessages += 1
             if p.autoPingTimeoutCall and p.autoPingRestartOnAnyTraffic:
                 p._cancelAutoPingTimeoutCall()
             p.onMessage(payload, binary)
@@ -250,10 +244,4 @@ class FastLane:
         else:
             key = getrandbits(32)
             frame = frame_header(opcode, length, key) + mask(payload, key.to_bytes(4, "big"))
-        stats = p.trafficStats
-        stats.outgoingWebSocketMessages += 1
-        stats.outgoingWebSocketFrames += 1
-        stats.outgoingOctetsAppLevel += length
-        stats.outgoingOctetsWebSocketLevel += length
-        stats.outgoingOctetsWireLevel += len(frame)
         write_now(p.transport, frame)
