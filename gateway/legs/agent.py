@@ -9,6 +9,7 @@ is never logged.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
@@ -23,7 +24,7 @@ from gateway.events import Audio, UpstreamClosed
 from gateway.legs.pressure import Pressure, attach
 from gateway.legs.wire import FastLane
 
-__all__ = ["DeepgramProtocol", "DeepgramFactory", "connect_deepgram"]
+__all__ = ["DeepgramProtocol", "DeepgramFactory", "connect_deepgram", "client_tls_options"]
 
 
 class DeepgramProtocol(FastLane, WebSocketClientProtocol):
@@ -138,6 +139,21 @@ class DeepgramFactory(WebSocketClientFactory):
             self.protocol_instance.transport.abortConnection()
 
 
+@lru_cache(maxsize=16)
+def client_tls_options(host: str) -> Any:
+    """
+    The TLS client options for ``host``, made once per process and shared by every call.
+
+    Each set of options holds an OpenSSL context, and with it the trust store (the platform's CA
+    bundle, or ``SSL_CERT_FILE``), loaded when the first connection verifies a certificate.
+    Made per call, every call kept a context and a store of its own: hundreds of kilobytes per
+    call with a full CA bundle, and a slower handshake.
+    """
+    from twisted.internet.ssl import optionsForClientTLS
+
+    return optionsForClientTLS(host)
+
+
 def connect_deepgram(
     reactor: Any,
     url: str,
@@ -158,9 +174,7 @@ def connect_deepgram(
     factory.setProtocolOptions(**dict(protocol_options or {}))
     endpoint: Any = HostnameEndpoint(reactor, host, port)
     if secure:
-        from twisted.internet.ssl import optionsForClientTLS
-
-        endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+        endpoint = wrapClientTLS(client_tls_options(host), endpoint)
     connecting = endpoint.connect(factory)
 
     def tcp_failed(failure: Failure) -> Failure:
