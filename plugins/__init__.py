@@ -2,13 +2,15 @@
 The built-in stream plugins, one module each, and the registry of them.
 
 The default chain is ``auth -> settings -> empty_frames -> transcoder -> keepalive ->
-call_control -> close_codes`` (inbound events in that order, outbound in reverse). Drop-in plugins are not
-found here: they live in a configured directory (see `gateway.plugin`).
+call_control -> close_codes`` (inbound events in that order, outbound in reverse); ``coalesce``
+is built in but off unless a chain names it. Drop-in plugins are not found here: they live in a
+configured directory (see `gateway.plugin`).
 """
 
 from plugins.auth import plugin as auth
 from plugins.call_control import plugin as call_control
 from plugins.close_codes import plugin as close_codes
+from plugins.coalesce import plugin as coalesce
 from plugins.empty_frames import plugin as empty_frames
 from plugins.keepalive import plugin as keepalive
 from plugins.settings import plugin as settings
@@ -16,5 +18,5 @@ from plugins.transcoder import plugin as transcoder
 
 __all__ = ["BUILTINS"]
 
-#: Every built-in plugin, in the default chain's order.
-BUILTINS = (auth, settings, empty_frames, transcoder, keepalive, call_control, close_codes)
+#: Every built-in plugin, in the default chain's order (``coalesce``, not in it, where it would go).
+BUILTINS = (auth, settings, empty_frames, transcoder, keepalive, coalesce, call_control, close_codes)

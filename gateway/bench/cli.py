@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                         "stats, PATH.txt the top entries. Profiled figures are not the real ones.")
     p.add_argument("--smoke", action="store_true",
                    help="a quick sanity run: 3 calls, 3 s window, modes relay,transcode,tls")
+    p.add_argument("--coalesce-ms", type=int, default=0, metavar="MS",
+                   help="put the coalesce stage in the gateway's chain (caller audio sent to the "
+                        "peer in messages of MS ms, 20-200); 0 = off, the default")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -63,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         print("gateway-bench: need at least one step of 1+ calls, --repeat >= 1, --window-s > 0",
               file=sys.stderr)
         return 2
+    if args.coalesce_ms and not 20 <= args.coalesce_ms <= 200:
+        print("gateway-bench: --coalesce-ms must be 0 (off) or 20-200", file=sys.stderr)
+        return 2
     if args.pin and len(os.sched_getaffinity(0)) < 2:
         print("gateway-bench: --pin needs 2 CPUs", file=sys.stderr)
         return 2
@@ -71,11 +77,12 @@ def main(argv: list[str] | None = None) -> int:
                                 "argv": sys.argv[1:] if argv is None else list(argv),
                                 "settings": {"steps": steps, "window_s": args.window_s,
                                              "warmup_s": args.warmup_s, "ramp_rate": args.ramp_rate,
-                                             "repeat": args.repeat, "pin": args.pin},
+                                             "repeat": args.repeat, "pin": args.pin,
+                                             "coalesce_ms": args.coalesce_ms},
                                 "runs": [], "steps": []}
     ok = True
     for mode in modes:
-        bench = Bench(mode, pin=args.pin, profile=args.profile, say=say)
+        bench = Bench(mode, pin=args.pin, profile=args.profile, say=say, coalesce_ms=args.coalesce_ms)
         try:
             bench.start()
             document.setdefault("baseline_rss_kb", {})[mode] = bench.baseline_rss_kb

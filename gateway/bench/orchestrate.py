@@ -162,7 +162,7 @@ CONFIG = """\
 [gateway]
 max_calls = 100000
 drain_deadline_s = 5.0
-
+{chain}
 [settings]
 # the load generator's customParameters.greeting ("bench-<index>") tells the peer which call it is
 parameters = {{ greeting = "agent.greeting" }}
@@ -175,13 +175,22 @@ deepgram_input = "{fmt}"
 deepgram_output = "{fmt}"
 """
 
+#: Appended with --coalesce-ms: the coalesce stage after keepalive (see plugins/coalesce.py).
+COALESCE = """
+[coalesce]
+ms = {ms}
+"""
+CHAIN_WITH_COALESCE = ('chain = ["auth", "settings", "empty_frames", "transcoder", "keepalive", '
+                       '"coalesce", "call_control", "close_codes"]\n')
+
 
 class Bench:
     """One mode: a gateway, a peer and a load generator, kept up across that mode's steps."""
 
     def __init__(self, mode: str, pin: bool = False, profile: str | None = None,
-                 workdir: str | None = None, say: Any = None) -> None:
+                 workdir: str | None = None, say: Any = None, coalesce_ms: int = 0) -> None:
         self.mode = mode
+        self.coalesce_ms = coalesce_ms
         self.transcode, self.tls = MODES[mode]
         self.pin = pin
         self.profile = profile
@@ -210,7 +219,10 @@ class Bench:
         scheme = "wss" if self.tls else "ws"
         config = os.path.join(self.dir, f"gateway-{self.mode}.toml")
         with open(config, "w") as f:
-            f.write(CONFIG.format(fmt="linear16/16000" if self.transcode else "caller"))
+            f.write(CONFIG.format(fmt="linear16/16000" if self.transcode else "caller",
+                                  chain=CHAIN_WITH_COALESCE if self.coalesce_ms else ""))
+            if self.coalesce_ms:
+                f.write(COALESCE.format(ms=self.coalesce_ms))
         env.update(DEEPGRAM_API_KEY="bench-key",
                    DEEPGRAM_AGENT_URL=f"{scheme}://127.0.0.1:{port}/v1/agent/converse",
                    DEEPGRAM_LISTEN_URL=f"{scheme}://127.0.0.1:{port}/v1/listen")
