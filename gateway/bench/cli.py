@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from gateway.bench import report
+from gateway.bench import sampling
 from gateway.bench.orchestrate import MODES, Bench, median_step
 
 __all__ = ["main"]
@@ -39,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
                         "stats, PATH.txt the top entries. Profiled figures are not the real ones.")
     p.add_argument("--smoke", action="store_true",
                    help="a quick sanity run: 3 calls, 3 s window, modes relay,transcode,tls")
+    p.add_argument("--sample", metavar="DIR",
+                   help="sample the gateway with py-spy (--gil, non-blocking) during every measured "
+                        "window; DIR gets <mode>-<calls>-<run>.txt summaries and the raw stacks")
     p.add_argument("--coalesce-ms", type=int, default=0, metavar="MS",
                    help="put the coalesce stage in the gateway's chain (caller audio sent to the "
                         "peer in messages of MS ms, 20-200); 0 = off, the default")
@@ -69,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.coalesce_ms and not 20 <= args.coalesce_ms <= 200:
         print("gateway-bench: --coalesce-ms must be 0 (off) or 20-200", file=sys.stderr)
         return 2
+    py_spy = None
+    if args.sample:
+        py_spy = sampling.find_py_spy()
+        if py_spy is None:
+            print("gateway-bench: --sample needs py-spy (pip install py-spy)", file=sys.stderr)
+            return 2
+        os.makedirs(args.sample, exist_ok=True)
     if args.pin and len(os.sched_getaffinity(0)) < 2:
         print("gateway-bench: --pin needs 2 CPUs", file=sys.stderr)
         return 2
@@ -82,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "runs": [], "steps": []}
     ok = True
     for mode in modes:
-        bench = Bench(mode, pin=args.pin, profile=args.profile, say=say, coalesce_ms=args.coalesce_ms)
+        bench = Bench(mode, pin=args.pin, profile=args.profile, say=say, coalesce_ms=args.coalesce_ms,
+                      sample_dir=args.sample, py_spy=py_spy)
         try:
             bench.start()
             document.setdefault("baseline_rss_kb", {})[mode] = bench.baseline_rss_kb

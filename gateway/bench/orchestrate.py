@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 from gateway.bench import procstat
+from gateway.bench import sampling
 from gateway.bench.loop import percentiles
 
 __all__ = ["Bench", "MODES", "StepResult"]
@@ -188,9 +189,13 @@ class Bench:
     """One mode: a gateway, a peer and a load generator, kept up across that mode's steps."""
 
     def __init__(self, mode: str, pin: bool = False, profile: str | None = None,
-                 workdir: str | None = None, say: Any = None, coalesce_ms: int = 0) -> None:
+                 workdir: str | None = None, say: Any = None, coalesce_ms: int = 0,
+                 sample_dir: str | None = None, py_spy: str | None = None) -> None:
         self.mode = mode
         self.coalesce_ms = coalesce_ms
+        self.sample_dir = sample_dir
+        self.py_spy = py_spy
+        self._samples = 0
         self.transcode, self.tls = MODES[mode]
         self.pin = pin
         self.profile = profile
@@ -301,12 +306,26 @@ class Bench:
         cpu0, sched0, w0 = procstat.cpu_seconds(pid), procstat.schedstat_seconds(pid), time.monotonic_ns()
         self.loadgen.ask({"cmd": "mark"})
         self.peer.ask({"cmd": "mark"})
+        sampler = None
+        if self.sample_dir and self.py_spy and not primer:
+            self._samples += 1
+            name = os.path.join(self.sample_dir, f"{self.mode}-{calls}-{self._samples}")
+            sampler = sampling.Sampler(self.py_spy, pid, window_s, name + ".raw",
+                                       preexec_fn=_child_setup(LOAD_CPU if self.pin else None))
         time.sleep(window_s)
         lg = self.loadgen.ask({"cmd": "endwindow"})
         pr = self.peer.ask({"cmd": "endwindow"})
         cpu1, sched1, w1 = procstat.cpu_seconds(pid), procstat.schedstat_seconds(pid), time.monotonic_ns()
         rss = procstat.rss_kb(pid)
         wall = (w1 - w0) / 1e9
+        if sampler is not None:
+            problem = sampler.wait()
+            if problem:
+                self.say(f"[{self.mode}] no sample at {calls} calls: {problem}")
+            else:
+                with open(name + ".txt", "w") as f:
+                    f.write(sampling.render(sampling.summarise(sampler.path)))
+                self.say(f"[{self.mode}] py-spy sample of {calls} calls in {name}.txt")
         # Stop both audio sources, let what is in flight land, then count everything.
         self.peer.ask({"cmd": "quiesce"})
         self.loadgen.ask({"cmd": "quiesce"})
