@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--coalesce-ms", type=int, default=0, metavar="MS",
                    help="put the coalesce stage in the gateway's chain (caller audio sent to the "
                         "peer in messages of MS ms, 20-200); 0 = off, the default")
+    p.add_argument("--reuse-gateway", action="store_true",
+                   help="one gateway per mode for all its steps (faster; memory per call then "
+                        "includes what earlier steps left); --profile implies it")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -92,23 +95,38 @@ def main(argv: list[str] | None = None) -> int:
                                              "coalesce_ms": args.coalesce_ms},
                                 "runs": [], "steps": []}
     ok = True
+    # A fresh gateway per run (the default): memory per call is then that run's own, not the
+    # high-water mark an earlier, larger step left in the process (Python keeps its arenas).
+    fresh = not args.reuse_gateway and not args.profile
     for mode in modes:
-        bench = Bench(mode, pin=args.pin, profile=args.profile, say=say, coalesce_ms=args.coalesce_ms,
-                      sample_dir=args.sample, py_spy=py_spy)
+        bench: Bench | None = None
+        shutdowns: list[dict] = []
+
+        def started() -> Bench:
+            made = Bench(mode, pin=args.pin, profile=args.profile, say=say,
+                         coalesce_ms=args.coalesce_ms, sample_dir=args.sample, py_spy=py_spy)
+            made.start()
+            document.setdefault("baseline_rss_kb", {}).setdefault(mode, []).append(made.baseline_rss_kb)
+            return made
+
         try:
-            bench.start()
-            document.setdefault("baseline_rss_kb", {})[mode] = bench.baseline_rss_kb
             for calls in steps:
                 runs = []
                 for rep in range(args.repeat):
+                    if bench is None:
+                        bench = started()
                     result = bench.run_step(calls, warmup_s=args.warmup_s, window_s=args.window_s,
                                             ramp_rate=args.ramp_rate)
                     result["repeat"] = rep + 1
                     runs.append(result)
                     say(f"[{mode}] {calls} calls run {rep + 1}: gw {result['gateway_cpu_pct']}% CPU, "
-                        f"{result['cpu_ms_per_call_s']} ms/call-s, in p99 {result['latency_in_ms']['p99']} ms, "
+                        f"{result['cpu_ms_per_call_s']} ms/call-s, {result['rss_kb_per_call']} KB/call, "
+                        f"in p99 {result['latency_in_ms']['p99']} ms, "
                         f"out p99 {result['latency_out_ms']['p99']} ms, load {result['load_cpu_pct']['total']}% "
                         f"{'; '.join(result['flags'])}")
+                    if fresh:
+                        shutdowns.append(bench.close())
+                        bench = None
                 document["runs"].extend(runs)
                 document["steps"].append(median_step(runs))
         except Exception as e:  # report what ran, then fail
@@ -116,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
             document.setdefault("failures", []).append(f"{mode}: {e}")
             ok = False
         finally:
-            document.setdefault("shutdown", {})[mode] = bench.close()
+            if bench is not None:
+                shutdowns.append(bench.close())
+            document.setdefault("shutdown", {})[mode] = {
+                "gateway_exit": [s.get("gateway_exit") for s in shutdowns],
+                "gateway_tracebacks": sum(s["gateway_tracebacks"] for s in shutdowns),
+            }
         if args.profile and os.path.exists(args.profile):
             summary = report.profile_summary(args.profile)
             with open(args.profile + ".txt", "w") as f:
