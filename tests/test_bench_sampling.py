@@ -11,6 +11,7 @@ RAW = """\
 <module> (twistd:6);ReactorBase.mainLoop (twisted/internet/base.py:697);FastLane._take_frames (gateway/legs/wire.py:190);mask (gateway/legs/wire.py:60) 6
 <module> (twistd:6);ReactorBase.mainLoop (twisted/internet/base.py:697);FastLane._take_frames (gateway/legs/wire.py:201) 3
 <module> (twistd:6);ReactorBase.mainLoop (twisted/internet/base.py:698) 1
+<module> (twistd:6);ReactorBase.mainLoop (twisted/internet/base.py:697);EPollReactor.doPoll (twisted/internet/epollreactor.py:244) 30
 not a stack line
 """
 
@@ -19,12 +20,12 @@ class SummariseTests(SynchronousTestCase):
     """sampling.summarise and render."""
 
     def test_own_and_cumulative_shares(self) -> None:
-        """Own time goes to the innermost frame, cumulative to every frame once per sample."""
+        """Own time goes to the innermost frame, cumulative to every frame once; waiting is left out."""
         path = temp_path(self, "sample.raw")
         with open(path, "w") as f:
             f.write(RAW)
         summary = sampling.summarise(path)
-        self.assertEqual(summary["samples"], 10)
+        self.assertEqual((summary["samples"], summary["waiting"]), (10, 30))
         self.assertEqual(summary["own"][:3], [("mask (gateway/legs/wire.py)", 60.0),
                                               ("FastLane._take_frames (gateway/legs/wire.py)", 30.0),
                                               ("ReactorBase.mainLoop (twisted/internet/base.py)", 10.0)])
@@ -32,5 +33,5 @@ class SummariseTests(SynchronousTestCase):
         self.assertEqual(cumulative["ReactorBase.mainLoop (twisted/internet/base.py)"], 100.0)
         self.assertEqual(cumulative["FastLane._take_frames (gateway/legs/wire.py)"], 90.0)
         text = sampling.render(summary)
-        self.assertIn("10 samples with the GIL held", text)
+        self.assertIn("10 samples of work (30 more waiting in epoll", text)
         self.assertIn(" 60.00  mask (gateway/legs/wire.py)", text)

@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true",
                    help="a quick sanity run: 3 calls, 3 s window, modes relay,transcode,tls")
     p.add_argument("--sample", metavar="DIR",
-                   help="sample the gateway with py-spy (--gil, non-blocking) during every measured "
+                   help="sample the gateway with py-spy (non-blocking) during every measured "
                         "window; DIR gets <mode>-<calls>-<run>.txt summaries and the raw stacks")
     p.add_argument("--coalesce-ms", type=int, default=0, metavar="MS",
                    help="put the coalesce stage in the gateway's chain (caller audio sent to the "

@@ -3,9 +3,12 @@ A sampling profile of the gateway during a step's measured window (``gateway-ben
 
 cProfile (``--profile``) instruments every call and slows the gateway by a factor of two or
 more, so its shares overstate small Python functions. py-spy samples the running process from
-outside without stopping it (``--nonblocking``), counting only samples in which the gateway holds
-the GIL (``--gil``: running Python or C code called from Python, not waiting in ``epoll`` or in a
-system call that released the GIL). It runs on the load side's CPU when the bench is pinned.
+outside without stopping it (``--nonblocking``). A sample whose innermost frame is the reactor's
+``epoll`` wait is the gateway waiting for work and is left out; every other sample is work, and
+a system call (``send``, ``recv``) counts for the Python function that made it, which is where
+most of a relay's time goes. (py-spy's ``--gil`` mode, which keeps only samples holding the GIL,
+was tried and dropped: it missed most samples and gave identical code different counts in two
+runs.) py-spy runs on the load side's CPU when the bench is pinned.
 
 py-spy is not a dependency of the gateway: install it (``pip install py-spy``) to use this.
 """
@@ -36,7 +39,7 @@ class Sampler:
     def __init__(self, exe: str, pid: int, duration_s: float, path: str,
                  preexec_fn: Any = None, rate_hz: int = 250) -> None:
         self.path = path
-        argv = [exe, "record", "--nonblocking", "--gil", "-r", str(rate_hz),
+        argv = [exe, "record", "-r", str(rate_hz),
                 "-d", str(max(1, round(duration_s))), "-f", "raw", "-o", path, "-p", str(pid)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      preexec_fn=preexec_fn)
@@ -61,33 +64,45 @@ def _frame_name(frame: str) -> str:
     return f"{name} ({where.rstrip(')').rsplit(':', 1)[0]})"
 
 
+#: The innermost frame of a sample in which the reactor waits in ``epoll`` for work.
+WAITING = "EPollReactor.doPoll (twisted/internet/epollreactor.py)"
+
+
 def summarise(path: str, top: int = 40) -> dict:
-    """Own and cumulative shares of the samples in a raw py-spy file, largest first."""
+    """
+    Own and cumulative shares of the working samples in a raw py-spy file, largest first
+    (``waiting``: the samples left out because the reactor was waiting in ``epoll``).
+    """
     own: collections.Counter = collections.Counter()
     cumulative: collections.Counter = collections.Counter()
-    total = 0
+    total = waiting = 0
     with open(path, errors="replace") as f:
         for line in f:
             stack, _, count = line.rstrip("\n").rpartition(" ")
             if not stack or not count.isdigit():
                 continue
             n = int(count)
-            total += n
             frames = [_frame_name(x) for x in stack.split(";")]
+            if frames[-1] == WAITING:
+                waiting += n
+                continue
+            total += n
             own[frames[-1]] += n
             for name in set(frames):
                 cumulative[name] += n
     share = (lambda n: round(100.0 * n / total, 2)) if total else (lambda n: 0.0)
     return {
         "samples": total,
+        "waiting": waiting,
         "own": [(name, share(n)) for name, n in own.most_common(top)],
         "cumulative": [(name, share(n)) for name, n in cumulative.most_common(top)],
     }
 
 
 def render(summary: dict) -> str:
-    """The summary as text: two columns of percentages of the GIL-holding samples."""
-    lines = [f"{summary['samples']} samples with the GIL held", "", "own %   function"]
+    """The summary as text: own and cumulative percentages of the working samples."""
+    lines = [f"{summary['samples']} samples of work ({summary['waiting']} more waiting in epoll, "
+             f"left out); shares of the work", "", "own %   function"]
     lines += [f"{pct:6.2f}  {name}" for name, pct in summary["own"]]
     lines += ["", "cumulative %   function"]
     lines += [f"{pct:6.2f}  {name}" for name, pct in summary["cumulative"]]
