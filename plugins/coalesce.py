@@ -4,7 +4,8 @@ coalesce: send Deepgram fewer, larger audio messages (off by default).
 Twilio sends a 20 ms frame 50 times a second, and by default each one goes to Deepgram as a
 WebSocket message of its own. With ``coalesce`` in the chain, caller audio is joined until at
 least ``ms`` milliseconds are held, then sent as one message: at ``ms = 40`` the gateway writes
-half as many frames to Deepgram (about 7 % less gateway CPU per relayed call, BENCHMARKS.md).
+half as many frames to Deepgram (10-30 % less gateway CPU per call in BENCHMARKS.md, where the
+host's noise is of the same order).
 
 The cost is latency: audio waits for the rest of its message. With 20 ms frames, ``ms = 40``
 holds every other frame 20 ms (10 ms on average), ``ms = 60`` up to 40 ms. Deepgram's endpointing

@@ -11,7 +11,8 @@ RAW = """\
 <module> (twistd:6);ReactorBase.mainLoop (twisted/internet/base.py:697);FastLane._take_frames (gateway/legs/wire.py:190);mask (gateway/legs/wire.py:60) 6
 <module> (twistd:6);ReactorBase.mainLoop (twisted/internet/base.py:697);FastLane._take_frames (gateway/legs/wire.py:201) 3
 <module> (twistd:6);ReactorBase.mainLoop (twisted/internet/base.py:698) 1
-<module> (twistd:6);ReactorBase.mainLoop (twisted/internet/base.py:697);EPollReactor.doPoll (twisted/internet/epollreactor.py:244) 30
+<module> (twistd:6);ReactorBase.mainLoop (twisted/internet/base.py:697);EPollReactor.doPoll (twisted/internet/epollreactor.py:244) 20
+_bootstrap (threading.py:1002);run (threading.py:982);Condition.wait (threading.py:327) 10
 not a stack line
 """
 
@@ -33,5 +34,5 @@ class SummariseTests(SynchronousTestCase):
         self.assertEqual(cumulative["ReactorBase.mainLoop (twisted/internet/base.py)"], 100.0)
         self.assertEqual(cumulative["FastLane._take_frames (gateway/legs/wire.py)"], 90.0)
         text = sampling.render(summary)
-        self.assertIn("10 samples of work (30 more waiting in epoll", text)
+        self.assertIn("10 samples of work (30 more waiting in epoll or an idle thread", text)
         self.assertIn(" 60.00  mask (gateway/legs/wire.py)", text)

@@ -64,8 +64,12 @@ def _frame_name(frame: str) -> str:
     return f"{name} ({where.rstrip(')').rsplit(':', 1)[0]})"
 
 
-#: The innermost frame of a sample in which the reactor waits in ``epoll`` for work.
-WAITING = "EPollReactor.doPoll (twisted/internet/epollreactor.py)"
+#: Innermost frames of samples that wait rather than work: the reactor in ``epoll``, and the
+#: idle worker thread of Twisted's thread pool (py-spy samples every thread).
+WAITING = frozenset({
+    "EPollReactor.doPoll (twisted/internet/epollreactor.py)",
+    "Condition.wait (threading.py)",
+})
 
 
 def summarise(path: str, top: int = 40) -> dict:
@@ -83,7 +87,7 @@ def summarise(path: str, top: int = 40) -> dict:
                 continue
             n = int(count)
             frames = [_frame_name(x) for x in stack.split(";")]
-            if frames[-1] == WAITING:
+            if frames[-1] in WAITING:
                 waiting += n
                 continue
             total += n
@@ -101,8 +105,8 @@ def summarise(path: str, top: int = 40) -> dict:
 
 def render(summary: dict) -> str:
     """The summary as text: own and cumulative percentages of the working samples."""
-    lines = [f"{summary['samples']} samples of work ({summary['waiting']} more waiting in epoll, "
-             f"left out); shares of the work", "", "own %   function"]
+    lines = [f"{summary['samples']} samples of work ({summary['waiting']} more waiting in epoll or "
+             f"an idle thread, left out); shares of the work", "", "own %   function"]
     lines += [f"{pct:6.2f}  {name}" for name, pct in summary["own"]]
     lines += ["", "cumulative %   function"]
     lines += [f"{pct:6.2f}  {name}" for name, pct in summary["cumulative"]]
