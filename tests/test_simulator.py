@@ -226,7 +226,9 @@ class TwilioCallTests(TestCase):
                 session.media(agent[300:])
 
         server = FakeServer(self, on_message=answer)
-        call = TwilioCall(reactor, url=server.url, audio=YES_8K, realtime=False, wait_s=0.2)
+        # The 64 ms of agent audio must finish playing (a wall-clock timer in the playback model)
+        # before the call ends: 0.2 s of trailing silence was once not enough on a loaded CI host.
+        call = TwilioCall(reactor, url=server.url, audio=YES_8K, realtime=False, wait_s=1.0)
         result = yield place(call, server)
         self.assertEqual(result.agent_audio, agent)
         self.assertEqual(result.media_events, 2)
