@@ -197,8 +197,16 @@ class BrowserDemoTests(TestCase):
               f"48 kHz clip: median {db:.1f} dB signal-to-error over {len(blocks)} half-second "
               f"blocks ({good} above {MIN_MATCH_DB:g} dB; worst {min(blocks):.1f} dB)")
         self.assertGreater(db, MIN_MATCH_DB + 10)
-        self.assertGreaterEqual(good, len(blocks) - 2)
+        # Chromium's fake capture drops a 10 ms buffer now and then, more often on a loaded host
+        # (one CI run had 3 blocks of 10 hit); what the gateway relays is checked byte for byte by
+        # assertNothingLost, so a dropped buffer here is the browser's, not ours.
+        self.assertGreaterEqual(good, len(blocks) - 3)
         return db
+
+    def assertNothingLost(self, emulator: Any, snapshot: dict) -> None:
+        """Every byte the page sent while its socket was open reached Deepgram, through the gateway."""
+        self.assertGreater(snapshot["bytesSent"], 0)
+        self.assertEqual(len(emulator.sessions[0].audio), snapshot["bytesSent"])
 
     def assertPlayedAndShown(self, snapshot: dict) -> None:
         """The page played the agent's reply without gaps and shows the conversation and events."""
@@ -218,6 +226,7 @@ class BrowserDemoTests(TestCase):
         emulator, snapshot, driver = yield self.converse(48000)
         self.assertEqual(snapshot["sampleRate"], 48000)
         self.assertClipArrived(emulator, 48000)
+        self.assertNothingLost(emulator, snapshot)
         self.assertPlayedAndShown(snapshot)
         text = yield threads.deferToThread(lambda: driver.find_element("id", "conversation").text)
         self.assertIn("Agent:", text)
@@ -234,6 +243,7 @@ class BrowserDemoTests(TestCase):
         self.assertEqual(snapshot["sampleRate"], 44100)
         self.assertEqual(snapshot["capture"]["phases"], 160)
         self.assertClipArrived(emulator, 44100)
+        self.assertNothingLost(emulator, snapshot)
         self.assertPlayedAndShown(snapshot)
 
     @defer.inlineCallbacks
