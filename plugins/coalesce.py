@@ -82,12 +82,14 @@ class CoalesceStage:
 
     def on_control(self, event: Any) -> Any:
         """Audio held goes out first: Deepgram must see it before what follows."""
-        if self._held:
-            self.ctx.emit_inbound(Audio(self._take()))
+        self._flush()
         return event
 
     def _late(self) -> None:
         self._timer = None
+        self._flush()
+
+    def _flush(self) -> None:
         if self._held:
             self.ctx.emit_inbound(Audio(self._take()))
 

@@ -103,6 +103,11 @@ def write_now(transport: Any, data: bytes) -> None:
         transport.write(data[sent:])
 
 
+def _lane_limit(*limits: int) -> int:
+    """The lane's size limit under Autobahn's options ``limits`` (0 means none)."""
+    return min([_LANE_LIMIT] + [value for value in limits if value > 0])
+
+
 class FastLane:
     """
     Mixed into an Autobahn ``WebSocketServerProtocol`` or ``WebSocketClientProtocol`` subclass
@@ -128,15 +133,8 @@ class FastLane:
         ):
             return
         self._lane_server = bool(p.factory.isServer)
-        limit = _LANE_LIMIT
-        for value in (p.maxFramePayloadSize, p.maxMessagePayloadSize):
-            if value > 0:
-                limit = min(limit, value)
-        self._lane_in_limit = limit
-        out_limit = _LANE_LIMIT
-        for value in (p.maxMessagePayloadSize, p.autoFragmentSize):
-            if value > 0:
-                out_limit = min(out_limit, value)
+        self._lane_in_limit = _lane_limit(p.maxFramePayloadSize, p.maxMessagePayloadSize)
+        out_limit = _lane_limit(p.maxMessagePayloadSize, p.autoFragmentSize)
         # Server frames go out unmasked unless Autobahn was told to mask them.
         if self._lane_server and p.maskServerFrames:
             return
