@@ -124,9 +124,10 @@ UPGRADE = (b"GET /twilio HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nCo
            b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
 
-def open_server(cls: type, first: bytes | None = None, **options) -> tuple:
+def open_server(cls: type, first: bytes | None = None, log_frames: bool = False, **options) -> tuple:
     """A server protocol past the handshake; ``first`` arrives in the same read as the request."""
     factory = WebSocketServerFactory("ws://localhost")
+    factory.logFrames = log_frames
     factory.setProtocolOptions(**dict(CALLER_OPTIONS, **options))
     factory.protocol = cls
     proto, transport = factory.buildProtocol(None), Transport()
@@ -139,9 +140,10 @@ def open_server(cls: type, first: bytes | None = None, **options) -> tuple:
     return proto, transport
 
 
-def open_client(cls: type, first: bytes | None = None, **options) -> tuple:
+def open_client(cls: type, first: bytes | None = None, log_frames: bool = False, **options) -> tuple:
     """A client protocol past the handshake; ``first`` arrives in the same read as the response."""
     factory = WebSocketClientFactory("ws://localhost/v1/agent/converse")
+    factory.logFrames = log_frames
     factory.setProtocolOptions(**dict(UPSTREAM_OPTIONS, **options))
     factory.protocol = cls
     proto, transport = factory.buildProtocol(None), Transport()
@@ -414,6 +416,27 @@ class SendTests(_ClockLoop, SynchronousTestCase):
                 sp.sendMessage(payload, isBinary=binary)
             rp.dataReceived(stp.value())
             self.assertEqual(rp.events, [("message", p, b) for p, b in sent])
+
+    def test_lane_closed_is_autobahn(self) -> None:
+        """
+        With the lane closed (frame logging on), every message, the empty one included, goes out
+        exactly as stock Autobahn writes it: masked from a client (RFC 6455 §5.1), unmasked from a
+        server. An empty message once slipped through the closed lane, unmasked from a client.
+        """
+        for fast, stock, masked in ((FastClient, StockClient, True), (FastServer, StockServer, False)):
+            opener = open_client if masked else open_server
+            (fp, ft), (sp, st_) = opener(fast, log_frames=True), opener(stock, log_frames=True)
+            self.assertEqual(fp._lane_out_limit, -1)
+            for payload, binary in ((b"", True), (b"", False), (b"x", True), (b"abc", False)):
+                fp.sendMessage(payload, isBinary=binary)
+                sp.sendMessage(payload, isBinary=binary)
+                [(ffin, frsv, fop, fkey, fgot)] = decode(ft.value())
+                [(sfin, srsv, sop, skey, sgot)] = decode(st_.value())
+                ft.clear()
+                st_.clear()
+                self.assertEqual((ffin, frsv, fop, fkey is not None, fgot),
+                                 (sfin, srsv, sop, skey is not None, sgot))
+                self.assertEqual(fkey is not None, masked, (fast.__name__, payload, binary))
 
 
 class _Sock:

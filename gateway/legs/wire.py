@@ -114,15 +114,18 @@ class FastLane:
     (before it in the bases). The leg calls `open_fast_lane` from ``onOpen``.
     """
 
-    #: Largest payload taken in and sent out by the lane (0 while the lane is closed).
+    #: Largest payload taken in by the lane (0 while the lane is closed: nothing is taken).
     _lane_in_limit = 0
-    _lane_out_limit = 0
+    #: Largest payload sent out by the lane (-1 while closed, so that even an empty message
+    #: goes through Autobahn: with 0, ``b""`` passed ``len > limit`` and went out unmasked).
+    _lane_out_limit = -1
     #: Server side: frames in are masked, frames out are not; client side the other way round.
     _lane_server = True
 
     def open_fast_lane(self) -> None:
         """Open the lane if nothing this connection negotiated or enabled needs Autobahn's path."""
         p: Any = self
+        self._lane_server = bool(p.factory.isServer)
         if (
             p._perMessageCompress is not None
             or p.logFrames
@@ -132,7 +135,6 @@ class FastLane:
             or p.websocket_version == 0
         ):
             return
-        self._lane_server = bool(p.factory.isServer)
         self._lane_in_limit = _lane_limit(p.maxFramePayloadSize, p.maxMessagePayloadSize)
         out_limit = _lane_limit(p.maxMessagePayloadSize, p.autoFragmentSize)
         # Server frames go out unmasked unless Autobahn was told to mask them.
