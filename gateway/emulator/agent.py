@@ -16,7 +16,8 @@ import uuid
 from collections import deque
 from typing import Any
 
-from gateway.codecs.settings_schema import validate_settings
+from gateway.codecs.deepgram_types import check_settings
+from gateway.codecs.settings_schema import INPUT_ENCODINGS
 from gateway.emulator.faults import FaultSpecError, parse_fault
 from gateway.emulator.script import Script
 from gateway.emulator.session import EmulatorProtocol
@@ -63,6 +64,7 @@ class AgentProtocol(EmulatorProtocol):
     _fatal = False
     _settings: dict[str, Any] | None = None
     _detector: SpeechDetector | None = None
+    _audio_in: dict[str, Any] | None = None  # audio.input with Deepgram's defaults, once applied
     _speaking: Any = None  # the pending chunk call while the agent talks, or True between chunks
     _idle: Any = None
 
@@ -140,7 +142,7 @@ class AgentProtocol(EmulatorProtocol):
             self.cancel_call(self._idle)
             self.close_with(1000)
             return
-        audio_in = self._settings["audio"]["input"]
+        audio_in = self._audio_in
         if self.options.check_audio:
             problem = audio_problem(payload, audio_in["encoding"], 1, self._audio_bytes == len(payload))
             if problem is not None:
@@ -158,7 +160,7 @@ class AgentProtocol(EmulatorProtocol):
 
     def _apply(self, settings: dict[str, Any]) -> None:
         try:
-            validate_settings(settings)
+            check_settings(settings)
         except SettingsError as e:
             field = e.field.removeprefix("Settings.")
             return self._fail("UNPARSABLE_CLIENT_MESSAGE", _parse_error(field))
@@ -178,7 +180,8 @@ class AgentProtocol(EmulatorProtocol):
             return self._fail("INVALID_SETTINGS", f"Invalid Settings: {problem}")
         self._settings = settings
         self.session.settings = settings
-        audio_in = settings["audio"]["input"]
+        audio_in, output = _audio(settings)
+        self._audio_in = audio_in
         if audio_in["encoding"] in DECODABLE:
             self._detector = SpeechDetector(
                 audio_in["sample_rate"],
@@ -186,7 +189,6 @@ class AgentProtocol(EmulatorProtocol):
                 start_ms=self.options.speech_start_ms,
                 end_ms=self.options.agent_end_of_speech_ms,
             )
-        output = settings["audio"]["output"]
         self._chunks_for = (output["encoding"], output["sample_rate"])
         self.send_json({"type": "SettingsApplied"})
         self.arm_faults(tuple(faults))
@@ -293,15 +295,30 @@ def _parse_error(field: str) -> str:
     return f"Error parsing client message. Check the {field} field against the API spec."
 
 
+#: What Deepgram assumes for an ``audio`` side, or a field of it, that Settings leaves out (the SDK's
+#: documentation of ``AgentV1SettingsAudio``: linear16 at 24000 Hz).
+AUDIO_DEFAULTS = {"encoding": "linear16", "sample_rate": 24000}
+
+
+def _audio(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The input and output audio of valid ``settings``, with Deepgram's defaults filled in."""
+    audio = settings["audio"]
+    return tuple(dict(AUDIO_DEFAULTS, **{k: v for k, v in (audio.get(side) or {}).items() if v is not None})
+                 for side in ("input", "output"))  # type: ignore[return-value]
+
+
 def _invalid(settings: dict[str, Any]) -> str | None:
     """What makes schema-valid ``settings`` unusable, or None (INVALID_SETTINGS)."""
-    audio = settings["audio"]
-    for side in ("input", "output"):
-        rate = audio[side]["sample_rate"]
+    audio_in, output = _audio(settings)
+    for side, audio in (("input", audio_in), ("output", output)):
+        rate = audio["sample_rate"]
         if not 8000 <= rate <= 48000:
             return f"audio.{side}.sample_rate {rate} is outside 8000-48000"
-    if audio["output"]["encoding"] not in OUTPUT_ENCODINGS:
-        return (f"audio.output.encoding {audio['output']['encoding']!r} is not produced by the "
+    if audio_in["encoding"] not in INPUT_ENCODINGS:
+        return (f"audio.input.encoding {audio_in['encoding']!r} is not an encoding Deepgram lists; "
+                f"use one of {', '.join(INPUT_ENCODINGS)}")
+    if output["encoding"] not in OUTPUT_ENCODINGS:
+        return (f"audio.output.encoding {output['encoding']!r} is not produced by the "
                 f"emulator; use one of {', '.join(OUTPUT_ENCODINGS)}")
     if isinstance(settings["agent"], str):
         return "agent: stored agent configurations (agent ids) are not available on the emulator"
