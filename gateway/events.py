@@ -86,12 +86,15 @@ class ClientHello:
     """
     The first message of a raw-audio client: ``{"token": ..., "parameters": {...}}``.
     ``problem`` says why it is not one (not JSON, no token, binary first...); the auth stage
-    answers that with 4002 INVALID_AUTH.
+    answers that with 4002 INVALID_AUTH. ``reason`` is then the codec's stable label for it
+    (``bad_json``, ``too_deep``, ``bad_unicode``, ``missing_field``...; see
+    `gateway.codecs.client.HELLO_REASONS`).
     """
 
     token: str = attrs.field(repr=False)
     parameters: Mapping[str, str] = attrs.field(converter=_frozen_dict, factory=dict)
     problem: str | None = None
+    reason: str | None = None
 
 
 @attrs.frozen

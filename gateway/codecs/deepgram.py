@@ -13,6 +13,7 @@ import json
 from typing import Any, Mapping
 from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 
+from gateway.codecs import bounded_json
 from gateway.codecs.formats import AudioFormat
 from gateway.errors import UpstreamProtocolError
 from gateway.events import DeepgramEvent
@@ -65,11 +66,19 @@ CLOSE_STREAM: Mapping[str, Any] = {"type": "CloseStream"}
 
 
 def parse_server_message(payload: bytes | str) -> DeepgramEvent:
-    """Parse one JSON text frame from Deepgram; raise `UpstreamProtocolError` if it is not one."""
+    """
+    Parse one JSON text frame from Deepgram; raise `UpstreamProtocolError` if it is not one
+    (reasons ``bad_utf8``, ``too_deep``, ``bad_json``, ``no_type``). Lone surrogates in its
+    strings (text a model wrote) become U+FFFD rather than losing the message.
+    """
     try:
-        msg = json.loads(payload)
-    except ValueError as e:
-        raise UpstreamProtocolError("bad_json", f"Deepgram sent a text frame that is not JSON: {e}")
+        msg = bounded_json.loads(
+            payload, UpstreamProtocolError, surrogates="replace", finite_floats=False
+        )
+    except UpstreamProtocolError as e:
+        raise UpstreamProtocolError(
+            e.reason, f"Deepgram sent an unreadable text frame: {e.message}"
+        )
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise UpstreamProtocolError(
             "no_type", "Deepgram sent a JSON message without a string 'type'"
@@ -78,8 +87,19 @@ def parse_server_message(payload: bytes | str) -> DeepgramEvent:
 
 
 def encode_message(message: Mapping[str, Any]) -> bytes:
-    """Serialise a message for Deepgram (compact JSON, UTF-8)."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    """
+    Serialise a message for Deepgram (compact JSON, UTF-8).
+
+    The codecs refuse lone surrogates at parse time, so none should get here; one that does
+    anyway (a plugin's own string) is written as U+FFFD instead of ending the call: escaping it
+    as ``\\ud800`` would only make Deepgram refuse the message.
+    """
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Pairs split across code points are joined; lone ones replaced.
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
 
 
 def build_settings(

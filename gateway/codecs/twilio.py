@@ -4,7 +4,9 @@ Twilio Media Streams messages: parse what Twilio sends, serialise what we send b
 Twilio sends JSON text frames (``connected``, ``start``, ``media``, ``mark``, ``dtmf``, ``stop``)
 whose counters are decimal *strings*; we send ``media``, ``mark`` and ``clear`` as text, never
 binary (protocols.md §1). Parsing raises `CallerProtocolError` with a stable ``reason`` label and
-a message naming the field, what was expected and what came.
+a message naming the field, what was expected and what came. Every message is decoded within
+`gateway.codecs.bounded_json`'s bounds (nesting depth, strict UTF-8, valid Unicode), so whatever
+a peer sends is parsed or refused, never an exception of another kind.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Union
 import attrs
 import msgspec
 
+from gateway.codecs import bounded_json
 from gateway.codecs.formats import AudioFormat, MULAW_8K
 from gateway.errors import CallerProtocolError
 from gateway.events import Audio, Dtmf, MarkEchoed, StreamStarted, StreamStopped
@@ -29,12 +32,25 @@ __all__ = [
     "mark_message",
     "clear_message",
     "MAX_MESSAGE_BYTES",
+    "DTMF_DIGITS",
+    "REASONS",
 ]
 
 #: Twilio's media frames are ~400 bytes; anything near this is not Twilio.
 MAX_MESSAGE_BYTES = 64 * 1024
 
 _ENCODINGS = {"audio/x-mulaw": "mulaw"}
+
+#: The keys Twilio reports in ``dtmf.digit``: 0-9, * and # for certain; A-D, the rest of the
+#: DTMF alphabet, are UNCONFIRMED (protocols.md §1) and accepted. One key per message; ``w``
+#: (a pause) exists only in what we may *send* (``sendDigits``), never in what Twilio detects.
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+
+#: Every ``reason`` `parse_message` may refuse a message with.
+REASONS = frozenset(
+    {"too_big", "bad_utf8", "too_deep", "bad_json", "bad_unicode", "not_object", "missing_field",
+     "wrong_type", "bad_digit", "unknown_event", "unsupported_format"}
+)
 
 
 @attrs.frozen
@@ -89,7 +105,7 @@ def _media_format(start: dict[str, Any]) -> AudioFormat:
     try:
         rate = int(fmt.get("sampleRate", 8000))
         channels = int(fmt.get("channels", 1))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise CallerProtocolError(
             "wrong_type",
             "expected numbers for start.mediaFormat.sampleRate and channels",
@@ -98,7 +114,7 @@ def _media_format(start: dict[str, Any]) -> AudioFormat:
     if encoding is None or rate != 8000 or channels != 1:
         raise CallerProtocolError(
             "unsupported_format",
-            f"unsupported start.mediaFormat {fmt!r}: expected audio/x-mulaw, 8000 Hz, 1 channel",
+            f"unsupported start.mediaFormat {fmt!r:.80}: expected audio/x-mulaw, 8000 Hz, 1 channel",
             "start.mediaFormat",
         )
     return AudioFormat(encoding, rate)
@@ -167,8 +183,9 @@ def parse_message(frame: bytes | str) -> TwilioInbound:
     """
     Parse one text frame from Twilio into an event.
 
-    Raises `CallerProtocolError` (reasons: ``too_big``, ``bad_utf8``, ``bad_json``, ``not_object``,
-    ``missing_field``, ``wrong_type``, ``unknown_event``, ``unsupported_format``).
+    Raises `CallerProtocolError` with one of `REASONS` (``too_big``, ``bad_utf8``, ``too_deep``,
+    ``bad_json``, ``bad_unicode``, ``not_object``, ``missing_field``, ``wrong_type``,
+    ``bad_digit``, ``unknown_event``, ``unsupported_format``).
 
     A well-formed ``media`` message (50 a second) takes a typed parse (msgspec, about 5x faster
     than ``json``); everything else, and anything the typed parse refuses, takes the general
@@ -178,27 +195,32 @@ def parse_message(frame: bytes | str) -> TwilioInbound:
         raise CallerProtocolError(
             "too_big", f"message of {len(frame)} bytes, limit {MAX_MESSAGE_BYTES}"
         )
-    try:
-        typed = _decode_frame(frame)
-    except _Invalid:
-        pass
-    else:
-        media = typed.media
-        if typed.event == "media" and media is not None:
-            try:
-                return Audio(binascii.a2b_base64(media.payload, strict_mode=True), media.track)
-            except ValueError:
-                return Audio(b"", media.track, defect="bad_base64")
+    # msgspec recurses per nesting level too, even over fields it skips; a media frame has two
+    # opening brackets, so this count (two scans in C) keeps deep messages off the typed parse.
+    # msgspec refuses invalid UTF-8 and lone surrogates itself.
+    if _opening_brackets(frame) <= bounded_json.MAX_DEPTH:
+        try:
+            typed = _decode_frame(frame)
+        except _Invalid:
+            pass
+        else:
+            media = typed.media
+            if typed.event == "media" and media is not None:
+                try:
+                    return Audio(binascii.a2b_base64(media.payload, strict_mode=True), media.track)
+                except ValueError:
+                    return Audio(b"", media.track, defect="bad_base64")
     return _parse_general(frame)
 
 
+def _opening_brackets(frame: bytes | str) -> int:
+    if isinstance(frame, str):
+        return frame.count("[") + frame.count("{")
+    return frame.count(b"[") + frame.count(b"{")
+
+
 def _parse_general(frame: bytes | str) -> TwilioInbound:
-    try:
-        msg = json.loads(frame)
-    except UnicodeDecodeError:
-        raise CallerProtocolError("bad_utf8", "message is not valid UTF-8")
-    except ValueError as e:
-        raise CallerProtocolError("bad_json", f"message is not JSON: {e}")
+    msg = bounded_json.loads(frame, CallerProtocolError)
     if not isinstance(msg, dict):
         raise CallerProtocolError(
             "not_object", f"expected a JSON object, got {type(msg).__name__}"
@@ -211,13 +233,26 @@ def _parse_general(frame: bytes | str) -> TwilioInbound:
     if event == "mark":
         return MarkEchoed(_str(_obj(msg, "mark", ""), "name", "mark."))
     if event == "dtmf":
-        dtmf = _obj(msg, "dtmf", "")
-        return Dtmf(_str(dtmf, "digit", "dtmf."), str(dtmf.get("track", "inbound_track")))
+        return _parse_dtmf(msg)
     if event == "stop":
         return StreamStopped()
     if event == "connected":
         return Connected(str(msg.get("protocol", "")), str(msg.get("version", "")))
     raise CallerProtocolError("unknown_event", f"unknown event {event!r:.40}", "event")
+
+
+def _parse_dtmf(msg: dict[str, Any]) -> Dtmf:
+    dtmf = _obj(msg, "dtmf", "")
+    digit = _str(dtmf, "digit", "dtmf.")
+    if digit not in DTMF_DIGITS:
+        raise CallerProtocolError(
+            "bad_digit",
+            f"expected one DTMF key (0-9, *, #, A-D) for dtmf.digit, got {len(digit)} "
+            f"characters {digit!r:.24}",
+            "dtmf.digit",
+        )
+    track = _str(dtmf, "track", "dtmf.") if "track" in dtmf else "inbound_track"
+    return Dtmf(digit, track)
 
 
 def _json_str(value: str) -> bytes:

@@ -2,26 +2,26 @@
 The caller leg: Autobahn server protocols for Twilio Media Streams (``/twilio``) and raw-audio
 clients (``/client``).
 
-Each frame is parsed by a codec and handed to the call; each event the call sends back is
-serialised here. Twilio only ever gets text frames with the stream's ``streamSid``. A malformed
-message is rejected with one precise log line (the first few per call; then only counted) and a
-counter, and the call goes on.
+Each frame is parsed by a codec (`gateway.codecs.twilio`, `gateway.codecs.client`) and handed to
+the call; each event the call sends back is serialised by the codec and written here. Twilio only
+ever gets text frames with the stream's ``streamSid``. A malformed message is rejected with one
+precise log line (the first few per call; then only counted) and a counter, and the call goes on.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 
+from gateway.codecs import client as client_codec
 from gateway.codecs import twilio as twilio_codec
 from gateway.codecs.close_codes import sendable
 from gateway.errors import AuthError, CallerProtocolError
 from gateway.legs.pressure import Pressure, attach
 from gateway.legs.wire import FastLane
-from gateway.events import Audio, CallerControl, ClientHello, DeepgramEvent, Handshake, StreamStarted
+from gateway.events import Audio, DeepgramEvent, Handshake, StreamStarted
 
 __all__ = ["TwilioProtocol", "ClientProtocol", "CallerFactory", "CLIENT_FORWARDED_EVENTS"]
 
@@ -29,25 +29,7 @@ __all__ = ["TwilioProtocol", "ClientProtocol", "CallerFactory", "CLIENT_FORWARDE
 LOGGED_REJECTIONS = 5
 
 #: Deepgram events forwarded to raw-audio clients as JSON text frames (CONTRACT.md).
-CLIENT_FORWARDED_EVENTS = frozenset(
-    {
-        "Welcome",
-        "SettingsApplied",
-        "ConversationText",
-        "UserStartedSpeaking",
-        "AgentThinking",
-        "AgentStartedSpeaking",
-        "AgentAudioDone",
-        "FunctionCallRequest",
-        "History",
-        "Warning",
-        "Error",
-        "Results",
-        "SpeechStarted",
-        "UtteranceEnd",
-        "Metadata",
-    }
-)
+CLIENT_FORWARDED_EVENTS = client_codec.FORWARDED_EVENTS
 
 
 class CallerFactory(WebSocketServerFactory):
@@ -198,22 +180,22 @@ class ClientProtocol(_CallerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if not self._hello:
             self._hello = True
-            self.call.from_caller(_parse_hello(payload, isBinary))
+            hello = client_codec.parse_hello(payload, isBinary)
+            if hello.reason is not None:
+                # The auth stage logs the problem and ends the call (4002); count it by reason.
+                self.call.count("caller_messages_rejected", reason=hello.reason)
+            self.call.from_caller(hello)
             return
         if isBinary:
             self.call.caller_audio(Audio(payload))
             return
         try:
-            message = json.loads(payload)
-        except ValueError:
-            self._reject("bad_json", "a text frame that is not JSON")
-            self.send_error("INVALID_MESSAGE", "text frames must be JSON objects")
+            control = client_codec.parse_control(payload)
+        except CallerProtocolError as e:
+            self._reject(e.reason, e.message)
+            self.send_error("INVALID_MESSAGE", e.message)
             return
-        if not isinstance(message, dict):
-            self._reject("not_object", "a JSON text frame that is not an object")
-            self.send_error("INVALID_MESSAGE", "text frames must be JSON objects")
-            return
-        self.call.from_caller(CallerControl(message))
+        self.call.from_caller(control)
 
     def send_audio(self, payload: bytes) -> None:
         self.sendMessage(payload, True)
@@ -226,26 +208,7 @@ class ClientProtocol(_CallerProtocol):
 
     def send_event(self, event: DeepgramEvent) -> None:
         if event.type in CLIENT_FORWARDED_EVENTS:
-            self.sendMessage(json.dumps(event.message).encode(), False)
+            self.sendMessage(client_codec.event_message(event.message), False)
 
     def send_error(self, code: str, message: str) -> None:
-        self.sendMessage(
-            json.dumps({"type": "Error", "code": code, "message": message}).encode(), False
-        )
-
-
-def _parse_hello(payload: bytes, is_binary: bool) -> ClientHello:
-    if is_binary:
-        return ClientHello("", problem="the first message was binary, not {\"token\": ...}")
-    try:
-        message = json.loads(payload)
-    except ValueError:
-        return ClientHello("", problem="the first message is not JSON")
-    if not isinstance(message, dict) or not isinstance(message.get("token"), str):
-        return ClientHello("", problem="the first message has no string 'token'")
-    params = message.get("parameters") or {}
-    if not isinstance(params, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in params.items()
-    ):
-        return ClientHello("", problem="'parameters' must be an object of strings")
-    return ClientHello(message["token"], params)
+        self.sendMessage(client_codec.error_message(code, message), False)

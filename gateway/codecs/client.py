@@ -1,0 +1,130 @@
+"""
+The raw-audio client protocol (``/client``, CONTRACT.md): parse what a client sends, serialise
+what we send back.
+
+Sans-IO. A client's first message is a text frame ``{"token": "...", "parameters": {...}}``;
+then binary frames are PCM audio and text frames are JSON control messages. Every text frame is
+decoded within `gateway.codecs.bounded_json`'s bounds, so a hostile one is refused with a stable
+reason and never raises anything else: the hello becomes a `ClientHello` with a ``problem`` (the
+auth stage answers 4002), a control message raises `CallerProtocolError` (the leg answers with
+an error event and the call goes on).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from gateway.codecs import bounded_json
+from gateway.errors import CallerProtocolError
+from gateway.events import CallerControl, ClientHello
+
+__all__ = [
+    "MAX_TEXT_BYTES",
+    "FORWARDED_EVENTS",
+    "HELLO_REASONS",
+    "CONTROL_REASONS",
+    "parse_hello",
+    "parse_control",
+    "event_message",
+    "error_message",
+]
+
+#: The largest text frame read (Autobahn's caller limit is the same 64 KiB).
+MAX_TEXT_BYTES = 64 * 1024
+
+#: Deepgram events forwarded to raw-audio clients as JSON text frames (CONTRACT.md).
+FORWARDED_EVENTS = frozenset(
+    {
+        "Welcome",
+        "SettingsApplied",
+        "ConversationText",
+        "UserStartedSpeaking",
+        "AgentThinking",
+        "AgentStartedSpeaking",
+        "AgentAudioDone",
+        "FunctionCallRequest",
+        "History",
+        "Warning",
+        "Error",
+        "Results",
+        "SpeechStarted",
+        "UtteranceEnd",
+        "Metadata",
+    }
+)
+
+#: Every ``reason`` a refused hello (``ClientHello.reason``) may carry.
+HELLO_REASONS = frozenset(
+    {"binary_frame", "too_big", "not_object", "missing_field", "wrong_type"}
+    | bounded_json.REASONS
+)
+
+#: Every ``reason`` `parse_control` may raise `CallerProtocolError` with.
+CONTROL_REASONS = frozenset({"too_big", "not_object"} | bounded_json.REASONS)
+
+
+def _refused(reason: str, problem: str) -> ClientHello:
+    return ClientHello("", problem=problem, reason=reason)
+
+
+def _too_big(payload: bytes | str) -> str | None:
+    if len(payload) > MAX_TEXT_BYTES:
+        return f"message of {len(payload)} bytes, limit {MAX_TEXT_BYTES}"
+    return None
+
+
+def parse_hello(payload: bytes | str, is_binary: bool) -> ClientHello:
+    """
+    The client's first message as a `ClientHello`; never raises. A hello that is not one has
+    an empty token, a ``problem`` for the log and a ``reason`` from `HELLO_REASONS`.
+    """
+    if is_binary:
+        return _refused("binary_frame", 'the first message was binary, not {"token": ...}')
+    big = _too_big(payload)
+    if big is not None:
+        return _refused("too_big", f"the first message is too big: {big}")
+    try:
+        message = bounded_json.loads(payload, CallerProtocolError)
+    except CallerProtocolError as e:
+        return _refused(e.reason, f"the first message is not usable JSON: {e.message}")
+    if not isinstance(message, dict):
+        return _refused("not_object", f"the first message is a JSON {type(message).__name__}, "
+                                      "not an object")
+    token = message.get("token")
+    if token is None:
+        return _refused("missing_field", "the first message has no 'token'")
+    if not isinstance(token, str):
+        return _refused("wrong_type", f"expected a string for token, got {type(token).__name__}")
+    params = message.get("parameters") or {}
+    if not isinstance(params, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in params.items()
+    ):
+        return _refused("wrong_type", "'parameters' must be an object of strings")
+    return ClientHello(token, params)
+
+
+def parse_control(payload: bytes | str) -> CallerControl:
+    """
+    A later text frame as a `CallerControl`, or `CallerProtocolError` with a reason from
+    `CONTROL_REASONS` and a message the client may be shown.
+    """
+    big = _too_big(payload)
+    if big is not None:
+        raise CallerProtocolError("too_big", big)
+    message = bounded_json.loads(payload, CallerProtocolError)
+    if not isinstance(message, dict):
+        raise CallerProtocolError(
+            "not_object", f"text frames must be JSON objects, got a {type(message).__name__}"
+        )
+    return CallerControl(message)
+
+
+def event_message(message: Mapping[str, Any]) -> bytes:
+    """A Deepgram event forwarded to the client as it came (ASCII-escaped JSON)."""
+    return json.dumps(message).encode()
+
+
+def error_message(code: str, message: str) -> bytes:
+    """The error event: ``{"type": "Error", "code": ..., "message": ...}``."""
+    return json.dumps({"type": "Error", "code": code, "message": message}).encode()
