@@ -379,6 +379,9 @@ def load_config(
         config_dir=base,
         warnings=tuple(warnings),
     )
+    from gateway.redact import register_config
+
+    register_config(config)  # the keys are masked by value in every redacted log structure
 
     from gateway.plugin import load_plugins
 

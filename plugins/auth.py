@@ -28,6 +28,7 @@ from gateway.diagnostics import Diagnosis
 from gateway.errors import AuthError
 from gateway.events import CallerError, ClientHello, Handshake, HandshakeRefused, StreamStarted
 from gateway.plugin import IStreamPlugin, Routes, StageContext, cancel
+from gateway.redact import remember_secret
 from gateway.tokens import verify_token
 
 __all__ = ["plugin", "AuthOptions", "AuthStage"]
@@ -71,6 +72,7 @@ class AuthStage:
             return event
         assert self.options.stream_url is not None
         signature = event.headers.get("x-twilio-signature", "")
+        remember_secret(signature)  # masked by value wherever it may be logged later
         if not validate_signature(token, self.options.stream_url, signature):
             self.ctx.count("auth_failures", reason="bad_signature" if signature else "no_signature")
             return HandshakeRefused(
