@@ -19,8 +19,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-import random
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import attrs
 from automat import TypeMachineBuilder
@@ -29,6 +28,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.chain import Chain
+from gateway.interfaces import CallerLeg, LegState, UpstreamLeg
+from gateway.reconnect import GiveUp, ReconnectBudget, ReconnectPolicy
 from gateway.codecs.close_codes import classify_caller_close, classify_upstream_close
 from gateway.codecs.deepgram import CLOSE_STREAM
 from gateway.codecs.formats import AudioFormat, LINEAR16_16K, MULAW_8K
@@ -58,7 +59,7 @@ from gateway.events import (
     UpstreamReconnecting,
 )
 
-__all__ = ["Call", "CallInfo", "CallerLeg", "UpstreamLeg", "CALLER_FORMATS"]
+__all__ = ["Call", "CallInfo", "CallerLeg", "UpstreamLeg", "UpstreamPort", "CALLER_FORMATS"]
 
 #: What each caller leg sends and expects back.
 CALLER_FORMATS = {"twilio": MULAW_8K, "client": LINEAR16_16K}
@@ -67,31 +68,6 @@ _ids = itertools.count(1)
 
 #: The /client error code sent in JSON before closing with each gateway close code.
 _CLIENT_ERRORS = {4500: "SESSION_SETUP_FAILED", 4501: "SESSION_FAILED", 4502: "INTERNAL_ERROR"}
-
-
-class CallerLeg(Protocol):
-    """What the call asks of the caller's WebSocket protocol (gateway.legs.caller)."""
-
-    congested: bool
-
-    def send_audio(self, payload: bytes) -> None: ...
-    def send_clear(self) -> None: ...
-    def send_mark(self, name: str) -> None: ...
-    def send_event(self, event: DeepgramEvent) -> None: ...
-    def send_error(self, code: str, message: str) -> None: ...
-    def close(self, code: int, reason: str) -> None: ...
-    def abort(self) -> None: ...
-
-
-class UpstreamLeg(Protocol):
-    """What the call asks of the Deepgram WebSocket protocol (gateway.legs.agent)."""
-
-    congested: bool
-
-    def send_audio(self, payload: bytes) -> None: ...
-    def send_message(self, message: Any) -> None: ...
-    def close(self, code: int = 1000) -> None: ...
-    def abort(self) -> None: ...
 
 
 @attrs.define
@@ -135,7 +111,7 @@ class _CallInputs(Protocol):
         "The settings stage asked for the Deepgram leg at ``url``."
 
     def upstream_connected(self) -> None:
-        "The Deepgram WebSocket opened."
+        "The current Deepgram WebSocket opened."
 
     def settings_applied(self) -> None:
         "Deepgram confirmed the configuration (SettingsApplied; at once for /v1/listen)."
@@ -143,8 +119,8 @@ class _CallInputs(Protocol):
     def finish(self, diagnosis: Diagnosis, initiator: str) -> None:
         "End the call; ``initiator`` is ``caller``, ``upstream`` or ``gateway``."
 
-    def upstream_lost(self, diagnosis: Diagnosis) -> None:
-        "The Deepgram leg ended for a retryable reason, within the reconnect budget."
+    def upstream_lost(self, delay_s: float, diagnosis: Diagnosis) -> None:
+        "The Deepgram session was lost for a retryable reason; a new one opens in ``delay_s``."
 
     def retry_due(self) -> None:
         "The backoff delay before the next Deepgram attempt has passed."
@@ -186,15 +162,16 @@ def _build_machine() -> Callable[[Call], _CallInputs]:
     @configuring.upon(I.settings_applied).to(live)
     def _live(inputs: _CallInputs, core: Call) -> None:
         core.info.phase = "live"
-        core._session_configured()
+        core._enter_live()
 
     live.upon(I.settings_applied).loop().returns(None)
     for state in (connecting, configuring, live):
 
         @state.upon(I.upstream_lost).to(reconnecting)
-        def _lost(inputs: _CallInputs, core: Call, diagnosis: Diagnosis) -> None:
+        def _lost(inputs: _CallInputs, core: Call, delay_s: float, diagnosis: Diagnosis) -> None:
+            core._live_leg = None
             core.info.phase = "reconnecting"
-            core._schedule_retry(diagnosis)
+            core._schedule_retry(delay_s, diagnosis)
 
     @reconnecting.upon(I.retry_due).to(connecting)
     def _retry(inputs: _CallInputs, core: Call) -> None:
@@ -208,6 +185,7 @@ def _build_machine() -> Callable[[Call], _CallInputs]:
         @state.upon(I.finish).to(ending)
         def _finish(inputs: _CallInputs, core: Call, diagnosis: Diagnosis, initiator: str) -> None:
             phase = core.info.phase
+            core._live_leg = None
             core.info.phase = "ending"
             core._begin_ending(diagnosis, initiator, phase)
 
@@ -288,6 +266,9 @@ class _Context:
     def end_call(self, diagnosis: Diagnosis) -> None:
         self._owner.end(diagnosis)
 
+    def upstream_failed(self, diagnosis: Diagnosis) -> None:
+        self._owner.upstream_failed(diagnosis)
+
     def stop_handling(self, cls: type, direction: str = "inbound") -> None:
         self._owner._chain.stop_handling(self._index, cls, direction)
 
@@ -298,18 +279,85 @@ class _Context:
         self._owner.count(name, amount, **labels)
 
 
-Connector = Callable[[str, dict, "Call"], Deferred]
+def _ignore(*args: Any, **kwargs: Any) -> None:
+    """What a detached port does with a late report."""
+
+
+class UpstreamPort:
+    """
+    What one Deepgram connection attempt reports to: the ``call`` its leg talks to.
+
+    The call makes a port for every attempt and hands it to the connector. While the port is
+    the call's current one, its reports reach the call; once the call is done with that session
+    (it was lost, replaced or abandoned) the port is *detached* and whatever its leg still says
+    (a late ``SettingsApplied``, the close of a socket the call already gave up on, the rest of
+    a closing handshake) goes nowhere. So a session can never act on the call after its time,
+    and the call needs no flags to tell its sessions apart.
+
+    The hot-path reports (agent audio and messages) are the call's own bound methods, so a port
+    costs nothing per frame.
+    """
+
+    def __init__(self, call: Call, number: int) -> None:
+        self.number = number
+        self.config = call.config
+        self.log = call.log
+        self.count = call.count
+        self.upstream_audio = call.upstream_audio
+        self.from_upstream = call.from_upstream
+        self._call: Call | None = call
+        self.leg: UpstreamLeg | None = None
+
+    @property
+    def attached(self) -> bool:
+        return self._call is not None
+
+    def upstream_opened(self, leg: UpstreamLeg, request_id: str | None) -> None:
+        self.leg = leg
+        if self._call is None:
+            # An attempt the call gave up on opened anyway: close it at once.
+            leg.close(1000)
+            return
+        self._call.upstream_opened(leg, request_id, self)
+
+    def upstream_closed(self, event: UpstreamClosed) -> None:
+        if self._call is not None:
+            self._call.upstream_closed(event, self)
+
+    def detach(self) -> None:
+        self._call = None
+        self.upstream_audio = _ignore
+        self.from_upstream = _ignore
+        self.count = _ignore
+
+
+Connector = Callable[[str, dict, Any], Deferred]
 
 _Machine = None
+
+#: The leg state in which the call may send (a plain int: the hot path compares with it).
+_OPEN = int(LegState.OPEN)
+#: Control messages held at most while the Deepgram session is not live (beyond: dropped, counted).
+_HELD_MESSAGES = 256
 
 
 class Call:
     """
     One stream from the caller's handshake to its last close.
 
-    ``connector(url, headers, call)`` opens the Deepgram leg (it returns a Deferred that fires
-    when the attempt is over; the leg itself reports through `upstream_opened` and
-    `upstream_closed`). ``on_closed(call)`` is called once, when the call is over.
+    ``connector(url, headers, port)`` opens a Deepgram leg that reports to ``port`` (an
+    `UpstreamPort`); it returns a Deferred that fires when the attempt is over.
+    ``on_closed(call)`` is called once, when the call is over.
+
+    What goes towards Deepgram passes one gate at the end of the chain: it is sent only while
+    the call is ``live`` (the session confirmed its configuration) on a leg that is ``OPEN``.
+    Everything else is *held*, in order, with the audio bounded by ``hold_audio_ms``: before the
+    first session is ready, while a Deepgram Close frame is on its way back (a round trip over
+    the internet), and during a reconnect. The session's own ``Settings`` goes out while it is
+    ``configuring``; a ``KeepAlive`` means nothing to a session that is not live and is dropped.
+    The last ``replay_ms`` of audio sent is kept, and put back in front of the held audio when
+    a session is lost: what was in flight to a dying session is not lost (the new session may
+    hear a few frames twice, which speech tolerates; a gap it does not).
     """
 
     def __init__(
@@ -326,20 +374,22 @@ class Call:
         global _Machine
         if _Machine is None:
             _Machine = _build_machine()
-        self.config = configured.config
+        self.config = config = configured.config
         self.clock = clock
         self._connector = connector
         self._on_closed = on_closed
         caller_format = CALLER_FORMATS[leg]
         upstream_in, upstream_out = caller_format, caller_format
+        hold_ms = 10_000
         for _, factory in configured.stages:
             negotiate = getattr(factory, "upstream_formats", None)
             if negotiate is not None:
                 upstream_in, upstream_out = negotiate(caller_format)
+            hold_ms = getattr(factory, "hold_audio_ms", hold_ms)
         self.info = CallInfo(
             call_id=call_id or f"{os.getpid():x}-{next(_ids)}",
             leg=leg,
-            mode=self.config.mode,
+            mode=config.mode,
             caller_format=caller_format,
             upstream_input=upstream_in,
             upstream_output=upstream_out,
@@ -348,10 +398,12 @@ class Call:
         self.log = CallLogger("gateway.call", self.info)
         self.diagnosis: Diagnosis | None = None
         self.caller: CallerLeg | None = None
+        #: The current Deepgram session: its port, and its leg once open.
+        self._port: UpstreamPort | None = None
         self.upstream: UpstreamLeg | None = None
-        self._caller_open = False
-        self._upstream_open = False
-        self._upstream_state = "none"  # none, connecting, open, gone
+        #: The ``live`` state's leg: set on entering live, cleared on leaving it.
+        self._live_leg: UpstreamLeg | None = None
+        self._sessions = itertools.count(1)
         self._caller_gone = False
         self._initiator = ""
         self._attempt: Deferred | None = None
@@ -359,20 +411,36 @@ class Call:
         self._stopped = False
         self._pending_diagnosis: Diagnosis | None = None
         self._refusal: Any = None
-        self._attempts = 0
-        self._outage_started: float | None = None
+        self._budget = ReconnectBudget(
+            ReconnectPolicy(
+                attempts=config.reconnect_attempts,
+                max_s=config.reconnect_max_s,
+                backoff_s=config.reconnect_backoff_s,
+                backoff_max_s=config.reconnect_backoff_max_s,
+                window_s=config.reconnect_window_s,
+                window_max=config.reconnect_window_max,
+                per_call=config.reconnect_max_per_call,
+            )
+        )
         self._retry_timer: Any = None
         self._upstream_url = ""
-        self._lost_diagnosis: Diagnosis | None = None
-        self._random = random.random
         self._gateway_state = gateway_state
         self._waiters: list[Deferred] = []
         self.metrics = metrics if metrics is not None else _NoMetrics()
         self._connect_started = 0.0
         self._opened_at = 0.0
         self._turn_ended_at: float | None = None
+        # What waits for a live session: (is_audio, payload or message), in arrival order.
+        self._held: collections.deque[tuple[bool, Any]] = collections.deque()
+        self._held_bytes = 0
+        self._held_messages = 0
+        self._hold_limit = upstream_in.bytes_for_ms(hold_ms)
+        # The last audio sent, for replay after a lost session.
+        self._recent: collections.deque[bytes] = collections.deque()
+        self._recent_bytes = 0
+        self._replay_limit = upstream_in.bytes_for_ms(config.replay_ms) if config.replay_ms else 0
         self.transcript = TranscriptKeeper()
-        self.debug = self.config.debug_calls
+        self.debug = config.debug_calls
         self.report: dict[str, Any] | None = None
         self.is_closed = False
         stages = []
@@ -422,7 +490,6 @@ class Call:
 
     def caller_opened(self, leg: CallerLeg) -> None:
         self.caller = leg
-        self._caller_open = True
         self._machine.caller_opened()
 
     def from_caller(self, event: Any) -> None:
@@ -455,7 +522,6 @@ class Call:
 
     def caller_closed(self, code: int | None, reason: str | None, was_clean: bool) -> None:
         self.metrics.leg_closed("caller", code)
-        self._caller_open = False
         self._caller_gone = True
         event = CallerClosed(code, reason, was_clean)
         self._pending_diagnosis = None
@@ -475,12 +541,22 @@ class Call:
             close_code=code,
         )
 
+    def _caller_sendable(self) -> CallerLeg | None:
+        caller = self.caller
+        if caller is not None and caller.state == _OPEN:
+            return caller
+        return None
+
     # --- from the Deepgram leg -------------------------------------------------------------------
 
-    def upstream_opened(self, leg: UpstreamLeg, request_id: str | None) -> None:
+    def upstream_opened(
+        self, leg: UpstreamLeg, request_id: str | None, port: UpstreamPort | None = None
+    ) -> None:
+        """The current session's WebSocket opened (``port`` None: the current one)."""
+        if port is not None and port is not self._port:
+            leg.close(1000)
+            return
         self.upstream = leg
-        self._upstream_open = True
-        self._upstream_state = "open"
         self.info.request_id = request_id
         self.info.request_ids.append(request_id)
         self._opened_at = self.clock.seconds()
@@ -493,6 +569,8 @@ class Call:
             request_id=request_id,
         )
         self._machine.upstream_connected()
+        if self.upstream is not leg or leg.state != _OPEN:
+            return  # the machine closed it (the call is ending)
         self._chain.outbound(UpstreamOpened(request_id, self.info.mode))
         if self.info.mode == "listen":
             self._machine.settings_applied()
@@ -509,6 +587,8 @@ class Call:
                 self.info.last_error_seen = self.info.last_error
             elif kind == "Warning":
                 self.info.last_warning = dict(event.message)
+            elif kind == "Welcome":
+                self._welcomed(event.message)
             elif kind == "SettingsApplied":
                 self.metrics.settings_applied(self.clock.seconds() - self._opened_at)
             elif kind == "ConversationText":
@@ -525,6 +605,14 @@ class Call:
                     self.log.info("{speaker}: {content}", speaker="caller", content=text)
         self._chain.outbound(event)
 
+    def _welcomed(self, message: Any) -> None:
+        """Welcome carries the session's request id: use it where the header had none."""
+        request_id = message.get("request_id")
+        if self.info.request_id is None and isinstance(request_id, str) and request_id:
+            self.info.request_id = request_id[:128]
+            if self.info.request_ids:
+                self.info.request_ids[-1] = self.info.request_id
+
     def upstream_audio(self, event: Audio) -> None:
         """The hot path: one agent audio frame into the chain."""
         info = self.info
@@ -535,73 +623,156 @@ class Call:
             self._turn_ended_at = None
         self._chain.outbound(event)
 
-    def upstream_closed(self, event: UpstreamClosed) -> None:
-        if self._upstream_state == "gone":
-            return
-        self._upstream_open = False
-        self._upstream_state = "gone"
+    def upstream_closed(self, event: UpstreamClosed, port: UpstreamPort | None = None) -> None:
+        """
+        The current session ended (``port`` None: the current one): its leg received or sent
+        a Close frame, or the connection was lost or never made. Reported once per session.
+        """
         self.metrics.leg_closed("deepgram", event.code)
+        if port is None:
+            port = self._port
+        if port is None or port is not self._port:
+            return
+        self._detach_upstream()
         event = attrs.evolve(event, phase=self.info.phase)
         self._pending_diagnosis = None
         self._chain.outbound(event)
         diagnosis = self._pending_diagnosis or diagnose_upstream(event, self.info.last_error)
-        if self._may_retry(diagnosis):
-            self._machine.upstream_lost(diagnosis)
+        self._session_lost(diagnosis)
+
+    def upstream_failed(self, diagnosis: Diagnosis) -> None:
+        """A stage gave up on the current session (no Welcome, no SettingsApplied in time)."""
+        port = self._port
+        if port is None or self.info.phase in ("ending", "closed"):
+            self.end(diagnosis, "upstream")
             return
-        self.end(diagnosis, "upstream")
-        self._machine.leg_gone("upstream")
+        leg = self.upstream
+        self.log.warn("giving up on Deepgram session: {diagnosis_code}: {summary}",
+                      diagnosis_code=diagnosis.code, summary=diagnosis.entry.summary)
+        self._detach_upstream()
+        if leg is not None and leg.state == _OPEN:
+            leg.close(1000)
+        self._session_lost(diagnosis)
+
+    def _detach_upstream(self) -> None:
+        """The call is done with the current session: nothing it says reaches the call again."""
+        port, self._port = self._port, None
+        if port is not None:
+            port.detach()
+        self.upstream = None
+        self._live_leg = None
+        attempt, self._attempt = self._attempt, None
+        if attempt is not None and not attempt.called:
+            attempt.cancel()
+
+    def _session_lost(self, diagnosis: Diagnosis) -> None:
+        """After the current session was detached: reconnect, or end the call."""
+        if self.info.phase in ("ending", "closed"):
+            self._machine.leg_gone("upstream")
+            return
+        if not diagnosis.retryable or self.info.phase not in ("connecting", "configuring", "live"):
+            self.end(diagnosis, "upstream")
+            return
+        if self._draining():
+            self.end(diagnosis, "upstream")
+            return
+        decision = self._budget.lost(self.clock.seconds(), diagnosis.code)
+        if isinstance(decision, GiveUp):
+            self.log.warn("giving up on Deepgram: {reason}; {sessions}", reason=decision.reason,
+                          sessions=self._budget.summary())
+            if decision.unstable:
+                diagnosis = attrs.evolve(
+                    diagnosis, code="DG_UNSTABLE",
+                    detail=f"{decision.reason}; {self._budget.summary()}",
+                )
+            self.end(diagnosis, "upstream")
+            return
+        self._replay_recent()
+        self._machine.upstream_lost(decision.delay_s, diagnosis)
 
     # --- reconnecting ----------------------------------------------------------------------------
 
-    def _may_retry(self, diagnosis: Diagnosis) -> bool:
-        if not diagnosis.retryable or self.info.phase not in ("connecting", "configuring", "live"):
-            return False
-        if self._draining():
-            return False
-        config = self.config
-        now = self.clock.seconds()
-        if self._outage_started is None:
-            self._outage_started = now
-        if self._attempts >= config.reconnect_attempts:
-            self.log.warn("giving up on Deepgram after {attempts} reconnect attempts",
-                          attempts=self._attempts)
-            return False
-        if now - self._outage_started >= config.reconnect_max_s:
-            self.log.warn("giving up on Deepgram after {elapsed_s:.1f} s of reconnecting",
-                          elapsed_s=now - self._outage_started)
-            return False
-        return True
-
-    def _schedule_retry(self, diagnosis: Diagnosis) -> None:
-        self._attempts += 1
-        base = self.config.reconnect_backoff_s * 2 ** (self._attempts - 1)
-        remaining = self.config.reconnect_max_s - (self.clock.seconds() - (self._outage_started or 0))
-        # Equal jitter: half the backoff fixed, half random, so calls that lost Deepgram together
-        # do not all come back in the same instant.
-        delay = max(0.0, min(base * (0.5 + 0.5 * self._random()), remaining))
+    def _schedule_retry(self, delay: float, diagnosis: Diagnosis) -> None:
+        attempt = self._budget.reconnects
         self.count("reconnects", diagnosis=diagnosis.code)
         self.log.warn(
-            "Deepgram leg lost ({diagnosis_code}: {summary}); reconnect attempt {attempt} of "
-            "{max_attempts} in {delay_s:.2f} s, caller kept connected",
+            "Deepgram leg lost ({diagnosis_code}: {summary}); reconnect {attempt} "
+            "(at most {per_call} per call) in {delay_s:.2f} s, caller kept connected",
             diagnosis_code=diagnosis.code,
             summary=diagnosis.entry.summary,
-            attempt=self._attempts,
-            max_attempts=self.config.reconnect_attempts,
+            attempt=attempt,
+            per_call=self.config.reconnect_max_per_call,
             delay_s=delay,
         )
-        self._lost_diagnosis = diagnosis
-        self._chain.outbound(UpstreamReconnecting(self._attempts, delay, diagnosis))
+        self._chain.outbound(UpstreamReconnecting(attempt, delay, diagnosis))
         self._retry_timer = self.clock.callLater(delay, self._machine.retry_due)
 
-    def _session_configured(self) -> None:
-        if self._attempts:
-            self.log.info("Deepgram session restored after {attempts} attempt(s)",
-                          attempts=self._attempts)
-        self._attempts = 0
-        self._outage_started = None
+    def _enter_live(self) -> None:
+        if self._budget.in_outage:
+            self.log.info("Deepgram session restored after {reconnects} reconnect(s) in this call",
+                          reconnects=self._budget.reconnects)
+        self._budget.restored()
+        self._live_leg = self.upstream
+        self._release_held()
 
     def _draining(self) -> bool:
         return bool(getattr(self._gateway_state, "draining", False))
+
+    # --- holding and replaying what goes to Deepgram ---------------------------------------------
+
+    def _hold(self, is_audio: bool, item: Any) -> None:
+        if self.info.phase in ("ending", "closed"):
+            self.count("frames_dropped" if is_audio else "control_dropped", reason="call_ending")
+            return
+        if is_audio:
+            size = len(item)
+            if self._held_bytes + size > self._hold_limit:
+                self.count("frames_dropped", reason="held_over_limit")
+                return
+            self._held_bytes += size
+        else:
+            if self._held_messages >= _HELD_MESSAGES:
+                self.count("control_dropped", reason="held_over_limit")
+                return
+            self._held_messages += 1
+        self._held.append((is_audio, item))
+
+    def _release_held(self) -> None:
+        """Send what was held, in order, while the live session's leg stays open."""
+        leg = self._live_leg
+        held = self._held
+        while held and leg is not None and self._live_leg is leg and leg.state == _OPEN:
+            is_audio, item = held.popleft()
+            if is_audio:
+                self._held_bytes -= len(item)
+                self._send_audio(leg, item)
+            else:
+                self._held_messages -= 1
+                leg.send_message(item)
+
+    def _send_audio(self, leg: UpstreamLeg, payload: bytes) -> None:
+        leg.send_audio(payload)
+        info = self.info
+        info.frames_to_upstream += 1
+        info.bytes_to_upstream += len(payload)
+        if self._replay_limit:
+            recent = self._recent
+            recent.append(payload)
+            self._recent_bytes += len(payload)
+            while self._recent_bytes > self._replay_limit:
+                self._recent_bytes -= len(recent.popleft())
+
+    def _replay_recent(self) -> None:
+        """Put the audio last sent to a lost session back in front of what is held."""
+        if not self._recent:
+            return
+        replay = self._recent
+        self._recent = collections.deque()
+        self.count("frames_replayed", amount=len(replay))
+        self._held_bytes += self._recent_bytes
+        self._recent_bytes = 0
+        for payload in reversed(replay):
+            self._held.appendleft((True, payload))
 
     # --- ending ----------------------------------------------------------------------------------
 
@@ -615,64 +786,67 @@ class Call:
         self._ending_timer = self.clock.callLater(self.config.end_timeout_s, self._deadline)
         cancel(self._retry_timer)
         self._retry_timer = None
-        if self._upstream_state in ("none", "gone"):
-            self._upstream_state = "gone"
+        if self._held:
+            self.count("frames_dropped", amount=sum(1 for a, _ in self._held if a),
+                       reason="call_ending")
+            self._held.clear()
+            self._held_bytes = self._held_messages = 0
+        if self._port is not None and self.upstream is None:
+            # Still connecting: abandon the attempt.
+            self._detach_upstream()
+        if self._port is None:
             self._machine.leg_gone("upstream")
-        elif self._upstream_state == "connecting":
-            self._upstream_state = "gone"
-            if self._attempt is not None:
-                self._attempt.cancel()
-            self._machine.leg_gone("upstream")
-        elif self._upstream_state == "open":
+        else:
             self._close_upstream()
         if self._caller_gone:
             self._machine.leg_gone("caller")
-        elif initiator != "caller" or self._upstream_state == "gone":
+        elif initiator != "caller" or self._port is None:
             self._close_caller()
 
     def _close_upstream(self) -> None:
-        if self.upstream is None or not self._upstream_open:
+        leg = self.upstream
+        if leg is None or leg.state != _OPEN:
             return
         if self.info.mode == "listen" and self._initiator == "caller":
             # Let Deepgram finish: last Results, Metadata, then its own 1000 close.
-            self.upstream.send_message(CLOSE_STREAM)
+            leg.send_message(CLOSE_STREAM)
         else:
-            self.upstream.close(1000)
+            leg.close(1000)
 
     def _close_caller(self) -> None:
-        if self.caller is None or not self._caller_open:
+        caller = self._caller_sendable()
+        if caller is None:
             return
-        self._caller_open = False
         assert self.diagnosis is not None
         code = 1000 if self._initiator == "caller" else self.diagnosis.caller_close
         if self.info.leg == "client" and code in _CLIENT_ERRORS:
             # Raw clients get the JSON error before the close (auth errors are sent by auth).
-            self.caller.send_error(_CLIENT_ERRORS[code], f"{self.diagnosis.code}: {self.diagnosis.entry.summary}")
-        self.caller.close(code, self.diagnosis.code)
+            caller.send_error(_CLIENT_ERRORS[code], f"{self.diagnosis.code}: {self.diagnosis.entry.summary}")
+        caller.close(code, self.diagnosis.code)
 
     def _leg_gone(self, leg: str, inputs: _CallInputs) -> None:
         if leg == "upstream" and not self._caller_gone:
             self._close_caller()
-        if self._upstream_state == "gone" and self._caller_gone:
+        if self._port is None and self._caller_gone:
             inputs.all_closed()
 
     def _deadline(self) -> None:
         self._ending_timer = None
         self.log.warn("legs still open {timeout_s} s after the end began; aborting them",
                       timeout_s=self.config.end_timeout_s)
-        if self.upstream is not None and self._upstream_state != "gone":
+        if self.upstream is not None:
             self.upstream.abort()
+        self._detach_upstream()
         if self.caller is not None and not self._caller_gone:
             self.caller.abort()
-        self._upstream_state = "gone"
         self._caller_gone = True
         self._machine.all_closed()
 
     def _cleanup(self) -> None:
         cancel(self._ending_timer)
         self._ending_timer = None
-        if self._attempt is not None:
-            self._attempt.cancel()
+        self._detach_upstream()
+        self._recent.clear()
         self._chain.close()
         d = self.diagnosis
         assert d is not None
@@ -706,25 +880,26 @@ class Call:
     def _inbound_sink(self, event: Any) -> None:
         kind = type(event)
         if kind is Audio:
-            if not event.payload:
+            payload = event.payload
+            if not payload:
                 self.count("frames_dropped", reason="empty_at_leg")
-            elif self._upstream_open and self.upstream is not None:
-                if self.upstream.congested:
+                return
+            leg = self._live_leg
+            if leg is not None and leg.state == _OPEN:
+                if leg.congested:
                     self.count("frames_dropped", reason="deepgram_backpressure")
                     return
-                self.upstream.send_audio(event.payload)
-                info = self.info
-                info.frames_to_upstream += 1
-                info.bytes_to_upstream += len(event.payload)
+                if self._held:
+                    self._hold(True, payload)
+                    self._release_held()
+                    return
+                self._send_audio(leg, payload)
             else:
-                self.count("frames_dropped", reason="upstream_not_open")
+                self._hold(True, payload)
         elif kind is UpstreamMessage:
             if self.debug:
                 self._debug("gateway -> deepgram", event)
-            if self._upstream_open and self.upstream is not None:
-                self.upstream.send_message(event.message)
-            else:
-                self.count("control_dropped", type=event.type)
+            self._send_message(event)
         elif kind is OpenUpstream:
             self._machine.upstream_requested(event.url)
         elif kind is HandshakeRefused:
@@ -735,17 +910,40 @@ class Call:
                 self._pending_diagnosis = diagnosis
         elif kind is CallerControl:
             self.count("caller_messages_rejected", reason="unknown_message")
-            if self.caller is not None and self._caller_open:
-                self.caller.send_error(
+            caller = self._caller_sendable()
+            if caller is not None:
+                caller.send_error(
                     "UNKNOWN_MESSAGE",
                     f"unknown control message type {event.message.get('type')!r:.40}",
                 )
+
+    def _send_message(self, event: UpstreamMessage) -> None:
+        """A JSON message towards Deepgram, through the gate (see the class docstring)."""
+        kind = event.type
+        if kind == "Settings":
+            leg = self.upstream
+            if leg is not None and leg.state == _OPEN and self.info.phase == "configuring":
+                leg.send_message(event.message)
+            else:
+                self.count("control_dropped", type=kind, reason="no_session")
+            return
+        leg = self._live_leg
+        if leg is not None and leg.state == _OPEN:
+            if self._held:
+                self._hold(False, event.message)
+                self._release_held()
+            else:
+                leg.send_message(event.message)
+        elif kind == "KeepAlive":
+            self.count("control_dropped", type=kind, reason="not_live")
+        else:
+            self._hold(False, event.message)
 
     def _outbound_sink(self, event: Any) -> None:
         kind = type(event)
         caller = self.caller
         if kind is Audio:
-            if caller is not None and self._caller_open and event.payload:
+            if caller is not None and caller.state == _OPEN and event.payload:
                 if caller.congested:
                     self.count("frames_dropped", reason="caller_backpressure")
                     return
@@ -756,6 +954,7 @@ class Call:
             return
         if self.debug:
             self._debug("gateway -> caller", event)
+        caller = self._caller_sendable()
         if kind is DeepgramEvent:
             if event.type == "SettingsApplied":
                 self._machine.settings_applied()
@@ -763,19 +962,20 @@ class Call:
                 for item in event.message.get("functions") or ():
                     if isinstance(item, dict) and item.get("client_side"):
                         self._functions.dispatch(item)
-            if caller is not None and self._caller_open:
+            caller = self._caller_sendable()
+            if caller is not None:
                 if event.type == "UserStartedSpeaking":
                     # Barge-in: drop the agent audio queued at Twilio (clients do it themselves).
                     caller.send_clear()
                 caller.send_event(event)
         elif kind is Clear:
-            if caller is not None and self._caller_open:
+            if caller is not None:
                 caller.send_clear()
         elif kind is SendMark:
-            if caller is not None and self._caller_open:
+            if caller is not None:
                 caller.send_mark(event.name)
         elif kind is CallerError:
-            if caller is not None and self._caller_open:
+            if caller is not None:
                 caller.send_error(event.code, event.message)
         elif kind is UpstreamClosed:
             if event.diagnosis is not None:
@@ -785,10 +985,13 @@ class Call:
         """The per-call debug switch: one line per control message, secrets redacted."""
         if type(event) is Audio:
             return
-        if hasattr(event, "message"):
-            body = redact(dict(event.message))
+        message = getattr(event, "message", None)
+        if isinstance(message, Mapping):
+            body: Any = redact(dict(message))
+        elif attrs.has(type(event)):
+            body = redact(attrs.asdict(event, recurse=False))
         else:
-            body = redact(attrs.asdict(event, recurse=False)) if attrs.has(type(event)) else repr(event)
+            body = repr(event)
         self.log.info("debug {direction}: {event_type} {body}", direction=direction,
                       event_type=type(event).__name__, body=body)
 
@@ -806,33 +1009,37 @@ class Call:
     def _open_upstream(self, url: str) -> None:
         self._upstream_url = url
         self._connect_started = self.clock.seconds()
-        self._upstream_state = "connecting"
+        port = UpstreamPort(self, next(self._sessions))
+        self._port = port
         headers = {"Authorization": f"Token {self.config.api_key}"}
-        d = self._connector(url, headers, self)
-        self._attempt = d
+        d = self._connector(url, headers, port)
         timeout = self.config.connect_timeout_s
-        if self._outage_started is not None:
-            # During an outage the attempt also stops where the reconnect budget ends.
-            spent = self.clock.seconds() - self._outage_started
-            timeout = max(0.1, min(timeout, self.config.reconnect_max_s - spent))
+        remaining = self._budget.remaining_s(self.clock.seconds())
+        if remaining is not None:
+            # During an outage the attempt also stops where the outage's time runs out.
+            timeout = max(0.1, min(timeout, remaining))
         d.addTimeout(timeout, self.clock)
+        if port is self._port and not d.called:
+            self._attempt = d
 
         def failed(failure: Failure) -> None:
-            self._attempt = None
-            if self._upstream_state != "connecting":
+            if port is not self._port:
                 return None
+            self._attempt = None
             self.upstream_closed(
                 UpstreamClosed(
                     code=None,
                     reason=f"connection failed: {failure.getErrorMessage()}",
                     was_clean=False,
                     connect_failed=True,
-                )
+                ),
+                port,
             )
             return None
 
         def done(result: object) -> None:
-            self._attempt = None
+            if port is self._port:
+                self._attempt = None
 
         d.addCallbacks(done, failed)
 

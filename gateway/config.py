@@ -140,6 +140,11 @@ class GatewayConfig:
     reconnect_attempts: int = 3
     reconnect_max_s: float = 20.0
     reconnect_backoff_s: float = 0.5
+    reconnect_backoff_max_s: float = 8.0
+    reconnect_window_s: float = 60.0
+    reconnect_window_max: int = 5
+    reconnect_max_per_call: int = 10
+    replay_ms: int = 400
     drain_deadline_s: float = 30.0
     max_calls: int = 200
     handshake_timeout_s: float = 10.0
@@ -294,6 +299,11 @@ def load_config(
     reconnect_attempts = dg.int("reconnect_attempts", 3, minimum=0)
     reconnect_max_s = dg.float("reconnect_max_s", 20.0, minimum=0)
     reconnect_backoff_s = dg.float("reconnect_backoff_s", 0.5, minimum=0.01)
+    reconnect_backoff_max_s = dg.float("reconnect_backoff_max_s", 8.0, minimum=0.01)
+    reconnect_window_s = dg.float("reconnect_window_s", 60.0, minimum=1)
+    reconnect_window_max = dg.int("reconnect_window_max", 5, minimum=0)
+    reconnect_max_per_call = dg.int("reconnect_max_per_call", 10, minimum=0)
+    replay_ms = dg.int("replay_ms", 400, minimum=0)
     dg.finish()
 
     webhook_url = report.str("webhook_url", "") or None
@@ -360,6 +370,11 @@ def load_config(
         reconnect_attempts=reconnect_attempts,
         reconnect_max_s=reconnect_max_s,
         reconnect_backoff_s=reconnect_backoff_s,
+        reconnect_backoff_max_s=reconnect_backoff_max_s,
+        reconnect_window_s=reconnect_window_s,
+        reconnect_window_max=reconnect_window_max,
+        reconnect_max_per_call=reconnect_max_per_call,
+        replay_ms=replay_ms,
         drain_deadline_s=drain,
         max_calls=max_calls,
         handshake_timeout_s=handshake_timeout_s,

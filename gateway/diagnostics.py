@@ -96,6 +96,15 @@ _ROWS = [
        "read the code and reason in the log line", False, UPSTREAM_FAILED),
     _e("DG_DROPPED", "the Deepgram connection dropped without a WebSocket close (1006)",
        "check the network path to Deepgram; retryable", True, UPSTREAM_FAILED),
+    _e("DG_BAD_GATEWAY", "Deepgram's front end could not reach its back end (1014 bad gateway)",
+       "retry; check Deepgram's status page if it repeats", True, UPSTREAM_FAILED),
+    _e("DG_UNSTABLE",
+       "Deepgram kept losing the session: the reconnect budget for the call is spent",
+       "read the sessions and closes in the log line; check Deepgram's status page and the "
+       "[deepgram] reconnect_window_max / reconnect_max_per_call options", False, UPSTREAM_FAILED),
+    _e("DG_NO_WELCOME", "Deepgram opened the session but sent no Welcome in time",
+       "retry; check the settings.welcome_timeout_s option and the network path", True,
+       SESSION_SETUP_FAILED),
     # failed upgrades
     _e("DG_BAD_REQUEST", "Deepgram refused the upgrade with 400: invalid parameters",
        "read dg-error; fix the listen parameters or the URL", False, SESSION_SETUP_FAILED),
@@ -132,6 +141,9 @@ _ROWS = [
 
 DIAGNOSES: Mapping[str, Entry] = {row.code: row for row in _ROWS}
 
+#: Deepgram diagnoses that no close frame produced (a close code would be made up).
+_NOT_A_CLOSE = frozenset({"DG_SETUP_TIMEOUT", "DG_NO_WELCOME", "DG_UNSTABLE", "DG_UNREACHABLE"})
+
 
 def entry(code: str) -> Entry:
     """The row for ``code``; an unknown code is a bug, reported as such."""
@@ -157,6 +169,8 @@ class Diagnosis:
     dg_error: str | None = None
     dg_request_id: str | None = None
     error: Mapping[str, str] | None = None
+    #: Facts that fit no field above (DG_UNSTABLE: the sessions and the closes that ended them).
+    detail: str | None = None
 
     @property
     def entry(self) -> Entry:
@@ -175,7 +189,9 @@ class Diagnosis:
         facts = []
         if self.http_status is not None:
             facts.append(f"HTTP {self.http_status}")
-        if self.close_code is not None or self.leg == "upstream" and self.http_status is None:
+        if self.close_code is not None or (
+            self.leg == "upstream" and self.http_status is None and self.code not in _NOT_A_CLOSE
+        ):
             facts.append(f"close {self.close_code if self.close_code is not None else 'no-status'}")
         if self.close_reason:
             facts.append(f"reason {self.close_reason!r}")
@@ -185,6 +201,8 @@ class Diagnosis:
             facts.append(
                 f"Deepgram Error {self.error.get('code')}: {self.error.get('description')}"
             )
+        if self.detail:
+            facts.append(self.detail)
         detail = "; ".join(facts)
         return f"{self.entry.summary}" + (f" ({detail})" if detail else "") + (
             f" -> {self.entry.action}"

@@ -115,6 +115,13 @@ class StageContext(Protocol):
     def end_call(self, diagnosis: object) -> None:
         """End the call with ``diagnosis`` (a `gateway.diagnostics.Diagnosis`)."""
 
+    def upstream_failed(self, diagnosis: object) -> None:
+        """
+        Give up on the current Deepgram session (e.g. it never confirmed the Settings): the call
+        closes it and, if ``diagnosis`` is retryable and the reconnect budget allows, opens a new
+        one with the caller kept connected; otherwise the call ends with ``diagnosis``.
+        """
+
     def count(self, name: str, amount: int = 1, **labels: str) -> None:
         """Add ``amount`` to the per-call counter ``name`` with ``labels``."""
 

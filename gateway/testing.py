@@ -25,6 +25,7 @@ from gateway.call import CallInfo
 from gateway.codecs.formats import AudioFormat, MULAW_8K
 from gateway.config import ConfiguredGateway, load_config
 from gateway.events import DeepgramEvent
+from gateway.interfaces import LegState
 
 __all__ = [
     "temp_path",
@@ -82,6 +83,7 @@ class RecordingContext:
     inbound: list[Any] = attrs.field(factory=list)
     outbound: list[Any] = attrs.field(factory=list)
     ended: list[Any] = attrs.field(factory=list)
+    failed: list[Any] = attrs.field(factory=list)
     counters: collections.Counter = attrs.field(factory=collections.Counter)
     unrouted: list[tuple[type, str]] = attrs.field(factory=list)
     rerouted: list[tuple[type, str]] = attrs.field(factory=list)
@@ -94,6 +96,9 @@ class RecordingContext:
 
     def end_call(self, diagnosis: object) -> None:
         self.ended.append(diagnosis)
+
+    def upstream_failed(self, diagnosis: object) -> None:
+        self.failed.append(diagnosis)
 
     def count(self, name: str, amount: int = 1, **labels: str) -> None:
         self.counters[(name, tuple(sorted(labels.items())))] += amount
@@ -109,57 +114,86 @@ class RecordingContext:
         return self.counters[(name, tuple(sorted(labels.items())))]
 
 
+class _FakeLeg:
+    """What both fake legs share: sending on a leg that is not open raises, as Autobahn does."""
+
+    state: LegState
+
+    def _check_open(self, what: str) -> None:
+        if self.state != LegState.OPEN:
+            raise AssertionError(f"{what} on a leg that is {self.state.name}")
+
+
 @attrs.define
-class FakeCallerLeg:
+class FakeCallerLeg(_FakeLeg):
     """Records what the call sends to the caller."""
 
     sent: list[tuple[str, Any]] = attrs.field(factory=list)
     closed_with: tuple[int, str] | None = None
     aborted: bool = False
     congested: bool = False
+    #: The leg's `gateway.interfaces.LegState`: closing it makes it CLOSING, as Autobahn does.
+    state: LegState = LegState.OPEN
 
     def send_audio(self, payload: bytes) -> None:
+        self._check_open("send_audio")
         self.sent.append(("audio", payload))
 
     def send_clear(self) -> None:
+        self._check_open("send_clear")
         self.sent.append(("clear", None))
 
     def send_mark(self, name: str) -> None:
+        self._check_open("send_mark")
         self.sent.append(("mark", name))
 
     def send_event(self, event: DeepgramEvent) -> None:
+        self._check_open("send_event")
         self.sent.append(("event", event.type))
 
     def send_error(self, code: str, message: str) -> None:
+        self._check_open("send_error")
         self.sent.append(("error", code))
 
     def close(self, code: int, reason: str) -> None:
+        if self.state != LegState.OPEN:
+            return  # Autobahn ignores a close on a closing leg
         self.closed_with = (code, reason)
+        self.state = LegState.CLOSING
 
     def abort(self) -> None:
         self.aborted = True
+        self.state = LegState.CLOSED
 
 
 @attrs.define
-class FakeUpstreamLeg:
+class FakeUpstreamLeg(_FakeLeg):
     """Records what the call sends to Deepgram."""
 
     sent: list[tuple[str, Any]] = attrs.field(factory=list)
     closed_with: int | None = None
     aborted: bool = False
     congested: bool = False
+    #: The leg's `gateway.interfaces.LegState`: closing it makes it CLOSING, as Autobahn does.
+    state: LegState = LegState.OPEN
 
     def send_audio(self, payload: bytes) -> None:
+        self._check_open("send_audio")
         self.sent.append(("audio", payload))
 
     def send_message(self, message: Mapping[str, Any]) -> None:
+        self._check_open("send_message")
         self.sent.append(("json", dict(message)))
 
     def close(self, code: int = 1000) -> None:
+        if self.state != LegState.OPEN:
+            return  # Autobahn ignores a close on a closing leg
         self.closed_with = code
+        self.state = LegState.CLOSING
 
     def abort(self) -> None:
         self.aborted = True
+        self.state = LegState.CLOSED
 
     def audio(self) -> bytes:
         return b"".join(p for kind, p in self.sent if kind == "audio")

@@ -10,14 +10,16 @@ settings: the Deepgram configuration of each call, sent before any audio.
   ``encoding`` and ``sample_rate`` derived the same way.
 
 The stage opens the Deepgram leg (`OpenUpstream`) when an authenticated `StreamStarted` reaches
-it, sends ``Settings`` first, and holds caller audio (bounded by ``hold_audio_ms``, counted when
-over) until ``SettingsApplied`` (or, for listen, until the socket is open), then releases it in
-order and takes itself off the audio path.
+it and, on the Voice Agent, sends ``Settings`` once Deepgram's ``Welcome`` has arrived. The call
+holds the caller's audio and every other message (bounded by ``hold_audio_ms``, counted when
+over) until the session is confirmed (``SettingsApplied``, or the open socket for listen), then
+releases it in order. A session that sends no ``Welcome`` within ``welcome_timeout_s`` or no
+``SettingsApplied`` within ``applied_timeout_s`` is given up and, within the call's reconnect
+budget, replaced.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 from typing import Any, Mapping
@@ -38,7 +40,6 @@ from gateway.config import GatewayConfig, Section
 from gateway.diagnostics import Diagnosis
 from gateway.errors import ConfigError, SettingsError
 from gateway.events import (
-    Audio,
     DeepgramEvent,
     OpenUpstream,
     StreamStarted,
@@ -48,7 +49,7 @@ from gateway.events import (
 )
 from gateway.plugin import IStreamPlugin, Routes, StageContext, cancel
 
-__all__ = ["plugin", "SettingsOptions", "SettingsStage", "validate_template"]
+__all__ = ["plugin", "SettingsOptions", "SettingsStage", "SettingsFactory", "validate_template"]
 
 def validate_template(template: Mapping[str, Any], where: str) -> None:
     """
@@ -79,29 +80,34 @@ class SettingsOptions:
     parameters: Mapping[str, str]
     applied_timeout_s: float
     hold_audio_ms: int
+    welcome_timeout_s: float = 5.0
 
 
 @attrs.define
 class SettingsStage:
-    """The per-call settings stage."""
+    """
+    The per-call settings stage.
+
+    Deepgram's order for the Voice Agent: ``Welcome`` first (bounded by ``welcome_timeout_s``),
+    then our ``Settings``, then ``SettingsApplied`` (bounded by ``applied_timeout_s``); nothing
+    else may go before it. The call holds every other message and the audio until the session
+    is live; this stage only says what the session is and how long to wait for each step. A
+    session that misses a step is given up through ``ctx.upstream_failed`` with a retryable
+    diagnosis, so the call replaces it within its reconnect budget.
+    """
 
     ctx: StageContext
     options: SettingsOptions
-    _held: collections.deque = attrs.field(factory=collections.deque)
-    _held_bytes: int = 0
-    _limit_bytes: int = 0
     _timer: Any = None
-    _released: bool = False
+    _welcomed: bool = False
+    _applied: bool = False
     _sessions: int = 0
     settings: dict[str, Any] | None = None
     history: list[dict[str, Any]] = attrs.field(factory=list)
 
-    def __attrs_post_init__(self) -> None:
-        self._limit_bytes = self.ctx.call.caller_format.bytes_for_ms(self.options.hold_audio_ms)
-
     def routes(self) -> Routes:
         return Routes(
-            inbound={StreamStarted: self.on_start, Audio: self.on_audio},
+            inbound={StreamStarted: self.on_start},
             outbound={
                 UpstreamOpened: self.on_open,
                 DeepgramEvent: self.on_event,
@@ -143,45 +149,36 @@ class SettingsStage:
                 values[target] = value
         return values
 
-    def on_audio(self, event: Audio) -> Any:
-        if self._released:
-            return event
-        size = len(event.payload)
-        if self._held_bytes + size > self._limit_bytes:
-            self.ctx.count("frames_dropped", reason="held_over_limit")
-            return None
-        self._held.append(event)
-        self._held_bytes += size
-        return None
-
     def on_open(self, event: UpstreamOpened) -> Any:
         self._sessions += 1
+        self._welcomed = self._applied = False
         if self.options.mode == "agent":
-            assert self.settings is not None
-            settings = self.settings
-            if self._sessions > 1:
-                settings = self._restoring(settings)
-            self.ctx.emit_inbound(UpstreamMessage(settings))
-            self._timer = self.ctx.clock.callLater(self.options.applied_timeout_s, self._timed_out)
-        else:
-            self._release()
+            self._wait(self.options.welcome_timeout_s, self._no_welcome)
         return event
 
     def on_event(self, event: DeepgramEvent) -> Any:
         kind = event.type
-        if kind == "SettingsApplied" and not self._released:
+        if kind == "Welcome" and self.options.mode == "agent" and not self._welcomed:
+            self._welcomed = True
+            self._send_settings()
+        elif kind == "SettingsApplied" and not self._applied:
+            self._applied = True
             self._cancel()
-            self._release()
         elif kind in ("ConversationText", "History"):
             self._remember(event.message)
         return event
 
+    def _send_settings(self) -> None:
+        assert self.settings is not None
+        settings = self.settings
+        if self._sessions > 1:
+            settings = self._restoring(settings)
+        self.ctx.emit_inbound(UpstreamMessage(settings))
+        self._wait(self.options.applied_timeout_s, self._not_applied)
+
     def on_reconnecting(self, event: UpstreamReconnecting) -> Any:
-        """The Deepgram leg is being replaced: hold audio again until the new one is ready."""
+        """The Deepgram session is being replaced: its timers mean nothing any more."""
         self._cancel()
-        if self._released:
-            self._released = False
-            self.ctx.resume_handling(Audio, "inbound")
         return event
 
     def _remember(self, message: Mapping[str, Any]) -> None:
@@ -205,21 +202,23 @@ class SettingsStage:
                 context["messages"] = list(context.get("messages", [])) + self.history
         return restored
 
-    def _release(self) -> None:
-        self._released = True
-        self.ctx.stop_handling(Audio, "inbound")
-        held, self._held = self._held, collections.deque()
-        self._held_bytes = 0
-        for frame in held:
-            self.ctx.emit_inbound(frame)
+    def _wait(self, seconds: float, then: Any) -> None:
+        self._cancel()
+        self._timer = self.ctx.clock.callLater(seconds, then)
 
-    def _timed_out(self) -> None:
+    def _no_welcome(self) -> None:
+        self._timer = None
+        self.ctx.log.error("Deepgram sent no Welcome within {timeout_s} s of opening the session",
+                           timeout_s=self.options.welcome_timeout_s)
+        self.ctx.upstream_failed(Diagnosis("DG_NO_WELCOME", leg="upstream", phase=self.ctx.call.phase))
+
+    def _not_applied(self) -> None:
         self._timer = None
         self.ctx.log.error(
             "Deepgram sent no SettingsApplied within {timeout_s} s",
             timeout_s=self.options.applied_timeout_s,
         )
-        self.ctx.end_call(Diagnosis("DG_SETUP_TIMEOUT", leg="upstream", phase=self.ctx.call.phase))
+        self.ctx.upstream_failed(Diagnosis("DG_SETUP_TIMEOUT", leg="upstream", phase=self.ctx.call.phase))
 
     def _cancel(self) -> None:
         cancel(self._timer)
@@ -227,8 +226,23 @@ class SettingsStage:
 
     def close(self) -> None:
         self._cancel()
-        self._held.clear()
-        self._held_bytes = 0
+
+
+@attrs.frozen
+class SettingsFactory:
+    """
+    Makes settings stages. ``hold_audio_ms`` is how much caller audio the call holds while no
+    Deepgram session is live (before the first is confirmed, and during a reconnect).
+    """
+
+    options: SettingsOptions
+
+    @property
+    def hold_audio_ms(self) -> int:
+        return self.options.hold_audio_ms
+
+    def __call__(self, ctx: StageContext) -> SettingsStage:
+        return SettingsStage(ctx, self.options)
 
 
 #: /v1/listen parameters whose values Deepgram types strictly (protocols.md §3.1).
@@ -323,8 +337,9 @@ class SettingsPlugin:
             parameters=parameters,
             applied_timeout_s=section.float("applied_timeout_s", 10.0, minimum=0.1),
             hold_audio_ms=section.int("hold_audio_ms", 10_000, minimum=20),
+            welcome_timeout_s=section.float("welcome_timeout_s", 5.0, minimum=0.1),
         )
-        return lambda ctx: SettingsStage(ctx, options)
+        return SettingsFactory(options)
 
 
 plugin = SettingsPlugin()

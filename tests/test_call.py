@@ -18,7 +18,9 @@ from gateway.events import (
     StreamStarted,
     StreamStopped,
     UpstreamClosed,
+    UpstreamMessage,
 )
+from gateway.interfaces import LegState
 from gateway.testing import FakeCallerLeg, FakeConnector, FakeUpstreamLeg, TEST_API_KEY, configure
 
 SID = "MZ" + "1" * 32
@@ -44,10 +46,13 @@ class CallHarness:
         self.call.caller_opened(self.caller)
         self.call.from_caller(StreamStarted(SID, "CA1", custom_parameters=params or {}))
 
-    def open_upstream(self, request_id: str = "req-1") -> None:
-        url, headers, call, d = self.connector.attempts[-1]
-        self.call.upstream_opened(self.upstream, request_id)
+    def open_upstream(self, request_id: str = "req-1", welcome: bool = True) -> None:
+        """The last attempt opens; the Voice Agent then says Welcome (Settings go after it)."""
+        url, headers, port, d = self.connector.attempts[-1]
+        port.upstream_opened(self.upstream, request_id)
         d.callback(self.upstream)
+        if welcome and self.call.info.mode == "agent":
+            self.call.from_upstream(dg("Welcome", request_id=request_id))
 
 
 class LifecycleTests(SynchronousTestCase):
@@ -78,7 +83,7 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(h.upstream.audio(), b"".join(frames))
         h.call.upstream_audio(Audio(b"agent", "outbound"))
         h.call.from_upstream(dg("UserStartedSpeaking"))
-        self.assertEqual(h.caller.sent, [("event", "SettingsApplied"), ("audio", b"agent"),
+        self.assertEqual(h.caller.sent, [("event", "Welcome"), ("event", "SettingsApplied"), ("audio", b"agent"),
                                          ("clear", None), ("event", "UserStartedSpeaking")])
         h.call.from_caller(StreamStopped())
         self.assertEqual(h.upstream.closed_with, 1000)
@@ -213,7 +218,7 @@ class ReconnectTests(SynchronousTestCase):
 
     def live_call(self, config: dict | None = None) -> CallHarness:
         h = CallHarness(config or {"deepgram": {"reconnect_attempts": 2, "reconnect_backoff_s": 1}})
-        h.call._random = lambda: 1.0
+        h.call._budget.random = lambda: 1.0
         h.start()
         h.open_upstream("req-1")
         h.call.from_upstream(dg("SettingsApplied"))
@@ -245,7 +250,9 @@ class ReconnectTests(SynchronousTestCase):
         self.assertEqual(h.upstream.audio(), b"")
         h.call.from_upstream(dg("SettingsApplied"))
         h.call.caller_audio(Audio(b"\x05" * 160))
-        self.assertEqual(h.upstream.audio(), b"".join(gap) + b"\x05" * 160)
+        # The last replay_ms of audio sent to the lost session goes first (it may have been in
+        # flight when the session died), then the gap, then the live audio.
+        self.assertEqual(h.upstream.audio(), b"\x01" * 160 + b"".join(gap) + b"\x05" * 160)
         self.assertEqual(first.audio(), b"\x01" * 160)
         self.assertEqual(h.call.info.request_ids, ["req-1", "req-2"])
         self.assertEqual(h.call.info.counters[("reconnects", (("diagnosis", "DG_NET_0000"),))], 1)
@@ -305,8 +312,8 @@ class ReportTests(SynchronousTestCase):
 
     def test_report(self) -> None:
         """Ids, mode, duration, frames and bytes, drops, reconnects, request ids, last Error, diagnosis."""
-        h = CallHarness({"deepgram": {"reconnect_attempts": 1}})
-        h.call._random = lambda: 0.0
+        h = CallHarness({"deepgram": {"reconnect_attempts": 1, "replay_ms": 0}})
+        h.call._budget.random = lambda: 0.0
         h.start()
         h.open_upstream("req-1")
         h.call.from_upstream(dg("SettingsApplied"))
@@ -367,3 +374,178 @@ class DebugSwitchTests(SynchronousTestCase):
         self.assertTrue(any("deepgram -> gateway: DeepgramEvent" in line for line in debug))
         self.assertFalse([line for line in debug if ": Audio " in line])
         self.assertFalse([line for line in lines if "sk-LLM" in line or "secret-token" in line])
+
+
+class UpstreamLifecycleTests(SynchronousTestCase):
+    """
+    The Deepgram leg's lifecycle as the call consults it: nothing is ever sent on a leg that is
+    not OPEN, and what arrives while no session is live is held, in order, for the next one.
+    """
+
+    def live_call(self, config: dict | None = None) -> CallHarness:
+        h = CallHarness(config or {"deepgram": {"reconnect_backoff_s": 1}})
+        h.call._budget.random = lambda: 1.0
+        h.start()
+        h.open_upstream("req-1")
+        h.call.from_upstream(dg("SettingsApplied"))
+        return h
+
+    def test_closing_leg_is_never_written(self) -> None:
+        """
+        Deepgram's Close frame has arrived (the leg is CLOSING) but the call has not heard yet:
+        caller audio, a DTMF injection and a KeepAlive in that window raise nothing, and the
+        audio and the injection reach the next session in order.
+        """
+        h = self.live_call({"deepgram": {"reconnect_backoff_s": 1, "replay_ms": 0}})
+        h.call.caller_audio(Audio(b"\x01" * 160))
+        first = h.upstream
+        first.state = LegState.CLOSING
+        h.call.caller_audio(Audio(b"\x02" * 160))
+        h.call._chain.inbound(UpstreamMessage({"type": "InjectUserMessage", "content": "5"}))
+        h.call._chain.inbound(UpstreamMessage({"type": "KeepAlive"}))
+        h.call.upstream_closed(UpstreamClosed(1011, "NET-0000", True))
+        self.assertEqual(h.call.phase, "reconnecting")
+        h.call.caller_audio(Audio(b"\x03" * 160))
+        h.clock.advance(1)
+        h.upstream = FakeUpstreamLeg()
+        h.open_upstream("req-2")
+        self.assertEqual([m["type"] for m in h.upstream.messages()], ["Settings"])
+        self.assertEqual(h.upstream.audio(), b"", "nothing but Settings before SettingsApplied")
+        h.call.from_upstream(dg("SettingsApplied"))
+        self.assertEqual(h.upstream.sent[1:], [("audio", b"\x02" * 160),
+                                               ("json", {"type": "InjectUserMessage", "content": "5"}),
+                                               ("audio", b"\x03" * 160)])
+        self.assertEqual(first.audio(), b"\x01" * 160)
+        self.assertEqual(h.call.info.counters[("control_dropped", (("reason", "not_live"), ("type", "KeepAlive")))], 1)
+
+    def test_replay_window(self) -> None:
+        """The last replay_ms sent to a dying session goes to the next one first: nothing in flight is lost."""
+        h = self.live_call({"deepgram": {"reconnect_backoff_s": 1, "replay_ms": 40}})
+        frames = [bytes([i]) * 160 for i in range(1, 6)]  # 20 ms each at mu-law 8 kHz
+        for f in frames:
+            h.call.caller_audio(Audio(f))
+        h.call.upstream_closed(UpstreamClosed(1011, "NET-0000", True))
+        h.clock.advance(1)
+        h.upstream = FakeUpstreamLeg()
+        h.open_upstream("req-2")
+        h.call.from_upstream(dg("SettingsApplied"))
+        self.assertEqual(h.upstream.audio(), frames[3] + frames[4])
+
+    def test_messages_wait_for_settings_applied(self) -> None:
+        """A DTMF injection before the leg opens is queued and delivered after SettingsApplied, after Settings."""
+        h = CallHarness()
+        h.start()
+        h.call._chain.inbound(UpstreamMessage({"type": "InjectUserMessage", "content": "Key 1"}))
+        h.call.caller_audio(Audio(b"\x01" * 160))
+        h.open_upstream(welcome=False)
+        self.assertEqual(h.upstream.sent, [], "nothing before Welcome")
+        h.call.from_upstream(dg("Welcome", request_id="r"))
+        self.assertEqual([m["type"] for m in h.upstream.messages()], ["Settings"])
+        h.call.from_upstream(dg("SettingsApplied"))
+        self.assertEqual([k for k, _ in h.upstream.sent], ["json", "json", "audio"])
+        self.assertEqual(h.upstream.messages()[1], {"type": "InjectUserMessage", "content": "Key 1"})
+
+    def test_hold_is_bounded(self) -> None:
+        """Beyond hold_audio_ms the held audio is dropped and counted; the rest keeps its order."""
+        h = CallHarness({"settings": {"hold_audio_ms": 60}})
+        h.start()
+        frames = [bytes([i]) * 160 for i in range(4)]
+        for f in frames:
+            h.call.caller_audio(Audio(f))
+        self.assertEqual(h.call.info.counters[("frames_dropped", (("reason", "held_over_limit"),))], 1)
+        h.open_upstream()
+        h.call.from_upstream(dg("SettingsApplied"))
+        self.assertEqual(h.upstream.audio(), b"".join(frames[:3]))
+
+    def test_setup_timeout_is_retried(self) -> None:
+        """No SettingsApplied in time: that session is closed and a new one opened; the caller stays."""
+        h = CallHarness({"settings": {"applied_timeout_s": 2}, "deepgram": {"reconnect_backoff_s": 1}})
+        h.call._budget.random = lambda: 1.0
+        h.start()
+        h.open_upstream("req-1")
+        h.clock.advance(2)
+        self.assertEqual(h.upstream.closed_with, 1000)
+        self.assertEqual(h.call.phase, "reconnecting")
+        # The abandoned session's late words reach nobody.
+        h.call.upstream_closed(UpstreamClosed(1000, None, True), h.connector.attempts[0][2])
+        h.connector.attempts[0][2].from_upstream(dg("SettingsApplied"))
+        self.assertEqual(h.call.phase, "reconnecting")
+        h.clock.advance(1)
+        h.upstream = FakeUpstreamLeg()
+        h.open_upstream("req-2")
+        h.call.from_upstream(dg("SettingsApplied"))
+        self.assertEqual(h.call.phase, "live")
+        self.assertIsNone(h.caller.closed_with)
+
+    def test_no_welcome_is_diagnosed(self) -> None:
+        """A session that never says Welcome is retried, then the call ends with DG_NO_WELCOME."""
+        h = CallHarness({"settings": {"welcome_timeout_s": 1}, "deepgram": {"reconnect_attempts": 1}})
+        h.call._budget.random = lambda: 1.0
+        h.start()
+        h.open_upstream(welcome=False)
+        h.clock.advance(1)
+        h.clock.advance(1)
+        h.upstream = FakeUpstreamLeg()
+        h.open_upstream(welcome=False)
+        h.clock.advance(1)
+        self.assertEqual(h.call.diagnosis.code, "DG_NO_WELCOME")
+        self.assertEqual(h.caller.closed_with, (4500, "DG_NO_WELCOME"))
+
+    def test_flapping_deepgram_is_bounded(self) -> None:
+        """
+        A Deepgram that closes every session soon after it is confirmed is reconnected at most
+        reconnect_window_max times in the window, with a growing backoff; then DG_UNSTABLE, 4501.
+        """
+        h = CallHarness({"deepgram": {"reconnect_backoff_s": 0.5, "reconnect_window_max": 3}})
+        h.call._budget.random = lambda: 1.0
+        h.start()
+        delays = []
+        while h.call.phase not in ("ending", "closed"):
+            h.upstream = FakeUpstreamLeg()
+            h.open_upstream()
+            h.call.from_upstream(dg("SettingsApplied"))
+            h.clock.advance(0.5)
+            h.call.upstream_closed(UpstreamClosed(1011, "See https://dpgr.am/net0000", True))
+            if h.call._retry_timer is not None and h.call._retry_timer.active():
+                delays.append(h.call._retry_timer.getTime() - h.clock.seconds())
+                h.clock.advance(delays[-1])
+        self.assertEqual(len(h.connector.attempts), 4)
+        self.assertEqual(delays, sorted(delays))
+        self.assertLess(delays[0], delays[-1])
+        d = h.call.diagnosis
+        self.assertEqual((d.code, d.caller_close), ("DG_UNSTABLE", 4501))
+        self.assertIn("4 sessions", d.detail)
+        self.assertIn("DG_NET_0000 x4", d.detail)
+        self.assertEqual(h.caller.closed_with, (4501, "DG_UNSTABLE"))
+
+    def test_per_call_limit(self) -> None:
+        """reconnect_max_per_call bounds the reconnects of the whole call, however far apart."""
+        h = CallHarness({"deepgram": {"reconnect_backoff_s": 0.1, "reconnect_max_per_call": 2},
+                        "keepalive": {"caller_idle_timeout_s": 0}})
+        h.call._budget.random = lambda: 1.0
+        h.start()
+        while h.call.phase not in ("ending", "closed"):
+            h.upstream = FakeUpstreamLeg()
+            h.open_upstream()
+            h.call.from_upstream(dg("SettingsApplied"))
+            h.clock.advance(600)
+            h.call.upstream_closed(UpstreamClosed(1006, "dropped", False))
+            h.clock.advance(10)
+        self.assertEqual(len(h.connector.attempts), 3)
+        self.assertEqual(h.call.diagnosis.code, "DG_UNSTABLE")
+
+    def test_welcome_request_id(self) -> None:
+        """Without a dg-request-id header, Welcome's request_id names the session."""
+        h = CallHarness()
+        h.start()
+        h.open_upstream(request_id=None, welcome=False)
+        h.call.from_upstream(dg("Welcome", request_id="from-welcome"))
+        self.assertEqual((h.call.info.request_id, h.call.info.request_ids), ("from-welcome", ["from-welcome"]))
+
+    def test_caller_closing_is_never_written(self) -> None:
+        """Agent audio and events for a caller whose leg is CLOSING are not sent (and raise nothing)."""
+        h = self.live_call()
+        h.caller.state = LegState.CLOSING
+        h.call.upstream_audio(Audio(b"agent", "outbound"))
+        h.call.from_upstream(dg("UserStartedSpeaking"))
+        self.assertEqual(h.caller.sent, [("event", "Welcome"), ("event", "SettingsApplied")])

@@ -51,6 +51,19 @@ class UpstreamTableTests(SynchronousTestCase):
         self.check("DG_CLOSE_OTHER", 4321)
         self.check("DG_GOING_AWAY", None, error={"code": "SERVER_GOING_AWAY"})
 
+    def test_bad_gateway_and_old_data_pairing(self) -> None:
+        """1014 is Deepgram's bad gateway (retryable); 1002 with DATA-0000 is a DATA-0000."""
+        self.check("DG_BAD_GATEWAY", 1014)
+        self.assertTrue(DIAGNOSES["DG_BAD_GATEWAY"].retryable)
+        self.check("DG_DATA_0000", 1002, "DATA-0000. See https://dpgr.am/data0000")
+        self.check("DG_CLOSE_OTHER", 1002, "protocol error")
+
+    def test_diagnoses_without_a_close_claim_none(self) -> None:
+        """A timeout or a budget spent is not described as a close with no status."""
+        for code in ("DG_SETUP_TIMEOUT", "DG_NO_WELCOME", "DG_UNSTABLE"):
+            self.assertNotIn("close", Diagnosis(code, leg="upstream").describe().split(" -> ")[0], code)
+        self.assertIn("close no-status", Diagnosis("DG_NO_STATUS", leg="upstream").describe())
+
     def test_failed_upgrades(self) -> None:
         """Refused upgrades by HTTP status."""
         for status, code in [(400, "DG_BAD_REQUEST"), (401, "DG_AUTH_FAILED"), (403, "DG_FORBIDDEN"),

@@ -55,6 +55,7 @@ class OrderStatusTests(TestCase):
         call.from_caller(StreamStarted("MZ1"))
         upstream = FakeUpstreamLeg()
         call.upstream_opened(upstream, "r")
+        call.from_upstream(DeepgramEvent("Welcome", {"type": "Welcome"}))
         declared = [f["name"] for f in upstream.messages()[0]["agent"]["think"]["functions"]]
         self.assertIn("order_status", declared)
         call.from_upstream(DeepgramEvent("SettingsApplied", {"type": "SettingsApplied"}))

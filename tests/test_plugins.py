@@ -105,37 +105,51 @@ class SettingsStageTests(SynchronousTestCase):
     """settings."""
 
     def test_agent_flow(self) -> None:
-        """Open upstream on start; Settings on open; audio held in order until SettingsApplied."""
+        """Open upstream on start; Settings only after Welcome; SettingsApplied stops the wait."""
         ctx = RecordingContext()
-        stage, _ = stage_for("settings", ctx, {"settings": {"parameters": {"greeting": "agent.greeting"},
-                                                              "hold_audio_ms": 60}})
+        stage, _ = stage_for("settings", ctx, {"settings": {"parameters": {"greeting": "agent.greeting"}}})
         r = stage.routes()
+        self.assertNotIn(Audio, r.inbound, "the call holds audio, not this stage")
         started = StreamStarted("MZ1", custom_parameters={"greeting": "Hi there", "other": "x"})
         self.assertIsNone(r.inbound[StreamStarted](started))
         self.assertEqual(ctx.inbound[0], started)
         self.assertEqual(type(ctx.inbound[1]), OpenUpstream)
-        frames = [Audio(bytes([i]) * 160) for i in range(4)]
-        for f in frames:
-            self.assertIsNone(r.inbound[Audio](f))
-        self.assertEqual(ctx.counted("frames_dropped", reason="held_over_limit"), 1)
         r.outbound[UpstreamOpened](UpstreamOpened("req", "agent"))
+        self.assertEqual(len(ctx.inbound), 2, "nothing before Welcome")
+        r.outbound[DeepgramEvent](DeepgramEvent("Welcome", {"type": "Welcome", "request_id": "req"}))
         settings = ctx.inbound[2].message
         self.assertEqual(settings["agent"]["greeting"], "Hi there")
         self.assertEqual(settings["audio"]["input"], {"encoding": "mulaw", "sample_rate": 8000})
+        r.outbound[DeepgramEvent](DeepgramEvent("Welcome", {"type": "Welcome"}))
+        self.assertEqual(len(ctx.inbound), 3, "one Settings per session")
         r.outbound[DeepgramEvent](DeepgramEvent("SettingsApplied", {}))
-        self.assertEqual(ctx.inbound[3:], frames[:3])
-        self.assertEqual(ctx.unrouted, [(Audio, "inbound")])
         self.assertEqual(ctx.clock.getDelayedCalls(), [])
+        self.assertEqual((ctx.failed, ctx.ended), ([], []))
+
+    def test_no_welcome(self) -> None:
+        """No Welcome within welcome_timeout_s: the session is given up (retryable), no Settings sent."""
+        ctx = RecordingContext()
+        stage, _ = stage_for("settings", ctx, {"settings": {"welcome_timeout_s": 2}})
+        r = stage.routes()
+        r.inbound[StreamStarted](StreamStarted("MZ1"))
+        r.outbound[UpstreamOpened](UpstreamOpened("req", "agent"))
+        ctx.clock.advance(2)
+        self.assertEqual([d.code for d in ctx.failed], ["DG_NO_WELCOME"])
+        self.assertTrue(ctx.failed[0].retryable)
+        self.assertEqual(len(ctx.inbound), 2)
 
     def test_applied_timeout(self) -> None:
-        """No SettingsApplied within applied_timeout_s ends the call."""
+        """No SettingsApplied within applied_timeout_s: the session is given up (retryable)."""
         ctx = RecordingContext()
         stage, _ = stage_for("settings", ctx, {"settings": {"applied_timeout_s": 3}})
         r = stage.routes()
         r.inbound[StreamStarted](StreamStarted("MZ1"))
         r.outbound[UpstreamOpened](UpstreamOpened("req", "agent"))
+        r.outbound[DeepgramEvent](DeepgramEvent("Welcome", {"type": "Welcome"}))
         ctx.clock.advance(3)
-        self.assertEqual(ctx.ended[0].code, "DG_SETUP_TIMEOUT")
+        self.assertEqual([d.code for d in ctx.failed], ["DG_SETUP_TIMEOUT"])
+        self.assertTrue(ctx.failed[0].retryable)
+        self.assertEqual(ctx.ended, [])
 
     def test_transcoded_formats_are_declared(self) -> None:
         """The audio section is what the transcoder sends and expects."""
@@ -146,6 +160,7 @@ class SettingsStageTests(SynchronousTestCase):
         r = stage.routes()
         r.inbound[StreamStarted](StreamStarted("MZ1"))
         r.outbound[UpstreamOpened](UpstreamOpened("req", "agent"))
+        r.outbound[DeepgramEvent](DeepgramEvent("Welcome", {"type": "Welcome"}))
         audio = ctx.inbound[2].message["audio"]
         self.assertEqual(audio["input"], {"encoding": "linear16", "sample_rate": 16000})
         self.assertEqual(audio["output"], {"encoding": "linear16", "sample_rate": 24000, "container": "none"})
@@ -311,6 +326,7 @@ class SettingsSourcesTests(SynchronousTestCase):
         r = stage.routes()
         r.inbound[StreamStarted](StreamStarted("MZ1"))
         r.outbound[UpstreamOpened](UpstreamOpened("req", "agent"))
+        r.outbound[DeepgramEvent](DeepgramEvent("Welcome", {"type": "Welcome"}))
         self.assertEqual(ctx.inbound[2].message["agent"]["greeting"], "From the file.")
         template["agent"]["greeting"] = ["not", "a", "string"]
         with open(path, "w") as f:

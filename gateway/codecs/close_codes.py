@@ -109,12 +109,15 @@ UPSTREAM_ROWS = (
     Row("DG_NET_0001", _all(_code(1011), _reason_has("net0001")), "1011 NET-0001"),
     Row("DG_NET_0000", _all(_code(1011), _reason_has("net0000")), "1011 NET-0000"),
     Row("DG_DATA_0000", _all(_code(1008), _reason_has("data0000")), "1008 DATA-0000"),
+    # An older Deepgram page pairs DATA-0000 with 1002 (protocols.md §3.4).
+    Row("DG_DATA_0000", _all(_code(1002), _reason_has("data0000")), "1002 DATA-0000"),
     Row("DG_POLICY", _code(1008), "1008 other"),
     Row("DG_MESSAGE_TOO_BIG", _code(1009), "1009"),
     Row("DG_INTERNAL_ERROR", _code(1011), "1011 other"),
     Row("DG_GOING_AWAY", _code(1001, 1012, 1013), "1001/1012/1013"),
     Row("DG_SETTINGS_REJECTED_NO_ERROR", _all(_code(1000), _before_applied), "1000 before SettingsApplied"),
     Row("DG_CLOSED", _code(1000), "1000"),
+    Row("DG_BAD_GATEWAY", _code(1014), "1014 bad gateway"),
     Row("DG_DROPPED", _code(1006), "1006: no close frame"),
     Row("DG_CLOSE_OTHER", lambda *a: True, "anything else"),
 )

@@ -5,6 +5,14 @@ Binary frames are audio, text frames are JSON events; both go to the call. On a 
 Autobahn hides the response, so `failHandshake` keeps the HTTP status, ``dg-error`` and
 ``dg-request-id`` for the diagnosis. The API key travels only in the ``Authorization`` header and
 is never logged.
+
+The leg reports its end to the call exactly once, as early as it is known: when Deepgram's Close
+frame arrives (the leg is then ``CLOSING``: Autobahn has answered it and waits for Deepgram to
+drop TCP, a round trip later), or when the connection ends without one. Waiting for ``onClose``
+left the call believing, for a round trip, that a closing leg could still be written to.
+
+The leg's ``call`` is the `gateway.call.UpstreamPort` of its attempt, which the call detaches once
+it is done with the session.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.python.failure import Failure
@@ -25,6 +34,9 @@ from gateway.legs.pressure import Pressure, attach
 from gateway.legs.wire import FastLane
 
 __all__ = ["DeepgramProtocol", "DeepgramFactory", "connect_deepgram", "client_tls_options"]
+
+#: Close codes in IANA's registry that Autobahn refuses as reserved (1014: Bad Gateway).
+_REGISTERED_CLOSE_CODES = frozenset({1014})
 
 
 class DeepgramProtocol(FastLane, WebSocketClientProtocol):
@@ -38,6 +50,7 @@ class DeepgramProtocol(FastLane, WebSocketClientProtocol):
     _dg_request_id: str | None = None
     _opened = False
     _bad_messages = 0
+    _reported = False
     _pressure = Pressure()
     #: True while more than the send budget waits to be written to Deepgram (`Pressure`).
     congested = False
@@ -78,20 +91,38 @@ class DeepgramProtocol(FastLane, WebSocketClientProtocol):
             return
         self.call.from_upstream(event)
 
+    def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
+        received = code
+        if code in _REGISTERED_CLOSE_CODES:
+            # IANA-registered codes Autobahn does not know (1014 Bad Gateway) would fail the
+            # connection as a protocol violation; answer them as the normal close they are.
+            code = 1000
+        result = super().onCloseFrame(code, reasonRaw)  # type: ignore[misc]
+        if result is True:
+            return result  # Autobahn failed the connection (bad reason text): onClose reports
+        self._report(received, self.remoteCloseReason, True)
+        return result
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.finished()
+        self._report(code, reason, wasClean)
+
+    def _report(self, code: int | None, reason: str | None, was_clean: bool) -> None:
+        if self._reported:
+            return
+        self._reported = True
         self.call.upstream_closed(
             UpstreamClosed(
                 code=code,
                 reason=reason,
-                was_clean=wasClean,
+                was_clean=was_clean,
                 http_status=self._http_status,
                 dg_error=self._dg_error,
                 dg_request_id=self._dg_request_id,
             )
         )
 
-    # --- what the call asks of the Deepgram leg ---
+    # --- what the call asks of the Deepgram leg (only while ``state`` is OPEN) ---
 
     def send_audio(self, payload: bytes) -> None:
         self.sendMessage(payload, True)
@@ -100,7 +131,8 @@ class DeepgramProtocol(FastLane, WebSocketClientProtocol):
         self.sendMessage(encode_message(message), False)
 
     def close(self, code: int = 1000) -> None:
-        self.sendClose(code)
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendClose(code)
 
     def abort(self) -> None:
         if self.transport is not None:

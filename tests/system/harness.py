@@ -165,3 +165,28 @@ def start_standin(test: Any) -> Any:
     yield standin.listen()
     test.addCleanup(standin.stop)
     return standin
+
+
+def assert_delivered_in_order(test: Any, sent: bytes, sessions: list[bytes], overlap_limit: int) -> None:
+    """
+    Every byte of ``sent`` reached Deepgram, in order, across ``sessions`` (what each session
+    received): each session's audio is one contiguous stretch of ``sent``, the first starts at
+    the beginning, the last ends at the end, and each starts no later than where the one before
+    ended (nothing lost) and at most ``overlap_limit`` bytes before it (the replay window: what
+    may have been in flight to a dying session is sent again).
+    """
+    test.assertTrue(sessions, "no Deepgram session")
+    end = 0
+    for index, audio in enumerate(sessions):
+        if index == 0:
+            start = 0
+        else:
+            # The session's audio starts inside the replay window before the previous end.
+            lo = max(0, end - overlap_limit)
+            candidates = [s for s in range(lo, end + 1) if sent.startswith(audio[:64], s)]
+            test.assertTrue(candidates, f"session {index + 1} does not continue session {index}")
+            start = next((s for s in candidates if sent.startswith(audio, s)), candidates[0])
+        test.assertEqual(sent[start:start + len(audio)], audio,
+                         f"session {index + 1} is not one stretch of what the caller sent")
+        end = start + len(audio)
+    test.assertEqual(end, len(sent), "the caller's last bytes did not reach Deepgram")

@@ -110,8 +110,10 @@ class SpineTests(TestCase):
     @defer.inlineCallbacks
     def test_dropin(self) -> None:
         """A drop-in from a configured directory runs in its place in the chain."""
+        # "loud" sends every frame twice: twice the bytes the held audio is bounded by.
         url = yield self.gateway({"gateway": {"dropin_dirs": [os.path.join(DROPINS, "good")],
-                                              "chain": ["auth", "settings", "loud", "close_codes"]}})
+                                              "chain": ["auth", "settings", "loud", "close_codes"]},
+                                  "settings": {"hold_audio_ms": 60_000}})
         yield twilio_call(reactor, url + "/twilio", ORDER).addTimeout(30, reactor)
         session = self.standin.sessions[0]
         yield session.closed
