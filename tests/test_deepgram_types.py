@@ -58,6 +58,39 @@ def _tagged_first(info: Any) -> tuple[str, type] | None:
     return None
 
 
+def _untagged_literal_union(info: Any) -> bool:
+    """Whether a field's type holds a union of models, not tagged, some of which have Literal fields."""
+    if any(isinstance(m, UnionMetadata) for m in info.metadata):
+        return False
+    stack = [info.annotation]
+    while stack:
+        ann = stack.pop()
+        args = typing.get_args(ann)
+        if typing.get_origin(ann) is typing.Annotated:
+            if any(isinstance(m, UnionMetadata) for m in args[1:]):
+                continue
+        elif typing.get_origin(ann) is typing.Union:
+            models = [a for a in args if isinstance(a, type) and issubclass(a, pydantic.BaseModel)]
+            if len(models) > 1 and any(_literal_fields(m) for m in models):
+                return True
+        stack.extend(a for a in args if not isinstance(a, (str, int, bool)))
+    return False
+
+
+def _literal_fields(model: type) -> dict[str, Any]:
+    return {n: f.default for n, f in model.model_fields.items()
+            if typing.get_origin(f.annotation) is typing.Literal}
+
+
+def _carries_literals(instance: Any, doc: Any) -> bool:
+    """Fern's own rule for such unions: the chosen member's Literal fields are in the document."""
+    if isinstance(instance, (list, tuple)) and isinstance(doc, list):
+        return all(_carries_literals(i, d) for i, d in zip(instance, doc))
+    if isinstance(instance, pydantic.BaseModel) and isinstance(doc, dict):
+        return all(doc.get(k) == v for k, v in _literal_fields(type(instance)).items())
+    return True
+
+
 def _undeclared(instance: Any, doc: Any) -> bool:
     if isinstance(instance, pydantic.BaseModel):
         if not isinstance(doc, dict) or instance.model_extra:
@@ -70,6 +103,8 @@ def _undeclared(instance: Any, doc: Any) -> bool:
             value = getattr(instance, name)
             tagged = _tagged_first(info)
             if tagged and isinstance(sub, dict) and tagged[0] not in sub and type(value) is not tagged[1]:
+                return True
+            if _untagged_literal_union(info) and not _carries_literals(value, sub):
                 return True
             if _undeclared(value, sub):
                 return True
@@ -254,6 +289,8 @@ SETTINGS_CORPUS: list[tuple[str, dict[str, Any], str | None]] = [
      "agent.think.functions[0].strict"),
     ("history item with an unknown key", settings(context={"messages": [dict(HISTORY[0], name="Ann")]}),
      "agent.context.messages[0].name"),
+    ("history item without its type", settings(context={"messages": [{"role": "user", "content": "Hi"}]}),
+     "agent.context.messages[0].type"),
     ("think_live unknown key", settings(think_live={"provider": {"type": "deepgram", "speed": 2}}),
      "agent.think_live.provider.speed"),
     ("expressivity not an integer", settings(speak=speak({"type": "deepgram", "model": "aura-2-thalia-en",

@@ -14,7 +14,9 @@ applies the SDK's types strictly:
   ``version``) is read by that key, and as its first member when the key is absent: a listen
   provider without ``version`` is a v1 (Nova) provider, as Deepgram reads it, so Flux fields
   there are unknown;
-- another union takes the member that fits, reporting the deepest error when none does.
+- another union takes the member that fits, reporting the deepest error when none does; as in
+  the SDK's own parsing, a member with literal fields (``type: "History"``) fits only a document
+  that carries them.
 
 Every refusal is a `SettingsError` naming the dotted field path. `SettingsChecker` proves the template once at start-up and
 caches the verdict on each per-call variation, so a call pays only for what its parameters change
@@ -142,13 +144,24 @@ def _check_union(value: Any, members: list[Any], path: str) -> None:
     if not fitting:
         expected = sorted({k for m in members for k in _kinds(m)})
         raise SettingsError(path, f"expected {' or '.join(expected)}, got {_kind(value)}")
+    tagged = [m for m in fitting if _literals(m)]
+    if tagged and isinstance(value, dict):
+        # The SDK's own rule for such unions (``_literal_fields_match_strict``): a member whose
+        # literal fields (``type: "History"``, ``is_dynamic: true``) are not all present and equal
+        # is not a candidate.
+        fitting = [m for m in fitting if m not in tagged or all(
+            name in value and value[name] == want for name, want in _literals(m).items())]
+        if not fitting:
+            name, want = next((n, w) for n, w in _literals(tagged[0]).items() if value.get(n) != w)
+            raise SettingsError(f"{path}.{name}", "required field missing" if name not in value
+                                else f"expected {want!r}, got {_shown(value[name])}")
     errors = []
     for member in fitting:
         try:
             return _check(value, member, path)
         except SettingsError as e:
             errors.append(e)
-    raise max(errors, key=lambda e: len(e.field))
+    raise max(errors, key=lambda e: e.field.count(".") + e.field.count("["))
 
 
 def _check_leaf(value: Any, ann: Any, path: str) -> None:
@@ -173,6 +186,16 @@ def _fields(cls: type[pydantic.BaseModel]) -> dict[str, tuple[Any, bool]]:
             ann = typing.Annotated[(ann, *info.metadata)]
         fields[info.alias or name] = (ann, info.is_required())
     return fields
+
+
+@functools.lru_cache(maxsize=None)
+def _literals(ann: Any) -> dict[str, Any]:
+    """A model's fields typed by one literal value (its tags), with that value; {} otherwise."""
+    if not (isinstance(ann, type) and issubclass(ann, pydantic.BaseModel)):
+        return {}
+    return {info.alias or name: typing.get_args(info.annotation)[0]
+            for name, info in ann.model_fields.items()
+            if typing.get_origin(info.annotation) is typing.Literal and len(typing.get_args(info.annotation)) == 1}
 
 
 @functools.lru_cache(maxsize=None)
