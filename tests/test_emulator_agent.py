@@ -152,13 +152,18 @@ class AgentMessageTests(EmulatorTestCase):
             client.until("SettingsApplied")
             client.send_json({"type": "KeepAlive"})
             client.send_json({"type": "UpdatePrompt", "prompt": "Be terse."})
-            client.send_json({"type": "UpdateSpeak", "speak": {"provider": {"type": "deepgram"}}})
-            client.send_json({"type": "UpdateThink", "think": {"provider": {"type": "open_ai"}}})
+            client.send_json({"type": "UpdateSpeak", "speak": {"provider": {"type": "deepgram",
+                                                                            "model": "aura-2-zeus-en"}}})
+            client.send_json({"type": "UpdateThink", "think": {"provider": {"type": "open_ai", "model": "gpt-4o"}}})
             client.send_json({"type": "UpdateListen", "listen": {"provider": {"type": "deepgram"}}})
-            client.until("ListenUpdated")
+            client.send_json({"type": "UpdateThink_Live", "think_live": {"provider": {"type": "deepgram"}}})
+            client.send_json({"type": "ForceEndTurn"})
+            client.until("ThinkLiveUpdated")
 
         outcome = yield run_client(self.emu.url("agent"), script)
-        self.assertEqual(outcome.types[2:], ["PromptUpdated", "SpeakUpdated", "ThinkUpdated", "ListenUpdated"])
+        self.assertEqual(outcome.types[2:], ["PromptUpdated", "SpeakUpdated", "ThinkUpdated", "ListenUpdated",
+                                             "ThinkLiveUpdated"])
+
 
     @defer.inlineCallbacks
     def test_inject_messages(self) -> None:
@@ -234,6 +239,13 @@ class AgentErrorTests(EmulatorTestCase):
         self.assertEqual(error["code"], "NON_SETTINGS_MESSAGE_BEFORE_SETTINGS")
         error = yield self.fatal([b"\xff" * 160])
         self.assertEqual(error["code"], "NON_SETTINGS_MESSAGE_BEFORE_SETTINGS")
+
+    @defer.inlineCallbacks
+    def test_update_checked_by_sdk_types(self) -> None:
+        """An Update* the SDK's types refuse (a speak provider without model) is UNPARSABLE, naming it."""
+        error = yield self.fatal([settings(), {"type": "UpdateSpeak", "speak": {"provider": {"type": "deepgram"}}}])
+        self.assertEqual(error["code"], "UNPARSABLE_CLIENT_MESSAGE")
+        self.assertIn("UpdateSpeak.speak.provider.model", error["description"])
 
     @defer.inlineCallbacks
     def test_unparsable(self) -> None:

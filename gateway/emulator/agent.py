@@ -16,6 +16,7 @@ import uuid
 from collections import deque
 from typing import Any
 
+from gateway.codecs.deepgram_messages import check_client_message
 from gateway.codecs.deepgram_types import check_settings
 from gateway.codecs.settings_schema import INPUT_ENCODINGS
 from gateway.emulator.faults import FaultSpecError, parse_fault
@@ -42,20 +43,11 @@ DESCRIPTIONS = {
                          "and sample rate.",
 }
 
-#: Client message types and the string fields each must carry.
-_CLIENT_MESSAGES = {
-    "KeepAlive": (),
-    "UpdatePrompt": ("prompt",),
-    "UpdateSpeak": (),
-    "UpdateThink": (),
-    "UpdateListen": (),
-    "InjectUserMessage": ("content",),
-    "InjectAgentMessage": ("message",),
-    "FunctionCallResponse": ("content",),
-}
-_OBJECT_FIELDS = {"UpdateSpeak": "speak", "UpdateThink": "think", "UpdateListen": "listen"}
+#: Client messages are checked by the SDK's types (`gateway.codecs.deepgram_messages`); these
+#: are acknowledged at once.
 _ACKS = {"UpdatePrompt": "PromptUpdated", "UpdateSpeak": "SpeakUpdated",
-         "UpdateThink": "ThinkUpdated", "UpdateListen": "ListenUpdated"}
+         "UpdateThink": "ThinkUpdated", "UpdateListen": "ListenUpdated",
+         "UpdateThink_Live": "ThinkLiveUpdated"}
 
 
 class AgentProtocol(EmulatorProtocol):
@@ -110,22 +102,21 @@ class AgentProtocol(EmulatorProtocol):
             if self._settings is not None:
                 return self._fail("SETTINGS_ALREADY_APPLIED")
             return self._apply(message)
-        required = _CLIENT_MESSAGES.get(kind)
-        if required is None:
-            return self._fail("UNPARSABLE_CLIENT_MESSAGE")
-        for name in required:
-            if not isinstance(message.get(name), str):
-                return self._fail("UNPARSABLE_CLIENT_MESSAGE", _parse_error(f"{kind}.{name}"))
-        object_field = _OBJECT_FIELDS.get(kind)
-        if object_field and not isinstance(message.get(object_field), (dict, list)):
-            return self._fail("UNPARSABLE_CLIENT_MESSAGE", _parse_error(f"{kind}.{object_field}"))
+        try:
+            check_client_message(message, "agent")
+        except SettingsError as e:
+            if e.field == "message.type":
+                return self._fail("UNPARSABLE_CLIENT_MESSAGE")
+            return self._fail("UNPARSABLE_CLIENT_MESSAGE", _parse_error(kind + e.field.removeprefix("message")))
         if kind in _ACKS:
             self.send_json({"type": _ACKS[kind]})
         elif kind == "InjectUserMessage":
             self._stop_speaking()
             self._user_turn(message["content"])
         elif kind == "InjectAgentMessage":
-            self._inject_agent(message["message"], message.get("behavior", "default"))
+            # A dynamic injection (is_dynamic) has no text: Think Live would write it; a reply stands in.
+            text = message["message"] if "message" in message else self._replies.next()
+            self._inject_agent(text, message.get("behavior") or "default")
         elif kind == "FunctionCallResponse":
             if self._functions.pop(str(message.get("id")), None) is not None:
                 self._think(self._replies.next())
