@@ -35,7 +35,14 @@ from gateway.codecs.deepgram import (
     build_settings,
 )
 from gateway.codecs.formats import MULAW_8K
-from gateway.codecs.settings_schema import validate_settings
+from gateway.codecs.deepgram_types import (
+    SettingsChecker,
+    UnknownField,
+    check_listen_options,
+    check_listen_value,
+    check_settings,
+    listen_parameters,
+)
 from gateway.config import GatewayConfig, Section
 from gateway.diagnostics import Diagnosis
 from gateway.errors import ConfigError, SettingsError
@@ -53,8 +60,9 @@ __all__ = ["plugin", "SettingsOptions", "SettingsStage", "SettingsFactory", "val
 
 def validate_template(template: Mapping[str, Any], where: str) -> None:
     """
-    Check a Settings template against the published schema, naming the field on error; the
-    audio section may not be typed by hand (it is derived from the transcoder's formats).
+    Check a Settings template against Deepgram's SDK types (strictly: no undeclared key), naming
+    the field on error; the audio section may not be typed by hand (it is derived from the
+    transcoder's formats).
     """
     if "audio" in template:
         raise SettingsError(
@@ -63,9 +71,20 @@ def validate_template(template: Mapping[str, Any], where: str) -> None:
         )
     probe = build_settings(template, MULAW_8K, MULAW_8K)
     try:
-        validate_settings(probe, "Settings")
+        check_settings(probe, "Settings")
     except SettingsError as e:
         raise SettingsError(where + e.field[len("Settings"):], e.message)
+
+
+def _unknown_target(template: Mapping[str, Any], target: str) -> str | None:
+    """Why a per-call value at ``target`` would add a key Deepgram's types do not declare, or None."""
+    try:
+        check_settings(build_settings(template, MULAW_8K, MULAW_8K, {target: "probe"}))
+    except UnknownField as e:
+        return f"{e.field.removeprefix('Settings.')}: {e.message}"
+    except (SettingsError, AttributeError, TypeError):
+        pass  # a type that a per-call string may not fit: the call's own check decides
+    return None
 
 
 @attrs.frozen
@@ -76,11 +95,13 @@ class SettingsOptions:
     agent_url: str
     listen_url: str
     template: Mapping[str, Any]
-    listen_params: Mapping[str, str]
+    listen_params: Mapping[str, str | tuple[str, ...]]
     parameters: Mapping[str, str]
     applied_timeout_s: float
     hold_audio_ms: int
     welcome_timeout_s: float = 5.0
+    #: Cached verdicts on the per-call variations of ``template`` (proved whole at start-up).
+    checker: SettingsChecker = attrs.field(factory=SettingsChecker, eq=False, repr=False)
 
 
 @attrs.define
@@ -124,7 +145,7 @@ class SettingsStage:
                     self.options.template, call.upstream_input, call.upstream_output, overrides
                 )
                 _add_functions(self.settings, call.functions)
-                validate_settings(self.settings)
+                self.options.checker.check(self.settings, overrides, call.functions)
                 url = self.options.agent_url
             else:
                 params = dict(self.options.listen_params)
@@ -146,6 +167,12 @@ class SettingsStage:
                 value = custom[name]
                 if len(value) > 25_000:
                     raise SettingsError(f"customParameters.{name}", "longer than 25000 characters")
+                if self.options.mode == "listen":
+                    # The same check as the configured value: language=english is refused here too.
+                    try:
+                        check_listen_value(target, value)
+                    except SettingsError as e:
+                        raise SettingsError(f"customParameters.{name}", f"for {e.field}: {e.message}")
                 values[target] = value
         return values
 
@@ -245,11 +272,8 @@ class SettingsFactory:
         return SettingsStage(ctx, self.options)
 
 
-#: /v1/listen parameters whose values Deepgram types strictly (protocols.md §3.1).
-_LISTEN_BOOLEANS = {"interim_results", "punctuate", "smart_format", "vad_events", "diarize",
-                    "multichannel", "numerals", "profanity_filter", "dictation", "detect_entities",
-                    "mip_opt_out"}
-_LISTEN_INTEGERS = {"utterance_end_ms"}
+#: /v1/listen options derived from the transcoder's formats, never configured.
+_DERIVED = ("encoding", "sample_rate", "channels")
 
 
 def _add_functions(settings: dict[str, Any], functions: list[dict[str, Any]]) -> None:
@@ -265,21 +289,19 @@ def _add_functions(settings: dict[str, Any], functions: list[dict[str, Any]]) ->
             declared.extend(f for f in functions if f["name"] not in names)
 
 
-def _listen_value(key: str, value: Any) -> str:
-    name = key.rsplit(".", 1)[-1]
-    if name in _LISTEN_BOOLEANS and not isinstance(value, bool):
-        raise ConfigError(key, f"expected true or false, got {value!r}")
-    if name in _LISTEN_INTEGERS and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(key, f"expected an integer (milliseconds), got {value!r}")
-    if name == "endpointing" and not (value is False or (isinstance(value, int) and not isinstance(value, bool))):
-        raise ConfigError(key, f"expected an integer (milliseconds) or false, got {value!r}")
-    if name == "language" and value == "english":
-        raise ConfigError(key, "expected a BCP-47 code such as 'en' or 'en-US' (Deepgram refuses 'english')")
+def _listen_value(key: str, value: Any) -> str | tuple[str, ...]:
+    """
+    A configured ``/v1/listen`` option in its wire form: a string, or for a list (``keyterm``,
+    ``tag``, ``redact``...) a tuple sent as repeated parameters. `check_listen_options` then
+    checks it exactly as it checks a per-call value.
+    """
+    if isinstance(value, list) and value and all(not isinstance(v, (list, dict)) for v in value):
+        return tuple(str(_listen_value(key, item)) for item in value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float, str)):
         return str(value)
-    raise ConfigError(key, f"expected a string, number or boolean, got {type(value).__name__}")
+    raise ConfigError(key, f"expected a string, number, boolean or a list of them, got {type(value).__name__}")
 
 
 @implementer(IPlugin, IStreamPlugin)
@@ -316,18 +338,28 @@ class SettingsPlugin:
         listen_raw = section.table("listen", {})
         listen = dict(DEFAULT_LISTEN_PARAMS)
         for key, value in listen_raw.items():
-            if key in ("encoding", "sample_rate", "channels"):
+            if key in _DERIVED:
                 raise ConfigError(
                     section.key(f"listen.{key}"),
                     "must not be set: it is derived from the transcoder's formats",
                 )
             listen[key] = _listen_value(section.key(f"listen.{key}"), value)
+        if gateway.mode == "listen":
+            try:
+                check_listen_options(listen, "v1", section.key("listen"))
+            except SettingsError as e:
+                raise ConfigError(e.field, e.message)
         parameters = section.table("parameters", {})
         for name, target in parameters.items():
             if not isinstance(target, str) or not target:
                 raise ConfigError(section.key(f"parameters.{name}"), "expected a non-empty string")
             if gateway.mode == "agent" and (target == "audio" or target.startswith("audio.")):
                 raise ConfigError(section.key(f"parameters.{name}"), "may not target the audio section")
+            problem = _unknown_target(template, target) if gateway.mode == "agent" else None
+            if gateway.mode == "listen" and (target not in listen_parameters("v1") or target in _DERIVED):
+                problem = f"{target!r} is not a /v1/listen option a call may set"
+            if problem is not None:
+                raise ConfigError(section.key(f"parameters.{name}"), problem)
         options = SettingsOptions(
             mode=gateway.mode,
             agent_url=gateway.agent_url,

@@ -262,13 +262,17 @@ class SettingsSchemaTests(SynchronousTestCase):
         self.assertField(agent(greeting=5), "settings.template.agent.greeting", "expected string, got integer")
         self.assertField(agent(speek={}), "settings.template.agent.speek", "unknown field")
         self.assertField(agent(think={"prompt": "x"}), "settings.template.agent.think.provider", "required")
-        self.assertField(agent(listen={"provider": {"model": "nova-3"}}),
-                         "settings.template.agent.listen.provider.type", "required")
-        self.assertField(agent(think=[{"provider": {"type": "open_ai"}}, {"provider": {"type": 3}}]),
+        self.assertField(agent(listen={"provider": {"type": "deepgram", "model": "nova-3", "endpointing": 300}}),
+                         "settings.template.agent.listen.provider.endpointing", "unknown field")
+        self.assertField(agent(think={"provider": {"type": "open_ai"}}),
+                         "settings.template.agent.think.provider.model", "required")
+        self.assertField(agent(think=[{"provider": {"type": "open_ai", "model": "gpt-4o-mini"}},
+                                      {"provider": {"type": 3}}]),
                          "settings.template.agent.think[1].provider.type")
         self.assertField({"agent": "uuid", "tagz": []}, "settings.template.tagz", "unknown field")
         configure({"settings": {"template": agent(think=[{"provider": {"type": "open_ai", "model": "gpt-4o-mini"}},
-                                                         {"provider": {"type": "anthropic"}}])}})
+                                                         {"provider": {"type": "anthropic",
+                                                                       "model": "claude-3-5-haiku-latest"}}])}})
 
     def test_per_call_value_type_checked(self) -> None:
         """A per-call value that breaks the schema ends the call before Deepgram is contacted."""
@@ -345,7 +349,8 @@ class SettingsSourcesTests(SynchronousTestCase):
         from gateway.errors import ConfigError
 
         for listen, key in [({"interim_results": "yes"}, "settings.listen.interim_results"),
-                            ({"utterance_end_ms": "1000"}, "settings.listen.utterance_end_ms"),
+                            ({"utterance_end_ms": "soon"}, "settings.listen.utterance_end_ms"),
+                            ({"foo_bar": 1}, "settings.listen.foo_bar"),
                             ({"endpointing": True}, "settings.listen.endpointing"),
                             ({"language": "english"}, "settings.listen.language")]:
             with self.assertRaises(ConfigError) as cm:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 
 from gateway.codecs import bounded_json
@@ -134,11 +134,12 @@ def build_settings(
 
 
 def build_listen_url(
-    base_url: str, params: Mapping[str, str], input_format: AudioFormat
+    base_url: str, params: Mapping[str, str | Sequence[str]], input_format: AudioFormat
 ) -> str:
     """
-    The ``/v1/listen`` URL for one call: ``params`` as the query string, with ``encoding``,
-    ``sample_rate`` and ``channels`` derived from the audio the transcoder sends.
+    The ``/v1/listen`` URL for one call: ``params`` as the query string (a list value becomes
+    repeated parameters, as the SDK sends ``keyterm``), with ``encoding``, ``sample_rate`` and
+    ``channels`` derived from the audio the transcoder sends.
     """
     parts = urlsplit(base_url)
     query = dict(parse_qsl(parts.query))
@@ -146,7 +147,7 @@ def build_listen_url(
     query["encoding"] = input_format.encoding
     query["sample_rate"] = str(input_format.sample_rate_hz)
     query["channels"] = "1"
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    return urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
 
 
 def redact_url(url: str) -> str:
