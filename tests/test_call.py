@@ -13,6 +13,7 @@ from gateway.call import Call
 from gateway.errors import AuthError
 from gateway.events import (
     Audio,
+    ClientHello,
     DeepgramEvent,
     Handshake,
     StreamStarted,
@@ -356,10 +357,10 @@ class DebugSwitchTests(SynchronousTestCase):
         observer = lambda e: lines.append(formatEvent(e))  # noqa: E731
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
-        template = {"agent": {"listen": {"provider": {"type": "deepgram"}},
-                              "think": {"provider": {"type": "open_ai"},
+        template = {"agent": {"listen": {"provider": {"type": "deepgram", "model": "nova-3"}},
+                              "think": {"provider": {"type": "open_ai", "model": "gpt-4o-mini"},
                                         "endpoint": {"url": "https://llm", "headers": {"authorization": "Bearer sk-LLM"}}},
-                              "speak": {"provider": {"type": "deepgram"}}}}
+                              "speak": {"provider": {"type": "deepgram", "model": "aura-2-thalia-en"}}}}
         quiet = CallHarness({"settings": {"template": template}})
         quiet.start()
         self.assertFalse([line for line in lines if "debug " in line])
@@ -549,3 +550,19 @@ class UpstreamLifecycleTests(SynchronousTestCase):
         h.call.upstream_audio(Audio(b"agent", "outbound"))
         h.call.from_upstream(dg("UserStartedSpeaking"))
         self.assertEqual(h.caller.sent, [("event", "Welcome"), ("event", "SettingsApplied")])
+
+    def test_debug_never_changes_auth(self) -> None:
+        """With debug_calls on, a bad /client token is still 4003 and a silent client still 4001."""
+        for debug in (False, True):
+            h = CallHarness({"gateway": {"debug_calls": debug}}, leg="client")
+            h.call.caller_handshake(Handshake("client", "/client", {}, "peer"))
+            h.call.caller_opened(h.caller)
+            h.call.from_caller(ClientHello("not-a-token"))
+            self.assertEqual(h.caller.closed_with, (4003, "AUTH_FAILED"), debug)
+            silent = CallHarness({"gateway": {"debug_calls": debug}}, leg="client")
+            silent.call.caller_handshake(Handshake("client", "/client", {}, "peer"))
+            silent.call.caller_opened(silent.caller)
+            silent.clock.advance(10)
+            self.assertEqual(silent.caller.closed_with, (4001, "AUTH_TIMEOUT"), debug)
+            self.assertEqual(self.flushLoggedErrors(), [])
+
