@@ -57,6 +57,27 @@ _ROWS = [
     _e("CALLER_DROPPED", "the caller's connection dropped without a WebSocket close",
        "check the caller's network or the proxy's timeouts (longer than the ping interval)",
        False, 1000),
+    # the gateway ended the caller's connection itself, enforcing a rule
+    _e("CALLER_PROTOCOL_ERROR",
+       "the gateway closed the caller's WebSocket (1002): the caller broke the WebSocket protocol",
+       "read the 'failing WebSocket connection' line logged with it; fix the caller's WebSocket "
+       "client or the proxy in between", False, 1002),
+    _e("CALLER_INVALID_UTF8",
+       "the gateway closed the caller's WebSocket (1007): a text frame that is not valid UTF-8",
+       "send JSON text frames as UTF-8; audio goes in binary frames (/client) or base64 media "
+       "messages (/twilio)", False, 1007),
+    _e("CALLER_MESSAGE_TOO_BIG",
+       "the gateway closed the caller's WebSocket (1009): a message over the 64 KiB limit",
+       "send smaller messages: Twilio's are about 400 bytes, a /client sends 20 ms of audio "
+       "(640 bytes) per frame", False, 1009),
+    _e("CALLER_PING_TIMEOUT",
+       "the caller did not answer the gateway's WebSocket ping in time; the gateway dropped it",
+       "check the caller's network and any proxy in between ([keepalive] "
+       "caller_ping_interval_s, caller_ping_timeout_s)", False, 1000),
+    _e("CALLER_ABORTED",
+       "the gateway aborted the caller's connection: no closing handshake in time",
+       "check that the caller answers a Close frame with a Close frame (the gateway waits 2 s, "
+       "end_timeout_s for the whole call)", False, 1000),
     _e("DG_CLOSED", "Deepgram closed the session normally (1000)",
        "nothing to do if the call was ending; otherwise see the last Deepgram Error", False, 1000),
     # Deepgram closes with a diagnosis

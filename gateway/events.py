@@ -156,12 +156,21 @@ class CallerControl:
 
 @attrs.frozen
 class CallerClosed:
-    """The caller's WebSocket closed. ``code`` is None for a close frame with no status."""
+    """
+    The caller's WebSocket closed. ``code`` is None for a close frame with no status.
+
+    ``gateway_rule`` is set when the gateway itself ended the connection, to the rule it
+    enforced: ``message_too_big`` (1009), ``invalid_utf8`` (1007), ``protocol_error`` (1002),
+    ``ping_timeout``, ``close_timeout`` or ``aborted`` (see
+    `gateway.codecs.close_codes.CALLER_RULES`). None: the caller closed or dropped it, or the
+    call closed it (the call's own diagnosis then says why).
+    """
 
     code: int | None
     reason: str | None
     was_clean: bool
     diagnosis: Any = None
+    gateway_rule: str | None = None
 
 
 # --- towards Deepgram (inbound, handled at the end of the chain) -------------------------------

@@ -17,6 +17,7 @@ __all__ = [
     "sendable",
     "classify_upstream_close",
     "classify_caller_close",
+    "CALLER_RULES",
     "UPSTREAM_ROWS",
 ]
 
@@ -138,10 +139,31 @@ def classify_upstream_close(
     raise AssertionError("the last row matches everything")
 
 
-def classify_caller_close(code: int | None, was_clean: bool, stopped: bool) -> str:
-    """The diagnosis code for a caller leg that ended (``stopped``: Twilio sent ``stop``)."""
+#: The diagnosis for each rule the gateway enforces by ending a caller's connection itself
+#: (`gateway.events.CallerClosed.gateway_rule`, which the caller leg learns from Autobahn).
+CALLER_RULES: Mapping[str, str] = {
+    "protocol_error": "CALLER_PROTOCOL_ERROR",  # Autobahn closed with 1002
+    "invalid_utf8": "CALLER_INVALID_UTF8",  # 1007
+    "message_too_big": "CALLER_MESSAGE_TOO_BIG",  # 1009
+    "ping_timeout": "CALLER_PING_TIMEOUT",  # no pong in time: the gateway dropped it
+    "close_timeout": "CALLER_ABORTED",  # no Close in reply to ours in time: dropped
+    "aborted": "CALLER_ABORTED",  # the call's end deadline passed: dropped
+}
+
+
+def classify_caller_close(
+    code: int | None, was_clean: bool, stopped: bool, gateway_rule: str | None = None
+) -> str:
+    """
+    The diagnosis code for a caller leg that ended (``stopped``: Twilio sent ``stop``).
+
+    ``gateway_rule`` is set when the gateway ended the connection itself (see `CALLER_RULES`):
+    then the close is the gateway's, named by the rule, whatever code the caller echoed.
+    """
     if stopped:
         return "CALLER_HANGUP"
+    if gateway_rule is not None:
+        return CALLER_RULES[gateway_rule]
     if not was_clean or code == 1006:
         return "CALLER_DROPPED"
     return "CALLER_CLOSED"

@@ -6,6 +6,9 @@ Each frame is parsed by a codec (`gateway.codecs.twilio`, `gateway.codecs.client
 the call; each event the call sends back is serialised by the codec and written here. Twilio only
 ever gets text frames with the stream's ``streamSid``. A malformed message is rejected with one
 precise log line (the first few per call; then only counted) and a counter, and the call goes on.
+When the connection ends, the leg tells the call whether the gateway ended it and under which
+rule (Autobahn knows: ``failedByMe`` and the code it sent), so a close the gateway enforced is
+never reported as the caller's.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ LOGGED_REJECTIONS = 5
 #: Deepgram events forwarded to raw-audio clients as JSON text frames (CONTRACT.md).
 CLIENT_FORWARDED_EVENTS = client_codec.FORWARDED_EVENTS
 
+#: The rule behind each close code Autobahn fails a connection with (``_fail_connection``).
+_FAILED_RULES = {1002: "protocol_error", 1007: "invalid_utf8", 1009: "message_too_big"}
+
 
 class CallerFactory(WebSocketServerFactory):
     """
@@ -54,6 +60,10 @@ class _CallerProtocol(FastLane, WebSocketServerProtocol):
     _pressure = Pressure()
     #: True while more than the send budget waits to be written to the caller (`Pressure`).
     congested = False
+    #: Once closed: the rule the gateway enforced if it ended the connection itself, else None.
+    gateway_rule: str | None = None
+    #: Set when the gateway itself drops the connection (`onAutoPingTimeout`, `abort`).
+    _dropped_for: str | None = None
 
     def onConnect(self, request: Any) -> None:
         gateway = self.factory.gateway
@@ -83,8 +93,28 @@ class _CallerProtocol(FastLane, WebSocketServerProtocol):
         self.call.caller_opened(self)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.gateway_rule = self._gateway_rule()
         if self.call is not None:
             self.call.caller_closed(code, reason, wasClean)
+
+    def _gateway_rule(self) -> str | None:
+        """
+        The rule the gateway enforced if it ended the connection itself (see
+        `gateway.events.CallerClosed.gateway_rule`), None if the caller closed or dropped it or
+        the call closed it.
+        """
+        if self.failedByMe:
+            # Autobahn refused something the caller sent and closed with the matching code.
+            return _FAILED_RULES.get(self.localCloseCode, "protocol_error")
+        if self._dropped_for is not None:
+            return self._dropped_for
+        if self.wasCloseHandshakeTimeout:
+            return "close_timeout"
+        return None
+
+    def onAutoPingTimeout(self) -> None:
+        self._dropped_for = "ping_timeout"
+        super().onAutoPingTimeout()
 
     def _reject(self, reason: str, message: str) -> None:
         self.call.count("caller_messages_rejected", reason=reason)
@@ -113,6 +143,8 @@ class _CallerProtocol(FastLane, WebSocketServerProtocol):
 
     def abort(self) -> None:
         if self.transport is not None:
+            if self._dropped_for is None:
+                self._dropped_for = "aborted"
             self.transport.abortConnection()
 
 
