@@ -337,6 +337,8 @@ _Machine = None
 
 #: The leg state in which the call may send (a plain int: the hot path compares with it).
 _OPEN = int(LegState.OPEN)
+#: Deepgram events that carry what was said (kept for the report, logged when configured).
+_RECORDED = frozenset({"ConversationText", "Results"})
 #: Control messages held at most while the Deepgram session is not live (beyond: dropped, counted).
 _HELD_MESSAGES = 256
 
@@ -581,7 +583,6 @@ class Call:
             self._debug("deepgram -> gateway", event)
         if type(event) is DeepgramEvent:
             kind = event.type
-            self.transcript.observe(kind, event.message)
             if kind == "Error":
                 self.info.last_error = dict(event.message)
                 self.info.last_error_seen = self.info.last_error
@@ -591,19 +592,28 @@ class Call:
                 self._welcomed(event.message)
             elif kind == "SettingsApplied":
                 self.metrics.settings_applied(self.clock.seconds() - self._opened_at)
-            elif kind == "ConversationText":
-                role = event.message.get("role")
-                if role == "user":
-                    self._turn_ended_at = self.clock.seconds()
-                if self.config.log_conversation:
-                    self.log.info("{speaker}: {content}", speaker="caller" if role == "user" else "agent",
-                                  content=event.message.get("content"))
-            elif kind == "Results" and self.config.log_conversation and event.message.get("is_final"):
-                alternatives = (event.message.get("channel") or {}).get("alternatives") or [{}]
-                text = alternatives[0].get("transcript") if isinstance(alternatives[0], dict) else None
-                if text:
-                    self.log.info("{speaker}: {content}", speaker="caller", content=text)
+            elif kind == "ConversationText" and event.message.get("role") == "user":
+                self._turn_ended_at = self.clock.seconds()
         self._chain.outbound(event)
+
+    def _record(self, event: DeepgramEvent) -> None:
+        """
+        The one place a call's transcript and conversation are kept and logged: after the chain,
+        so a stage that rewrites or redacts them changes every copy (log, report, webhook).
+        """
+        kind = event.type
+        self.transcript.observe(kind, event.message)
+        if not self.config.log_conversation:
+            return
+        if kind == "ConversationText":
+            role = event.message.get("role")
+            self.log.info("{speaker}: {content}", speaker="caller" if role == "user" else "agent",
+                          content=event.message.get("content"))
+        elif kind == "Results" and event.message.get("is_final"):
+            alternatives = (event.message.get("channel") or {}).get("alternatives") or [{}]
+            text = alternatives[0].get("transcript") if isinstance(alternatives[0], dict) else None
+            if text:
+                self.log.info("{speaker}: {content}", speaker="caller", content=text)
 
     def _welcomed(self, message: Any) -> None:
         """Welcome carries the session's request id: use it where the header had none."""
@@ -956,6 +966,8 @@ class Call:
             self._debug("gateway -> caller", event)
         caller = self._caller_sendable()
         if kind is DeepgramEvent:
+            if event.type in _RECORDED:
+                self._record(event)
             if event.type == "SettingsApplied":
                 self._machine.settings_applied()
             elif event.type == "FunctionCallRequest":

@@ -566,3 +566,31 @@ class UpstreamLifecycleTests(SynchronousTestCase):
             self.assertEqual(silent.caller.closed_with, (4001, "AUTH_TIMEOUT"), debug)
             self.assertEqual(self.flushLoggedErrors(), [])
 
+
+
+class PrivacyTests(SynchronousTestCase):
+    """What was said is kept in one place, after the chain."""
+
+    def test_redacting_stage_changes_every_copy(self) -> None:
+        """A stage that masks digits masks them in the conversation log line and the report too."""
+        import os
+
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        lines: list[str] = []
+        observer = lambda e: lines.append(formatEvent(e) + repr(e.get("call_report")))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        dropins = os.path.join(os.path.dirname(__file__), "dropins", "masking")
+        h = CallHarness({"gateway": {"dropin_dirs": [dropins], "log_conversation": True,
+                                     "chain": ["auth", "settings", "close_codes", "mask_digits"]}})
+        h.start()
+        h.open_upstream()
+        h.call.from_upstream(dg("SettingsApplied"))
+        h.call.from_upstream(dg("ConversationText", role="user", content="My order number is 12345."))
+        h.call.from_caller(StreamStopped())
+        h.call.upstream_closed(UpstreamClosed(1000, None, True))
+        h.call.caller_closed(1000, None, True)
+        self.assertEqual(h.call.transcript.items, [{"role": "user", "content": "My order number is #####."}])
+        self.assertTrue([line for line in lines if "#####" in line])
+        self.assertFalse([line for line in lines if "12345" in line])
