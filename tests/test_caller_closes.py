@@ -82,7 +82,8 @@ class RecordingCall:
     def caller_opened(self, leg: Any) -> None:
         self.leg = leg
 
-    def caller_closed(self, code: int | None, reason: str | None, was_clean: bool) -> None:
+    def caller_closed(self, code: int | None, reason: str | None, was_clean: bool,
+                      gateway_rule: str | None = None) -> None:
         self.closed.append((code, was_clean))
 
     def caller_audio(self, event: Any) -> None:
