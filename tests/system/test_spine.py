@@ -169,9 +169,9 @@ class SpineTests(TestCase):
         """An Error then a no-status close: 4500 to the caller, one line with the Error and the request id."""
         events = capture_logs(self)
         url = yield self.gateway({"settings": {"template": {
-            "tags": ["reject"], "agent": {"listen": {"provider": {"type": "deepgram"}},
-                                          "think": {"provider": {"type": "open_ai"}},
-                                          "speak": {"provider": {"type": "deepgram"}}}}}})
+            "tags": ["reject"], "agent": {"listen": {"provider": {"type": "deepgram", "model": "nova-3"}},
+                                          "think": {"provider": {"type": "open_ai", "model": "gpt-4o-mini"}},
+                                          "speak": {"provider": {"type": "deepgram", "model": "aura-2-thalia-en"}}}}}})
         result = yield twilio_call(reactor, url + "/twilio", ORDER, stop_after_s=None).addTimeout(30, reactor)
         self.assertEqual((result.close_code, result.close_reason), (4500, "DG_SETTINGS_REJECTED"))
         ended = [line for line in events if "ended: DG_SETTINGS_REJECTED in configuring" in line]
