@@ -522,22 +522,27 @@ class Call:
         info.bytes_from_caller += len(event.payload)
         self._chain.inbound(event)
 
-    def caller_closed(self, code: int | None, reason: str | None, was_clean: bool) -> None:
+    def caller_closed(
+        self, code: int | None, reason: str | None, was_clean: bool, gateway_rule: str | None = None
+    ) -> None:
+        """The caller's leg closed; ``gateway_rule`` names the rule if the gateway ended it."""
         self.metrics.leg_closed("caller", code)
         self._caller_gone = True
-        event = CallerClosed(code, reason, was_clean)
+        event = CallerClosed(code, reason, was_clean, gateway_rule=gateway_rule)
         self._pending_diagnosis = None
         self._chain.inbound(event)
         # A refusal at the handshake already decided the diagnosis.
         diagnosis = self.diagnosis or self._pending_diagnosis or self._caller_diagnosis(
-            code, was_clean
+            code, was_clean, gateway_rule
         )
         self.end(diagnosis, "caller")
         self._machine.leg_gone("caller")
 
-    def _caller_diagnosis(self, code: int | None, was_clean: bool) -> Diagnosis:
+    def _caller_diagnosis(
+        self, code: int | None, was_clean: bool, gateway_rule: str | None = None
+    ) -> Diagnosis:
         return Diagnosis(
-            code=classify_caller_close(code, was_clean, self._stopped),
+            code=classify_caller_close(code, was_clean, self._stopped, gateway_rule),
             leg="caller",
             phase=self.info.phase,
             close_code=code,

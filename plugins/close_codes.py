@@ -50,7 +50,7 @@ class CloseCodesStage:
         return attrs.evolve(event, diagnosis=diagnosis)
 
     def on_caller(self, event: CallerClosed) -> Any:
-        code = classify_caller_close(event.code, event.was_clean, False)
+        code = classify_caller_close(event.code, event.was_clean, False, event.gateway_rule)
         diagnosis = Diagnosis(code, leg="caller", phase=self.ctx.call.phase, close_code=event.code,
                               close_reason=event.reason)
         self.ctx.count("caller_closes", diagnosis=code)

@@ -95,7 +95,7 @@ class _CallerProtocol(FastLane, WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.gateway_rule = self._gateway_rule()
         if self.call is not None:
-            self.call.caller_closed(code, reason, wasClean)
+            self.call.caller_closed(code, reason, wasClean, self.gateway_rule)
 
     def _gateway_rule(self) -> str | None:
         """
