@@ -33,6 +33,13 @@ def _speed(text: str) -> float:
     return value
 
 
+def _milliseconds(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number of milliseconds >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
     p = argparse.ArgumentParser(prog="gateway-emulator", description="A local Deepgram emulator.")
@@ -51,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-welcome", action="store_true", help="do not send Welcome on the agent")
     p.add_argument("--script", action="append", default=None,
                    help="a line the caller is heard saying (repeatable; cycles)")
+    p.add_argument("--latency-ms", type=_milliseconds, default=0.0,
+                   help="one-way network delay in front of the emulator, each direction (default: 0)")
+    p.add_argument("--jitter-ms", type=_milliseconds, default=0.0,
+                   help="jitter added to --latency-ms, uniform in +-this; bytes never reordered")
     p.add_argument("--verbose", "-v", action="store_true", help="log to stderr")
     return p
 
@@ -73,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.script:
         options["script"] = tuple(args.script)
-    emulator = Emulator(reactor, api_key=key, **options)
+    emulator = Emulator(reactor, api_key=key, latency_ms=args.latency_ms, jitter_ms=args.jitter_ms,
+                        **options)
     status = [0]
 
     def listening(port: Any) -> None:

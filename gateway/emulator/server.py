@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from gateway.codecs.settings_schema import INPUT_ENCODINGS
+from gateway.delayproxy import Delay, DelayProxy
 from gateway.emulator.agent import AgentProtocol
 from gateway.emulator.faults import Fault, FaultSpecError, parse_fault
 from gateway.emulator.listen import ListenProtocol
@@ -189,14 +190,24 @@ class Emulator:
     or the ``emulator_fault`` query parameter; else the next entry of the queue filled by
     `queue_fault` (every upgrade attempt takes one, refused ones included); else the ``fault``
     option. On the agent, a Settings ``tags`` entry ``emulator-fault:<spec>`` adds faults from then on.
+
+    ``latency_ms`` and ``jitter_ms`` put a `gateway.delayproxy.DelayProxy` in front of the
+    emulator: `listen` binds the proxy to the endpoint asked for and the emulator itself to an
+    ephemeral 127.0.0.1 port, and `url`/`http_url` go through the proxy (a WAN-like path to
+    Deepgram, every byte delayed, none reordered).
     """
 
     log = Logger()
 
-    def __init__(self, reactor: Any, api_key: str, **options: Any) -> None:
+    def __init__(self, reactor: Any, api_key: str, latency_ms: float = 0.0, jitter_ms: float = 0.0,
+                 latency_seed: int = 0, **options: Any) -> None:
         self.reactor = reactor
         self._api_key = api_key
         self.options = EmulatorOptions(**options)
+        #: One-way network delay of both directions (plus jitter, ``latency_seed`` for the draws).
+        self.latency = Delay(latency_ms, jitter_ms)
+        self._latency_seed = latency_seed
+        self.proxy: DelayProxy | None = None
         self._default_faults = parse_fault(self.options.fault) if self.options.fault else ()
         self._queue: collections.deque[tuple[Fault, ...]] = collections.deque()
         self.sessions: list[Session] = []
@@ -273,19 +284,36 @@ class Emulator:
         return _Site(root)
 
     def listen(self, endpoint: str = "tcp:0:interface=127.0.0.1") -> Deferred:
-        """Listen on a server endpoint string; the Deferred fires with the IListeningPort."""
+        """
+        Listen on a server endpoint string; the Deferred fires with the IListeningPort that
+        clients connect to (the delay proxy's, with latency).
+        """
+        delayed = not self.latency.is_zero
 
         def listening(port: Any) -> Any:
             self.port = self._listening = port
+            if delayed:
+                address = port.getHost()
+                self.proxy = DelayProxy(self.reactor, ("127.0.0.1", address.port),
+                                        self.latency.one_way_ms, self.latency.jitter_ms, self._latency_seed)
+                return self.proxy.listen(endpoint).addCallbacks(announce, unlisten)
+            return announce(port)
+
+        def announce(port: Any) -> Any:
             self.log.info("emulator listening on {url}", url=self.url("agent").rsplit("/v1", 1)[0])
             return port
 
-        return serverFromString(self.reactor, endpoint).listen(self.site()).addCallback(listening)
+        def unlisten(failure: Any) -> Any:
+            self._listening = None
+            return maybeDeferred(self.port.stopListening).addBoth(lambda _: failure)
+
+        own = "tcp:0:interface=127.0.0.1" if delayed else endpoint
+        return serverFromString(self.reactor, own).listen(self.site()).addCallback(listening)
 
     @property
     def http_url(self) -> str:
-        """``http://HOST:PORT`` of the listening port."""
-        address = self.port.getHost()
+        """``http://HOST:PORT`` of the listening port (the delay proxy's, with latency)."""
+        address = (self.proxy.port if self.proxy is not None else self.port).getHost()
         host = "127.0.0.1" if address.host in ("0.0.0.0", "::", "") else address.host
         if ":" in host:
             host = f"[{host}]"
@@ -299,7 +327,10 @@ class Emulator:
         return "ws" + self.http_url[len("http"):] + paths[kind]
 
     def stop(self) -> Deferred:
-        """Stop listening and close every open session (1001); fires once all are gone."""
+        """
+        Stop listening and close every open session (1001), then stop the delay proxy if there
+        is one; fires once all are gone.
+        """
         port, self._listening = self._listening, None
         waits = [maybeDeferred(port.stopListening) if port is not None else succeed(None)]
         for session in self.sessions:
@@ -307,7 +338,12 @@ class Emulator:
                 waits.append(_observe(session.closed))
                 if session._protocol is not None:
                     session._protocol.shutdown()
-        return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
+        done = DeferredList(waits, consumeErrors=True)
+        if self.proxy is not None:
+            # After the sessions, so that their closing handshakes still go through it.
+            proxy = self.proxy
+            done.addCallback(lambda _: proxy.stop())
+        return done.addCallback(lambda _: None)
 
 
 def _observe(d: Deferred) -> Deferred:
