@@ -1,25 +1,47 @@
 """
-Short-lived client tokens: stateless, HMAC-SHA256 signed, verifiable by any gateway process that
-shares ``GATEWAY_TOKEN_SECRET``.
+Short-lived tokens: stateless, HMAC-SHA256 signed, verifiable by any gateway process that shares
+``GATEWAY_TOKEN_SECRET``.
 
-A token is ``base64url(payload) "." base64url(signature)`` where the payload is compact JSON
-``{"exp": <unix seconds>, "iat": ..., "jti": <random>}``. Expired, tampered and malformed tokens
-are refused with `AuthError` (``AUTH_FAILED``).
+A token is ``base64url(payload) "." base64url(signature)`` where the payload is compact JSON.
+Every token has ``exp``, ``iat`` and a random ``jti`` (its identity). Two kinds exist:
+
+- **client tokens** (``POST /v1/tokens``, ``/client``'s first message): no ``typ`` (or
+  ``"typ": "client"``); ``"use": "once"`` marks a single-use token.
+- **stream tokens** (``"typ": "stream"``): minted by the voice webhook into the TwiML as a
+  ``<Parameter>`` and bound to the call's ``CallSid`` (``sid``); always single-use.
+
+A token of one kind never verifies as the other. Expired, tampered and malformed tokens are
+refused with `AuthError` (``AUTH_FAILED``). Single use is remembered by `UsedTokens`, in the
+process that verified the token: a process knows nothing of the jtis another one has seen.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import hmac
 import json
 import os
+from typing import Any
 
 from gateway.errors import AuthError
 
-__all__ = ["mint_token", "verify_token", "TOKEN_TTL_S"]
+__all__ = [
+    "mint_token",
+    "verify_token",
+    "mint_stream_token",
+    "verify_stream_token",
+    "UsedTokens",
+    "TOKEN_TTL_S",
+    "STREAM_TOKEN_PARAMETER",
+]
 
 TOKEN_TTL_S = 300
+
+#: The TwiML ``<Parameter>`` name carrying a stream token (its name marks it a secret for the
+#: debug log's redaction, which goes by names).
+STREAM_TOKEN_PARAMETER = "gateway_stream_token"
 
 
 def _b64(data: bytes) -> str:
@@ -30,18 +52,16 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def mint_token(secret: bytes, now: float, ttl_s: int = TOKEN_TTL_S) -> str:
-    """A token valid for ``ttl_s`` seconds from ``now``."""
-    payload = json.dumps(
-        {"exp": int(now) + ttl_s, "iat": int(now), "jti": _b64(os.urandom(9))},
-        separators=(",", ":"),
-    ).encode()
+def _sign(secret: bytes, claims: dict[str, Any]) -> str:
+    payload = json.dumps(claims, separators=(",", ":")).encode()
     signature = hmac.new(secret, payload, hashlib.sha256).digest()
     return f"{_b64(payload)}.{_b64(signature)}"
 
 
-def verify_token(secret: bytes, token: str, now: float) -> dict:
-    """The token's claims, or `AuthError` saying (to the log) what is wrong with it."""
+def _claims(secret: bytes, token: str, now: float) -> dict[str, Any]:
+    """The verified claims of any kind of token (signature, shape and expiry checked)."""
+    if not isinstance(token, str):
+        raise AuthError("AUTH_FAILED", f"expected a string token, got {type(token).__name__}")
     head, sep, tail = token.partition(".")
     try:
         if not sep:
@@ -56,8 +76,81 @@ def verify_token(secret: bytes, token: str, now: float) -> dict:
     try:
         claims = json.loads(payload)
         expires = float(claims["exp"])
-    except (ValueError, KeyError, TypeError):
+        if not isinstance(claims.get("jti"), str):
+            raise TypeError("jti")
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise AuthError("AUTH_FAILED", "token payload is malformed")
     if now >= expires:
         raise AuthError("AUTH_FAILED", f"token expired {int(now - expires)} s ago")
     return claims
+
+
+def mint_token(secret: bytes, now: float, ttl_s: int = TOKEN_TTL_S, single_use: bool = False) -> str:
+    """A client token valid for ``ttl_s`` seconds from ``now`` (accepted once if ``single_use``)."""
+    claims: dict[str, Any] = {"exp": int(now) + ttl_s, "iat": int(now), "jti": _b64(os.urandom(9))}
+    if single_use:
+        claims["use"] = "once"
+    return _sign(secret, claims)
+
+
+def verify_token(secret: bytes, token: str, now: float) -> dict:
+    """A client token's claims, or `AuthError` saying (to the log) what is wrong with it."""
+    claims = _claims(secret, token, now)
+    if claims.get("typ", "client") != "client":
+        raise AuthError("AUTH_FAILED", f"a {claims.get('typ')!r} token is not a client token")
+    return claims
+
+
+def mint_stream_token(secret: bytes, now: float, call_sid: str, ttl_s: float) -> str:
+    """A single-use stream token for the Twilio call ``call_sid``, valid for ``ttl_s`` seconds."""
+    return _sign(secret, {
+        "typ": "stream",
+        "sid": call_sid,
+        "exp": int(now + ttl_s) + 1,
+        "iat": int(now),
+        "jti": _b64(os.urandom(9)),
+    })
+
+
+def verify_stream_token(secret: bytes, token: str, now: float, call_sid: str) -> dict:
+    """A stream token's claims, checked against the stream's ``call_sid``; else `AuthError`."""
+    claims = _claims(secret, token, now)
+    if claims.get("typ") != "stream":
+        raise AuthError("AUTH_FAILED", "not a stream token")
+    if not call_sid or not hmac.compare_digest(str(claims.get("sid", "")).encode(), call_sid.encode()):
+        raise AuthError("AUTH_FAILED", "the stream token belongs to another CallSid")
+    return claims
+
+
+class UsedTokens:
+    """
+    The jtis of single-use tokens already accepted by this process, each kept until its token
+    expires (after that the token is refused as expired anyway), so memory is bounded by the
+    tokens accepted within one token lifetime.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+        # (exp, jti) in the order accepted; expiry is nearly monotonic (one TTL per kind), and
+        # an entry left a little late only costs memory, never a wrong answer.
+        self._order: collections.deque[tuple[float, str]] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def claim(self, claims: dict[str, Any], now: float) -> bool:
+        """Record the token's use; False if it was used before (refuse it)."""
+        self._prune(now)
+        jti = claims["jti"]
+        if jti in self._seen:
+            return False
+        expires = float(claims["exp"])
+        self._seen[jti] = expires
+        self._order.append((expires, jti))
+        return True
+
+    def _prune(self, now: float) -> None:
+        order = self._order
+        while order and order[0][0] <= now:
+            _, jti = order.popleft()
+            self._seen.pop(jti, None)
