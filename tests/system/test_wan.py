@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
@@ -33,6 +34,7 @@ from tests.system.harness import (
 from tests.system.test_spine import capture_logs
 
 YES = clip("caller-yes-8k-mulaw.wav")
+ORDER = clip("caller-order-8k-mulaw.wav")
 
 #: Close codes a caller must never see: 1005/1006/1015 are never on the wire, so seeing them
 #: means a close frame without a code or no close frame at all.
@@ -140,6 +142,48 @@ class _Scenarios:
         self.assertGreaterEqual(len(first.audio), 16000)
         replay_bytes = 8 * gateway.gateway.config.replay_ms  # mu-law 8 kHz: 8 bytes a millisecond
         assert_delivered_in_order(self, result.sent_audio, [first.audio, second.audio], replay_bytes)
+
+    @defer.inlineCallbacks
+    def test_ten_drops_lose_nothing(self) -> None:
+        """
+        Ten Deepgram sessions in a row close mid-sentence (1011 NET-0000) while the caller talks in
+        real time: eleven sessions, every caller byte delivered in order across them (the replay
+        window may repeat, never skip), the call ends normally.
+        """
+        events = capture_logs(self)
+        emulator, gateway, url = yield self.start({"deepgram": {
+            "reconnect_backoff_s": 0.02, "reconnect_backoff_max_s": 0.05,
+            "reconnect_window_max": 20, "reconnect_max_per_call": 20}})
+        emulator.queue_fault("close:1011:NET-0000@after_audio_bytes=6400", count=10)
+        audio = attrs.evolve(ORDER, data=ORDER.data * 2)  # 10.5 s
+        call = TwilioCall(reactor, url=url + "/twilio", audio=audio, realtime=True, wait_s=1.0)
+        result = yield call.run().addTimeout(45, reactor)
+        yield self.sessions_closed(emulator)
+        self.assertClosedWith(result, events, 1000, "CALLER_HANGUP")
+        self.assertEqual(len(emulator.sessions), 11, _describe(result, events))
+        replay_bytes = 8 * gateway.gateway.config.replay_ms
+        assert_delivered_in_order(self, result.sent_audio, [s.audio for s in emulator.sessions],
+                                  replay_bytes)
+
+    @defer.inlineCallbacks
+    def test_flapping_deepgram_is_bounded(self) -> None:
+        """
+        A Deepgram that closes every session 300 ms after it opens: reconnected at most
+        reconnect_window_max times, then the caller gets 4501 DG_UNSTABLE (a legal close frame).
+        """
+        events = capture_logs(self)
+        emulator, gateway, url = yield self.start({"deepgram": {
+            "reconnect_backoff_s": 0.02, "reconnect_window_max": 3}})
+        emulator.queue_fault("close:1011:NET-0000@after_ms=300", count=20)
+        audio = attrs.evolve(ORDER, data=ORDER.data * 2)
+        call = TwilioCall(reactor, url=url + "/twilio", audio=audio, realtime=True, wait_s=None)
+        result = yield call.run().addTimeout(45, reactor)
+        yield self.sessions_closed(emulator)
+        self.assertClosedWith(result, events, 4501, "DG_UNSTABLE")
+        self.assertEqual(len(emulator.sessions), 4, _describe(result, events))
+        ended = [line for line in events if " ended: DG_UNSTABLE " in line]
+        self.assertEqual(len(ended), 1, _describe(result, events))
+        self.assertIn("DG_NET_0000 x4", ended[0])
 
     # --- (b) every Deepgram close the gateway diagnoses, mid-call ---------------------------------
 
