@@ -46,6 +46,8 @@ class Session:
     close_reason: str | None = None
     was_clean: bool | None = None
     sent_close: tuple[int | None, str | None] | None = None
+    #: ``(len(received) when sent, type)`` of each JSON message sent: what had arrived before it.
+    sent: list[tuple[int, Any]] = attrs.field(factory=list, repr=False)
     closed: Deferred = attrs.field(factory=Deferred, repr=False)
     _audio: bytearray = attrs.field(factory=bytearray, repr=False)
     _protocol: Any = attrs.field(default=None, repr=False)
@@ -193,7 +195,15 @@ class EmulatorProtocol(WebSocketServerProtocol):
     def send_json(self, message: dict[str, Any]) -> None:
         """Send one JSON text frame (subject to stall/slow faults)."""
         data = json.dumps(message).encode("utf-8")
-        self._out(lambda: self.can_send and self.sendMessage(data, False))
+        kind = message.get("type")
+
+        def send() -> None:
+            if self.can_send:
+                # What the peer could know when this left: how much had arrived by then.
+                self.session.sent.append((len(self.session.received), kind))
+                self.sendMessage(data, False)
+
+        self._out(send)
 
     def send_audio(self, data: bytes) -> None:
         """Send one binary frame (subject to stall/slow faults)."""

@@ -185,6 +185,33 @@ class _Scenarios:
         self.assertEqual(len(ended), 1, _describe(result, events))
         self.assertIn("DG_NET_0000 x4", ended[0])
 
+    @defer.inlineCallbacks
+    def test_message_order_with_slow_settings_applied(self) -> None:
+        """
+        Deepgram's order, against a SettingsApplied that takes 1.5 s: the first message is
+        Settings, sent only after Welcome; before SettingsApplied left Deepgram nothing else
+        arrived; a DTMF pressed meanwhile reaches Deepgram after it, as InjectUserMessage, and
+        every caller byte arrives once, in order.
+        """
+        events = capture_logs(self)
+        emulator, gateway, url = yield self.start()
+        emulator.queue_fault("slow:1500")
+        call = TwilioCall(reactor, url=url + "/twilio", audio=YES, realtime=True, dtmf=[(0.1, "5")],
+                          wait_s=2.5)
+        result = yield call.run().addTimeout(30, reactor)
+        yield self.sessions_closed(emulator)
+        self.assertClosedWith(result, events, 1000, "CALLER_HANGUP")
+        [session] = emulator.sessions
+        self.assertEqual(session.sent[0], (0, "Welcome"), "Welcome before anything arrived")
+        applied_at = next(n for n, kind in session.sent if kind == "SettingsApplied")
+        before = session.received[:applied_at]
+        self.assertEqual([(kind, body.get("type")) for kind, body in before], [("text", "Settings")])
+        injected = [body for kind, body in session.received[applied_at:]
+                    if kind == "text" and body.get("type") == "InjectUserMessage"]
+        self.assertEqual(len(injected), 1)
+        self.assertIn("5", injected[0]["content"])
+        self.assertEqual(session.audio, result.sent_audio)
+
     # --- (b) every Deepgram close the gateway diagnoses, mid-call ---------------------------------
 
     @defer.inlineCallbacks
