@@ -1,6 +1,7 @@
 """
 The HTTP side of the gateway's one port: the resource tree, the heartbeat and readiness checks.
-The voice webhook (``/twilio/voice``) and the browser demo (``/demo/``) live in `gateway.twiml`.
+The voice webhook (``/twilio/voice``) and the browser demo (``/demo/``) live in `gateway.twiml`;
+the bounds on every request (body size and time, head size and time) in `gateway.httplimits`.
 
 ``/twilio`` is a small dispatching resource (``WebSocketResource`` is a leaf, so on its own it
 would swallow ``/twilio/voice``): the WebSocket upgrade at the exact path, HTTP children below.
@@ -14,7 +15,9 @@ import os
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.web import http, resource, server
+from twisted.web import resource
+
+from gateway.httplimits import HttpLimits, LimitedSite
 
 __all__ = ["make_site", "Heartbeat", "Readiness", "Tokens", "TwilioResource", "json_response"]
 
@@ -37,7 +40,7 @@ class Heartbeat(resource.Resource):
 
 
 class Readiness(resource.Resource):
-    """``GET /readyz``: 200 while accepting calls; 503 while draining (or full)."""
+    """``GET /readyz``: 200 while accepting calls; 503 while draining or full (``max_calls``)."""
 
     isLeaf = True
 
@@ -47,7 +50,8 @@ class Readiness(resource.Resource):
 
     def render_GET(self, request: Any) -> bytes:
         refusal = self.gateway.refuse_new_call()
-        body = {"ready": refusal is None, "calls": len(self.gateway.calls)}
+        # Authenticated calls only: sockets still authenticating hold no slot.
+        body = {"ready": refusal is None, "calls": self.gateway.live_calls}
         if refusal is not None:
             body["reason"] = refusal
         return json_response(request, 200 if refusal is None else 503, body)
@@ -56,8 +60,11 @@ class Readiness(resource.Resource):
 class Tokens(resource.Resource):
     """
     ``POST /v1/tokens`` with ``Authorization: Bearer $GATEWAY_API_KEY``: 200
-    ``{"token": ..., "expires_in": 300}``; 401 with a JSON error otherwise; 503 naming the
-    variable when ``GATEWAY_API_KEY`` is not set.
+    ``{"token": ..., "expires_in": 300, "single_use": false}``; an optional JSON body
+    ``{"single_use": true}`` mints a token that ``/client`` accepts once. 401 with a JSON error
+    for a wrong key; 400 for a body that is not such an object; 503 naming the variable when
+    ``GATEWAY_API_KEY`` is not set, and 503 while the gateway is draining (a token minted here
+    would be refused by this process's ``/client`` anyway).
     """
 
     isLeaf = True
@@ -80,8 +87,34 @@ class Tokens(resource.Resource):
             request.setHeader(b"www-authenticate", b'Bearer realm="gateway"')
             return json_response(request, 401, {
                 "error": "missing or invalid Authorization: Bearer <GATEWAY_API_KEY>"})
-        token = mint_token(config.token_secret, self.gateway.reactor.seconds())
-        return json_response(request, 200, {"token": token, "expires_in": TOKEN_TTL_S})
+        if self.gateway.draining:
+            request.setHeader(b"retry-after", b"1")
+            return json_response(request, 503, {
+                "error": "the gateway is draining (shutting down): mint tokens on another instance"})
+        single_use, problem = _token_options(request)
+        if problem is not None:
+            return json_response(request, 400, {"error": problem})
+        token = mint_token(config.token_secret, self.gateway.reactor.seconds(), single_use=single_use)
+        return json_response(request, 200, {
+            "token": token, "expires_in": TOKEN_TTL_S, "single_use": single_use})
+
+
+def _token_options(request: Any) -> tuple[bool, str | None]:
+    """``single_use`` from the optional JSON body of ``POST /v1/tokens``, or a problem."""
+    request.content.seek(0)
+    body = request.content.read()
+    if not body.strip():
+        return False, None
+    try:
+        options = json.loads(body)
+    except (ValueError, RecursionError):
+        return False, "the body must be empty or a JSON object such as {\"single_use\": true}"
+    if not isinstance(options, dict) or set(options) - {"single_use"}:
+        return False, "the body may only hold {\"single_use\": true|false}"
+    single_use = options.get("single_use", False)
+    if not isinstance(single_use, bool):
+        return False, "single_use must be true or false"
+    return single_use, None
 
 
 class Metrics(resource.Resource):
@@ -111,40 +144,6 @@ class TwilioResource(resource.Resource):
         return self.websocket.render(request)
 
 
-class _BoundedChannel(http.HTTPChannel):
-    """
-    An HTTP channel whose request headers must be complete within ``header_timeout_s``.
-
-    twisted.web already bounds their size (16 KiB, 500 headers); a client sending them one byte
-    at a time would otherwise hold the connection for the idle timeout, restarted by every byte.
-    """
-
-    header_timeout_s = 10.0
-    _header_deadline: Any = None
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self._header_deadline = self.callLater(self.header_timeout_s, self._headers_too_slow)
-
-    def _headers_too_slow(self) -> None:
-        self._header_deadline = None
-        if self.transport is not None:
-            self.transport.abortConnection()
-
-    def allHeadersReceived(self) -> None:
-        self.cancel_header_deadline()
-        super().allHeadersReceived()
-
-    def cancel_header_deadline(self) -> None:
-        if self._header_deadline is not None and self._header_deadline.active():
-            self._header_deadline.cancel()
-        self._header_deadline = None
-
-    def connectionLost(self, reason: Any) -> None:
-        self.cancel_header_deadline()
-        super().connectionLost(reason)
-
-
 class WebSocketEndpoint(resource.Resource):
     """
     A WebSocket upgrade at exactly this path. Before Autobahn takes the connection over, the HTTP
@@ -160,23 +159,17 @@ class WebSocketEndpoint(resource.Resource):
 
     def render(self, request: Any) -> Any:
         channel = request.channel
-        channel.setTimeout(None)
-        if isinstance(channel, _BoundedChannel):
-            channel.cancel_header_deadline()
+        upgraded = getattr(channel, "upgraded", None)
+        if upgraded is not None:
+            upgraded()
+        else:
+            channel.setTimeout(None)
         return self.websocket.render(request)
 
 
-class _Site(server.Site):
-    noisy = False
-    protocol = _BoundedChannel
-
-    def log(self, request: Any) -> None:
-        """No access log line per request (the WebSocket calls log their own lines)."""
-
-
 def make_site(gateway: Any, twilio_factory: Any, client_factory: Any,
-              header_timeout_s: float = 10.0, idle_timeout_s: float = 60.0) -> server.Site:
-    """The whole resource tree of the gateway's port."""
+              limits: HttpLimits = HttpLimits()) -> LimitedSite:
+    """The whole resource tree of the gateway's port, every request under ``limits``."""
     from gateway.twiml import VoiceWebhook, demo_resource
 
     root = resource.Resource()
@@ -193,6 +186,4 @@ def make_site(gateway: Any, twilio_factory: Any, client_factory: Any,
     if gateway.config.demo:
         # The browser demo and its credential-free token endpoint exist only while enabled.
         root.putChild(b"demo", demo_resource(gateway))
-    site = _Site(root, timeout=idle_timeout_s)
-    site.protocol = type("BoundedChannel", (_BoundedChannel,), {"header_timeout_s": header_timeout_s})
-    return site
+    return LimitedSite(root, limits, reactor=gateway.reactor)

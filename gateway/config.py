@@ -15,8 +15,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 
+from gateway.admission import AdmissionOptions, admission_options
 from gateway.codecs.deepgram import DEFAULT_AGENT_URL, DEFAULT_LISTEN_URL
 from gateway.errors import ConfigError, PluginLoadError
+from gateway.httplimits import HttpLimits, http_limits
 
 __all__ = [
     "Section",
@@ -133,6 +135,8 @@ class GatewayConfig:
     twilio_auth_token: str | None = attrs.field(default=None, repr=False)
     public_url: str | None = None
     require_signature: bool = False
+    require_stream_token: bool = False
+    stream_token_ttl_s: float = 60.0
     token_secret: bytes = attrs.field(default=b"", repr=False)
     token_secret_is_random: bool = True
     gateway_api_key: str | None = attrs.field(default=None, repr=False)
@@ -148,6 +152,8 @@ class GatewayConfig:
     drain_deadline_s: float = 30.0
     max_calls: int = 200
     handshake_timeout_s: float = 10.0
+    admission: AdmissionOptions = AdmissionOptions()
+    http: HttpLimits = HttpLimits()
     send_budget_bytes: int = 1024 * 1024
     end_timeout_s: float = 5.0
     demo: bool = False
@@ -267,6 +273,8 @@ def load_config(
     dg = root.section("deepgram")
     report = root.section("report")
     twiml = root.section("twiml")
+    admission_section = root.section("admission")
+    http_section = root.section("http")
     warnings: list[str] = []
 
     mode = gw.str("mode", "agent", choices=("agent", "listen"))
@@ -281,6 +289,8 @@ def load_config(
         os.path.normpath(os.path.join(base, d)) for d in gw.str_list("dropin_dirs", [])
     )
     require_signature = gw.bool("require_signature", False)
+    require_stream_token = gw.bool("require_stream_token", False)
+    stream_token_ttl_s = gw.float("stream_token_ttl_s", 60.0, minimum=1.0)
     public_url = gw.str("public_url", "") or None
     drain = gw.float("drain_deadline_s", 30.0, minimum=0)
     max_calls = gw.int("max_calls", 200, minimum=1)
@@ -315,6 +325,11 @@ def load_config(
 
     twiml_parameters, twiml_forward, twiml_after_connect = _twiml_section(twiml)
     twiml.finish()
+
+    admission = admission_options(admission_section)
+    admission_section.finish()
+    http = http_limits(http_section, head_timeout_s=handshake_timeout_s)
+    http_section.finish()
 
     if env.get("DEEPGRAM_AGENT_URL"):
         agent_url = _ws_url("DEEPGRAM_AGENT_URL", env["DEEPGRAM_AGENT_URL"])
@@ -363,6 +378,8 @@ def load_config(
         twilio_auth_token=twilio_token,
         public_url=public_url,
         require_signature=require_signature,
+        require_stream_token=require_stream_token,
+        stream_token_ttl_s=stream_token_ttl_s,
         token_secret=token_secret,
         token_secret_is_random=random_secret,
         gateway_api_key=env.get("GATEWAY_API_KEY") or None,
@@ -378,6 +395,8 @@ def load_config(
         drain_deadline_s=drain,
         max_calls=max_calls,
         handshake_timeout_s=handshake_timeout_s,
+        admission=admission,
+        http=http,
         send_budget_bytes=send_budget_bytes,
         end_timeout_s=end_timeout,
         demo=demo,
@@ -406,7 +425,7 @@ def load_config(
             near = difflib.get_close_matches(name, sorted(available), n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
             raise ConfigError("gateway.chain", f"unknown plugin {name!r}{hint}")
-    known_sections = {"gateway", "deepgram", "report", "twiml"} | set(available)
+    known_sections = {"gateway", "deepgram", "report", "twiml", "admission", "http"} | set(available)
     for name, value in data.items():
         if name not in known_sections:
             near = difflib.get_close_matches(name, sorted(known_sections), n=1)

@@ -1,7 +1,9 @@
 """
 The running gateway: the set of live calls, the listening port, and draining on stop.
 
-`Gateway` makes calls and knows whether new ones are accepted; `GatewayService` listens on the
+`Gateway` makes calls and knows whether new ones are accepted: a caller's socket holds one of the
+``max_calls`` slots only once it has authenticated, and until then lives within the budget of
+unauthenticated sockets (`gateway.admission`). `GatewayService` listens on the
 configured endpoint and, on ``stopService`` (SIGTERM under twistd), drains: ``/readyz`` turns 503
 and new upgrades get 503 while the port stays open; live calls go on until they end or the drain
 deadline passes; the rest are closed with 1001 to the caller and a normal close to Deepgram, each
@@ -10,13 +12,15 @@ with its diagnosis logged; then the port closes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
+import attrs
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from gateway.admission import AUTH_TIMEOUT_MESSAGE, Admission, AdmissionCollector
 from gateway.api import make_site
 from gateway.call import Call
 from gateway.config import ConfiguredGateway
@@ -63,6 +67,26 @@ class Gateway:
         options = dict(UPSTREAM_OPTIONS, openHandshakeTimeout=self.config.connect_timeout_s)
         self._upstream_options = options
         self.metrics = GatewayMetrics(self)
+        self.site: Any = None
+        self.admission = Admission(
+            self.config.admission,
+            self.config.max_calls,
+            reactor,
+            self._close_unauthenticated,
+            draining=lambda: self.draining,
+        )
+        self.metrics.registry.register(AdmissionCollector(
+            self.admission, lambda: self.site.refusals if self.site is not None else {}))
+        # The auth stage tells admission when a call has authenticated (it then takes a slot).
+        stages = []
+        self._admission_aware = False
+        for name, factory in configured.stages:
+            bind = getattr(factory, "with_admission", None)
+            if bind is not None:
+                factory = bind(self.admission)
+                self._admission_aware = True
+            stages.append((name, factory))
+        self.configured = attrs.evolve(configured, stages=tuple(stages))
         self.reports: ReportSender | None = None
         if self.config.webhook_url:
             self.reports = ReportSender(
@@ -74,25 +98,71 @@ class Gateway:
             )
 
     def refuse_new_call(self) -> str | None:
-        """Why a new call would be refused now (None: it is accepted)."""
-        if self.draining:
-            return "draining"
-        if len(self.calls) >= self.config.max_calls:
-            return "full"
-        return None
+        """
+        Why a new call would be refused now (None: it is accepted): ``draining``, or ``full``
+        when every ``max_calls`` slot is held by an authenticated call.
+        """
+        return self.admission.refusal()
 
-    def new_call(self, leg: str) -> Call:
+    def refuse_upgrade(self) -> str | None:
+        """`refuse_new_call`, counted as a refused call when it refuses (a caller's upgrade)."""
+        refusal = self.admission.refusal()
+        if refusal is not None:
+            self.admission.refused[refusal] += 1
+        return refusal
+
+    @property
+    def live_calls(self) -> int:
+        """Authenticated calls (those holding a slot)."""
+        return self.admission.live
+
+    def source_address(self, peer: Any, headers: Mapping[str, str]) -> str:
+        """The address an upgrade from ``peer`` (an `IAddress`) is budgeted under."""
+        host = getattr(peer, "host", None)
+        return self.admission.source(host if isinstance(host, str) else str(peer), headers)
+
+    def new_call(self, leg: str, address: str = "") -> Call:
+        """A call for a caller's upgrade from ``address``; it holds nothing until `caller_upgraded`."""
         call = Call(self.configured, leg, self.reactor, self._connect, self._closed,
                     gateway_state=self, metrics=self.metrics)
         self.calls.add(call)
         self.calls_total += 1
+        self.admission.arrive(call.info.call_id, call, address)
         return call
+
+    def caller_upgraded(self, call: Call) -> None:
+        """
+        ``call``'s upgrade was accepted. Unless it has already authenticated (a signed Twilio
+        stream), it joins the budget of unauthenticated sockets, with its deadline.
+        """
+        if self._admission_aware:
+            self.admission.hold(call.info.call_id)
+        else:
+            # A chain whose auth stage does not report authentication: the old rule, a slot
+            # from the upgrade on.
+            self.admission.authenticate(call.info.call_id)
+
+    def _close_unauthenticated(self, call: Call, reason: str) -> None:
+        """Admission closes an unauthenticated socket: ``evicted``, ``timeout`` or ``drained``."""
+        if reason == "drained":
+            diagnosis = Diagnosis("DRAINED", leg="gateway", phase=call.phase)
+        else:
+            diagnosis = Diagnosis("AUTH_TIMEOUT", leg="caller", phase=call.phase)
+            call.count("auth_failures", reason="auth_timeout")
+            if call.info.leg == "client" and call.caller is not None:
+                call.caller.send_error("AUTH_TIMEOUT", AUTH_TIMEOUT_MESSAGE)
+        # The call's own end line says AUTH_TIMEOUT; /metrics counts the reasons. During a flood
+        # this runs once per socket, so only at debug.
+        call.log.debug("unauthenticated {leg} socket closed by admission: {reason}",
+                       leg=call.info.leg, reason=reason)
+        call.end(diagnosis)
 
     def _connect(self, url: str, headers: dict, call: Call) -> defer.Deferred:
         return connect_deepgram(self.reactor, url, headers, call, self._upstream_options)
 
     def _closed(self, call: Call) -> None:
         self.calls.discard(call)
+        self.admission.leave(call.info.call_id)
         self.metrics.call_ended(call)
         if self.reports is not None and call.report is not None:
             key = "conversation" if call.info.mode == "agent" else "transcript"
@@ -113,12 +183,17 @@ class Gateway:
         twilio.setProtocolOptions(**options)
         client = CallerFactory(self, ClientProtocol)
         client.setProtocolOptions(**options)
-        return make_site(self, twilio, client, header_timeout_s=self.config.handshake_timeout_s)
+        self.site = make_site(self, twilio, client, self.config.http)
+        return self.site
 
     @defer.inlineCallbacks
     def drain(self, deadline_s: float) -> Any:
-        """Refuse new calls; wait up to ``deadline_s`` for live calls; close the rest (1001)."""
+        """
+        Refuse new calls and close unauthenticated sockets; wait up to ``deadline_s`` for live
+        calls; close the rest (1001).
+        """
         self.draining = True
+        self.admission.close_pending("drained")
         live = list(self.calls)
         self.log.info(
             "draining: {count} live calls, deadline {deadline_s} s",

@@ -12,6 +12,7 @@ plus the query string if Twilio was given one) and the POST form parameters, exa
         <Stream url="wss://PUBLIC/twilio">
           <Parameter name="From" value="..."/>   (the [twiml] forward fields, when present)
           <Parameter name="..." value="..."/>    (the [twiml] parameters)
+          <Parameter name="gateway_stream_token" value="..."/>  (with require_stream_token)
         </Stream>
       </Connect>
       ...                                        ([twiml] after_connect)
@@ -19,6 +20,13 @@ plus the query string if Twilio was given one) and the POST form parameters, exa
 
 The TwiML is built with ``xml.etree`` so every value is escaped. A bad or missing signature gets a
 bare 403; a gateway without a public URL answers 503 naming ``GATEWAY_PUBLIC_URL``.
+
+With ``[gateway] require_stream_token``, the TwiML also carries a stream token
+(`gateway.tokens.mint_stream_token`): signed with ``GATEWAY_TOKEN_SECRET``, valid for
+``stream_token_ttl_s``, bound to the request's ``CallSid`` and accepted once, so that a stream
+upgrade with a captured (and, in Twilio's scheme, per-URL constant) signature but no fresh token is
+refused by the auth stage. TwiML written by hand (a TwiML Bin) has no such token: leave the option
+off there.
 
 Also here: the browser demo's resources (``/demo/`` and the demo-only ``POST /demo/token``),
 mounted only when the demo is enabled.
@@ -148,6 +156,15 @@ class VoiceWebhook(resource.Resource):
                 continue
             parameters.append((name, value))
         parameters.extend(config.twiml_parameters.items())
+        if config.require_stream_token:
+            from gateway.tokens import STREAM_TOKEN_PARAMETER, mint_stream_token
+
+            call_sid = (fields.get("CallSid") or [""])[0]
+            if not call_sid:
+                self.log.warn("voice webhook: no CallSid in the request; its stream token will not "
+                              "match any stream")
+            parameters.append((STREAM_TOKEN_PARAMETER, mint_stream_token(
+                config.token_secret, self.gateway.reactor.seconds(), call_sid, config.stream_token_ttl_s)))
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"text/xml; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
@@ -177,6 +194,9 @@ class DemoToken(resource.Resource):
         from gateway.api import json_response
         from gateway.tokens import TOKEN_TTL_S, mint_token
 
+        if self.gateway.draining:
+            return json_response(request, 503, {
+                "error": "the gateway is draining (shutting down): reload the page"})
         token = mint_token(self.gateway.config.token_secret, self.gateway.reactor.seconds())
         return json_response(request, 200, {"token": token, "expires_in": TOKEN_TTL_S})
 

@@ -1,16 +1,25 @@
 """
-auth: no unauthenticated stream reaches Deepgram.
+auth: no unauthenticated stream reaches Deepgram, and none holds a call slot.
 
 - Twilio (``/twilio``): when ``TWILIO_AUTH_TOKEN`` is set, the upgrade's ``X-Twilio-Signature``
   must be Twilio's signature of the public ``wss://`` stream URL (derived from
-  ``GATEWAY_PUBLIC_URL``, never from the Host header); otherwise HTTP 403. Optionally
-  (``token_parameter``) a gateway token must also arrive in ``start.customParameters``.
+  ``GATEWAY_PUBLIC_URL``, never from the Host header); otherwise HTTP 403. Twilio's signature
+  covers only that URL, so it is the same for every stream and a captured one can be replayed:
+  with ``[gateway] require_stream_token`` the stream must also carry, in ``start``'s
+  ``customParameters``, the stream token the voice webhook put in its TwiML
+  (`gateway.tokens.STREAM_TOKEN_PARAMETER`): signed, short-lived, bound to the ``CallSid`` and
+  accepted once. Optionally (``token_parameter``) a client token must arrive there too.
 - Raw-audio clients (``/client``): the first message must be ``{"token": "..."}`` within
   ``client_timeout_s``; otherwise a JSON error and a close with 4001 ``AUTH_TIMEOUT``, 4002
-  ``INVALID_AUTH`` or 4003 ``AUTH_FAILED``.
+  ``INVALID_AUTH`` or 4003 ``AUTH_FAILED``. A token minted single-use (``"use": "once"``), or
+  every token when ``single_use_tokens`` is on, is accepted once by this process.
 
-The stage lets `StreamStarted` through only once the stream is authenticated; the settings stage
-opens the Deepgram leg on seeing it, so nothing unauthenticated ever opens one.
+A stream is authenticated at the signature (Twilio, when nothing is required in ``start``), at
+``start`` (Twilio, when a token is required there) or at the hello (``/client``). Only then does
+the stage ask the gateway's admission for a call slot (`with_admission`); refused (draining, or
+``max_calls`` held), the call ends before anything opens. The stage lets `StreamStarted` through
+only once the stream is authenticated and admitted; the settings stage opens the Deepgram leg on
+seeing it, so nothing unauthenticated ever opens one.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import attrs
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
+from gateway.admission import AUTH_TIMEOUT_MESSAGE, REFUSAL_DIAGNOSES
 from gateway.codecs.formats import LINEAR16_16K
 from gateway.codecs.signatures import validate_signature
 from gateway.config import GatewayConfig, Section
@@ -29,20 +39,40 @@ from gateway.errors import AuthError
 from gateway.events import CallerError, ClientHello, Handshake, HandshakeRefused, StreamStarted
 from gateway.plugin import IStreamPlugin, Routes, StageContext, cancel
 from gateway.redact import remember_secret
-from gateway.tokens import verify_token
+from gateway.tokens import STREAM_TOKEN_PARAMETER, UsedTokens, verify_stream_token, verify_token
 
-__all__ = ["plugin", "AuthOptions", "AuthStage"]
+__all__ = ["plugin", "AuthOptions", "AuthStage", "AuthFactory"]
+
+_PUBLIC_ERRORS = {
+    "AUTH_TIMEOUT": AUTH_TIMEOUT_MESSAGE,
+    "INVALID_AUTH": "the first message must be {\"token\": \"...\"}",
+    "AUTH_FAILED": "the token is invalid or expired",
+}
+
+_REFUSAL_MESSAGES = {
+    "draining": "the gateway is shutting down: connect again",
+    "full": "the gateway is at capacity (max_calls): try again later",
+}
 
 
 @attrs.frozen
 class AuthOptions:
-    """``[auth]``: ``token_parameter`` (a customParameters name, "" = off), ``client_timeout_s``."""
+    """
+    ``[auth]``: ``token_parameter`` (a customParameters name, "" = off), ``client_timeout_s``,
+    ``single_use_tokens``; from ``[gateway]``: ``require_stream_token``.
+    """
 
     token_parameter: str
     client_timeout_s: float
     twilio_auth_token: str | None = attrs.field(repr=False)
     stream_url: str | None
     token_secret: bytes = attrs.field(repr=False)
+    single_use_tokens: bool = False
+    require_stream_token: bool = False
+
+    def twilio_at_start(self) -> bool:
+        """Whether a Twilio stream authenticates at ``start`` rather than at its upgrade."""
+        return bool(self.token_parameter) or self.require_stream_token
 
 
 @attrs.define
@@ -51,6 +81,9 @@ class AuthStage:
 
     ctx: StageContext
     options: AuthOptions
+    used: UsedTokens = attrs.field(factory=UsedTokens)
+    #: The gateway's `gateway.admission.Admission` (None: every authenticated call is admitted).
+    admission: Any = None
     _timer: Any = None
     _done: bool = False
 
@@ -68,18 +101,24 @@ class AuthStage:
             self._timer = self.ctx.clock.callLater(self.options.client_timeout_s, self._timed_out)
             return event
         token = self.options.twilio_auth_token
-        if token is None:
+        if token is not None:
+            assert self.options.stream_url is not None
+            signature = event.headers.get("x-twilio-signature", "")
+            remember_secret(signature)  # masked by value wherever it may be logged later
+            if not validate_signature(token, self.options.stream_url, signature):
+                self.ctx.count("auth_failures", reason="bad_signature" if signature else "no_signature")
+                return HandshakeRefused(
+                    403,
+                    "AUTH_FAILED",
+                    "X-Twilio-Signature missing" if not signature else "X-Twilio-Signature does not match",
+                )
+        if self.options.twilio_at_start():
             return event
-        assert self.options.stream_url is not None
-        signature = event.headers.get("x-twilio-signature", "")
-        remember_secret(signature)  # masked by value wherever it may be logged later
-        if not validate_signature(token, self.options.stream_url, signature):
-            self.ctx.count("auth_failures", reason="bad_signature" if signature else "no_signature")
-            return HandshakeRefused(
-                403,
-                "AUTH_FAILED",
-                "X-Twilio-Signature missing" if not signature else "X-Twilio-Signature does not match",
-            )
+        # Authenticated by the signature (or unchecked): a slot now, or a 503 on the upgrade.
+        refusal = self._admit()
+        if refusal is not None:
+            return HandshakeRefused(503, REFUSAL_DIAGNOSES.get(refusal, "DRAINED"),
+                                    f"no call slot on the upgrade: {refusal}")
         return event
 
     def on_hello(self, event: ClientHello) -> Any:
@@ -90,10 +129,14 @@ class AuthStage:
         if event.problem is not None:
             self._fail("INVALID_AUTH", event.problem)
             return None
+        now = self.ctx.clock.seconds()
         try:
-            verify_token(self.options.token_secret, event.token, self.ctx.clock.seconds())
+            claims = verify_token(self.options.token_secret, event.token, now)
+            self._use_once(claims, now, self.options.single_use_tokens or claims.get("use") == "once")
         except AuthError as e:
             self._fail("AUTH_FAILED", e.message)
+            return None
+        if not self._admitted():
             return None
         return StreamStarted(
             stream_sid=self.ctx.call.call_id,
@@ -102,18 +145,60 @@ class AuthStage:
         )
 
     def on_start(self, event: StreamStarted) -> Any:
-        name = self.options.token_parameter
-        if not name or self.ctx.call.leg != "twilio":
+        if self.ctx.call.leg != "twilio":
             return event
+        parameters = dict(event.custom_parameters)
+        stream_token = parameters.pop(STREAM_TOKEN_PARAMETER, None)
+        if stream_token is not None:
+            # Never passed on: no stage and no log line needs it.
+            self.ctx.call.custom_parameters.pop(STREAM_TOKEN_PARAMETER, None)
+            event = attrs.evolve(event, custom_parameters=parameters)
+        if not self.options.twilio_at_start():
+            return event
+        # (A second start on one stream never gets here: the leg rejects it.)
+        now = self.ctx.clock.seconds()
         try:
-            token = event.custom_parameters.get(name)
-            if token is None:
-                raise AuthError("AUTH_FAILED", f"no {name!r} in start.customParameters")
-            verify_token(self.options.token_secret, token, self.ctx.clock.seconds())
+            if self.options.require_stream_token:
+                if stream_token is None:
+                    raise AuthError("AUTH_FAILED", f"no {STREAM_TOKEN_PARAMETER!r} in start.customParameters "
+                                                   "(a replayed signature, or TwiML not from the voice webhook)")
+                claims = verify_stream_token(self.options.token_secret, stream_token, now, event.call_sid)
+                self._use_once(claims, now, True)
+            name = self.options.token_parameter
+            if name:
+                token = parameters.get(name)
+                if token is None:
+                    raise AuthError("AUTH_FAILED", f"no {name!r} in start.customParameters")
+                claims = verify_token(self.options.token_secret, token, now)
+                self._use_once(claims, now, self.options.single_use_tokens or claims.get("use") == "once")
         except AuthError as e:
             self._fail("AUTH_FAILED", e.message)
             return None
+        if not self._admitted():
+            return None
         return event
+
+    def _use_once(self, claims: dict, now: float, single_use: bool) -> None:
+        if single_use and not self.used.claim(claims, now):
+            raise AuthError("AUTH_FAILED", "the single-use token was already used")
+
+    def _admit(self) -> str | None:
+        if self.admission is None:
+            return None
+        return self.admission.authenticate(self.ctx.call.call_id)
+
+    def _admitted(self) -> bool:
+        """Take a call slot; when refused, tell the caller and end the call."""
+        refusal = self._admit()
+        if refusal is None:
+            return True
+        if refusal in REFUSAL_DIAGNOSES:
+            code = REFUSAL_DIAGNOSES[refusal]
+            self.ctx.log.warn("authenticated, but no call slot: {refusal}", refusal=refusal)
+            self.ctx.emit_outbound(CallerError(code, _REFUSAL_MESSAGES[refusal]))
+            self.ctx.end_call(Diagnosis(code, leg="gateway", phase=self.ctx.call.phase))
+        # "closed": admission already ended the call.
+        return False
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -124,12 +209,7 @@ class AuthStage:
     def _fail(self, code: str, detail: str) -> None:
         self.ctx.count("auth_failures", reason=code.lower())
         self.ctx.log.warn("authentication failed: {code} ({detail})", code=code, detail=detail)
-        public = {
-            "AUTH_TIMEOUT": "no {\"token\": ...} message in time",
-            "INVALID_AUTH": "the first message must be {\"token\": \"...\"}",
-            "AUTH_FAILED": "the token is invalid or expired",
-        }[code]
-        self.ctx.emit_outbound(CallerError(code, public))
+        self.ctx.emit_outbound(CallerError(code, _PUBLIC_ERRORS[code]))
         self.ctx.end_call(Diagnosis(code, leg="caller", phase=self.ctx.call.phase))
 
     def _cancel(self) -> None:
@@ -138,6 +218,25 @@ class AuthStage:
 
     def close(self) -> None:
         self._cancel()
+
+
+@attrs.frozen
+class AuthFactory:
+    """
+    Makes one `AuthStage` per call. The single-use memory (`UsedTokens`) is shared by every call
+    of the process; `with_admission` binds a gateway's admission (the gateway does it).
+    """
+
+    options: AuthOptions
+    used: UsedTokens = attrs.field(factory=UsedTokens, eq=False)
+    admission: Any = attrs.field(default=None, eq=False)
+
+    def __call__(self, ctx: StageContext) -> AuthStage:
+        return AuthStage(ctx, self.options, self.used, self.admission)
+
+    def with_admission(self, admission: Any) -> AuthFactory:
+        """This factory, its stages reporting authentication to ``admission``."""
+        return attrs.evolve(self, admission=admission)
 
 
 @implementer(IPlugin, IStreamPlugin)
@@ -154,8 +253,10 @@ class AuthPlugin:
             twilio_auth_token=gateway.twilio_auth_token,
             stream_url=gateway.stream_url,
             token_secret=gateway.token_secret,
+            single_use_tokens=section.bool("single_use_tokens", False),
+            require_stream_token=gateway.require_stream_token,
         )
-        return lambda ctx: AuthStage(ctx, options)
+        return AuthFactory(options)
 
 
 plugin = AuthPlugin()

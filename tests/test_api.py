@@ -56,3 +56,34 @@ class ApiTests(SynchronousTestCase):
         code, body = self.request(treq.post("http://gw/v1/tokens", headers={"Authorization": "Bearer x"}))
         self.assertEqual(code, 503)
         self.assertIn("GATEWAY_API_KEY", body["error"])
+
+    def test_tokens_single_use(self) -> None:
+        """{"single_use": true} mints a token marked for one use; other bodies are refused with 400."""
+        env = {"GATEWAY_API_KEY": "api-key", "GATEWAY_TOKEN_SECRET": "s" * 32}
+        treq, _ = self.client(env)
+        auth = {"Authorization": "Bearer api-key", "Content-Type": "application/json"}
+        code, body = self.request(treq.post("http://gw/v1/tokens", headers=auth, data=b'{"single_use": true}'))
+        self.assertEqual((code, body["single_use"]), (200, True))
+        self.assertEqual(verify_token(b"s" * 32, body["token"], self.clock.seconds())["use"], "once")
+        code, body = self.request(treq.post("http://gw/v1/tokens", headers=auth))
+        self.assertEqual((code, body["single_use"]), (200, False))
+        for bad in (b"nope", b"[]", b'{"single_use": "yes"}', b'{"ttl": 5}'):
+            code, body = self.request(treq.post("http://gw/v1/tokens", headers=auth, data=bad))
+            self.assertEqual(code, 400, bad)
+
+    def test_no_tokens_while_draining(self) -> None:
+        """While draining, minting answers 503 with a JSON error saying so."""
+        treq, gateway = self.client({"GATEWAY_API_KEY": "api-key"})
+        gateway.draining = True
+        code, body = self.request(treq.post("http://gw/v1/tokens", headers={"Authorization": "Bearer api-key"}))
+        self.assertEqual(code, 503)
+        self.assertIn("draining", body["error"])
+        self.assertNotIn("token", body)
+
+    def test_readiness_counts_authenticated_calls(self) -> None:
+        """Sockets still authenticating do not make the gateway full."""
+        treq, gateway = self.client()
+        for _ in range(gateway.config.max_calls + 5):
+            call = gateway.new_call("client", "10.0.0.1")
+            gateway.caller_upgraded(call)
+        self.assertEqual(self.request(treq.get("http://gw/readyz")), (200, {"ready": True, "calls": 0}))

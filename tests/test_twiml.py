@@ -246,6 +246,29 @@ class VoiceWebhookTests(WebhookTestsMixin, SynchronousTestCase):
         self.assertEqual(response.code, 404)
 
 
+class StreamTokenTwimlTests(WebhookTestsMixin, SynchronousTestCase):
+    """``[gateway] require_stream_token``: the TwiML carries a stream token for the CallSid."""
+
+    def test_stream_token_parameter(self) -> None:
+        """The token is the last <Parameter>, bound to the webhook's CallSid, and fresh each time."""
+        from gateway.tokens import STREAM_TOKEN_PARAMETER, verify_stream_token
+
+        env = {"GATEWAY_PUBLIC_URL": PUBLIC, "TWILIO_AUTH_TOKEN": TOKEN, "GATEWAY_TOKEN_SECRET": "t" * 32}
+        h = Harness({"gateway": {"require_stream_token": True, "stream_token_ttl_s": 30}}, env)
+        signature = RequestValidator(TOKEN).compute_signature(PUBLIC + "/twilio/voice", dict(FORM))
+        tokens = []
+        for _ in range(2):
+            response, body = self.post(h, FORM, signature)
+            self.assertEqual(response.code, 200)
+            names = [p.get("name") for p in ET.fromstring(body).iter("Parameter")]
+            self.assertEqual(names, ["From", "To", "CallSid", STREAM_TOKEN_PARAMETER])
+            tokens.append(ET.fromstring(body).findall(".//Parameter")[-1].get("value"))
+        self.assertNotEqual(tokens[0], tokens[1])
+        now = h.gateway.reactor.seconds()
+        claims = verify_stream_token(b"t" * 32, tokens[0], now + 29, FORM["CallSid"])
+        self.assertEqual(claims["sid"], FORM["CallSid"])
+
+
 class TwimlConfigTests(SynchronousTestCase):
     """The ``[twiml]`` section is validated like every other."""
 

@@ -66,11 +66,17 @@ class _CallerProtocol(FastLane, WebSocketServerProtocol):
     _dropped_for: str | None = None
 
     def onConnect(self, request: Any) -> None:
+        """
+        The upgrade: refused with 503 while draining or when every call slot is held; then the
+        chain's auth stage sees the handshake (a signed Twilio stream authenticates here and
+        takes a slot); a socket still unauthenticated joins admission's budget.
+        """
         gateway = self.factory.gateway
-        refusal = gateway.refuse_new_call()
+        refusal = gateway.refuse_upgrade()
         if refusal is not None:
             raise ConnectionDeny(503, refusal)
-        self.call = gateway.new_call(self.leg)
+        address = gateway.source_address(self.transport.getPeer(), request.headers)
+        self.call = gateway.new_call(self.leg, address)
         try:
             self.call.caller_handshake(
                 Handshake(self.leg, request.path, request.headers, request.peer)
@@ -85,6 +91,7 @@ class _CallerProtocol(FastLane, WebSocketServerProtocol):
             )
             # Nothing useful to an attacker in the response: just the status.
             raise ConnectionDeny(e.http_status)
+        gateway.caller_upgraded(self.call)
         return None
 
     def onOpen(self) -> None:
