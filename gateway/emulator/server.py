@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import json
-import re
 import uuid
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -25,6 +24,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from gateway.codecs.deepgram_types import check_listen_options
 from gateway.codecs.settings_schema import INPUT_ENCODINGS
 from gateway.delayproxy import Delay, DelayProxy
 from gateway.emulator.agent import AgentProtocol
@@ -33,6 +33,7 @@ from gateway.emulator.listen import ListenProtocol
 from gateway.emulator.options import EmulatorOptions
 from gateway.emulator.session import Session
 from gateway.emulator.speech import DECODABLE
+from gateway.errors import SettingsError
 
 __all__ = ["Emulator", "AGENT_PATH", "LISTEN_PATH", "PROJECTS_PATH", "REFUSALS"]
 
@@ -55,9 +56,6 @@ REFUSALS = {
     503: ("SERVICE_UNAVAILABLE", "Service unavailable. Please try again later."),
 }
 
-_LANGUAGE = re.compile(r"^(multi|[a-z]{2,3}(-[A-Za-z0-9]{2,8})*)$")
-_BOOLEAN_PARAMS = ("interim_results", "vad_events", "punctuate", "smart_format", "diarize",
-                   "multichannel", "numerals", "profanity_filter", "dictation", "filler_words")
 
 
 class HandshakeRefused(Exception):
@@ -76,8 +74,23 @@ def _header(request: Any, name: bytes) -> str | None:
     return value.decode("utf-8", "replace") if value is not None else None
 
 
-def check_listen_query(query: dict[str, str]) -> None:
-    """Raise `HandshakeRefused` (400) for a ``/v1/listen`` query string Deepgram would refuse."""
+def check_listen_query(pairs: list[tuple[str, str]]) -> None:
+    """
+    Raise `HandshakeRefused` (400) for a ``/v1/listen`` query string Deepgram would refuse: an
+    option the SDK does not name or a value Deepgram refuses (the gateway's own check,
+    `gateway.codecs.deepgram_types`), or audio the emulator cannot take. Repeated options
+    (``keyterm``, ``tag``...) are lists.
+    """
+    options: dict[str, list[str]] = {}
+    for name, value in pairs:
+        if name != FAULT_PARAM:
+            options.setdefault(name, []).append(value)
+    try:
+        check_listen_options({k: v[0] if len(v) == 1 else v for k, v in options.items()},
+                             "v1", path="query", complete=False)
+    except SettingsError as e:
+        raise HandshakeRefused(400, f"Bad Request: {e.field.removeprefix('query.')}: {e.message}.")
+    query = dict(pairs)
     encoding = query.get("encoding")
     if encoding is not None and encoding not in INPUT_ENCODINGS:
         raise HandshakeRefused(400, f"Bad Request: encoding {encoding!r} is not supported; "
@@ -91,17 +104,6 @@ def check_listen_query(query: dict[str, str]) -> None:
     channels = query.get("channels")
     if channels is not None and not (channels.isdigit() and 1 <= int(channels) <= 8):
         raise HandshakeRefused(400, f"Bad Request: channels {channels!r} is not an integer between 1 and 8.")
-    for name in _BOOLEAN_PARAMS:
-        if name in query and query[name] not in ("true", "false"):
-            raise HandshakeRefused(400, f"Bad Request: {name} must be true or false, got {query[name]!r}.")
-    if "utterance_end_ms" in query and not query["utterance_end_ms"].isdigit():
-        raise HandshakeRefused(400, "Bad Request: utterance_end_ms must be an integer.")
-    endpointing = query.get("endpointing")
-    if endpointing is not None and not (endpointing.isdigit() or endpointing in ("true", "false")):
-        raise HandshakeRefused(400, "Bad Request: endpointing must be an integer or false.")
-    language = query.get("language")
-    if language is not None and not _LANGUAGE.match(language):
-        raise HandshakeRefused(400, f"Bad Request: language {language!r} is not a BCP-47 tag.")
 
 
 @attrs.frozen
@@ -140,8 +142,7 @@ class _Root(resource.Resource):
             if not self.emulator._authorised(request):
                 raise HandshakeRefused(401)
             if path == LISTEN_PATH:
-                query = dict(parse_qsl(urlsplit(request.uri.decode("utf-8", "replace")).query))
-                check_listen_query(query)
+                check_listen_query(parse_qsl(urlsplit(request.uri.decode("utf-8", "replace")).query))
         except HandshakeRefused as refused:
             return _json_error(request, request_id, refused)
         self.emulator._pending = _Pending(request_id, faults)
