@@ -7,6 +7,7 @@ The ``gateway`` command: ``gateway demo`` (the whole thing on the local emulator
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import queue
 import re
@@ -48,10 +49,13 @@ class _Child:
         )
         self._echo = echo
         self.show = show
+        #: The last lines the child printed, shown when it dies before listening.
+        self.tail: collections.deque[str] = collections.deque(maxlen=5)
         threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
 
     def _pump(self, stream: IO[str]) -> None:
         for line in stream:
+            self.tail.append(line.rstrip("\n"))
             if self._echo:
                 sys.stdout.write(f"[{self.name}] {line}")
             elif self.show is not None:
@@ -72,7 +76,9 @@ class _Child:
             except queue.Empty:
                 continue
             if line is None:
-                raise RuntimeError(f"{self.name} exited with status {self.proc.wait()} before listening")
+                status = self.proc.wait()
+                said = "" if self._echo else "".join(f"\n  {t}" for t in self.tail if t.strip())
+                raise RuntimeError(f"{self.name} exited with status {status} before listening{said}")
             match = _LISTEN.search(line)
             if match:
                 return int(match.group("port"))
@@ -87,11 +93,38 @@ class _Child:
         return self.proc.wait()
 
 
+def _demo_problem(args: argparse.Namespace, env: dict[str, str]) -> str | None:
+    """What stops the demo before anything starts, in one line: the configuration or the WAV path."""
+    if args.config:
+        from gateway.config import load_config
+        from gateway.errors import ConfigError, PluginLoadError
+
+        try:
+            load_config(args.config, env, require_api_key=False)
+        except (ConfigError, PluginLoadError) as e:
+            return f"gateway: configuration error: {e}"
+    if args.mode == "agent":
+        folder = os.path.dirname(os.path.abspath(args.save_audio))
+        if not os.path.isdir(folder):
+            return f"demo: --save-audio: the folder {folder!r} does not exist"
+    return None
+
+
 def demo(args: argparse.Namespace) -> int:
-    """Run the emulator, a real ``twistd gateway`` pointed at it, and one simulated call."""
+    """
+    Run the emulator, a real ``twistd gateway`` pointed at it, and one simulated call.
+
+    Voice Agent mode: the caller waits for the greeting to play out before speaking and hangs up
+    once the answer has played (``--wait-s`` bounds the wait); the agent's audio is saved. Listen
+    mode has no agent audio, so nothing is saved (an existing file is left alone).
+    """
     key = "demo-key-not-secret"
     env = dict(os.environ)
     env.pop("TWILIO_AUTH_TOKEN", None)
+    problem = _demo_problem(args, env)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 1 if problem.startswith("gateway:") else 2
     children: list[_Child] = []
     try:
         emulator = _Child(
@@ -123,16 +156,21 @@ def demo(args: argparse.Namespace) -> int:
         children.append(gateway)
         gw_port = gateway.wait_for_port(60)
         print(f"demo: emulator on port {dg_port}, gateway on port {gw_port}; placing a call")
+        agent = mode == "agent"
+        wait_s = args.wait_s if args.wait_s is not None else (15.0 if agent else 3.0)
         call = [
             *_python_entry("gateway.simulator.cli"),
             "--url", f"ws://127.0.0.1:{gw_port}/twilio",
-            "--save-audio", args.save_audio,
-            "--wait-s", str(args.wait_s),
+            "--wait-s", str(wait_s),
         ]
+        if agent:
+            call += ["--save-audio", args.save_audio, "--after-greeting", "--until-answered"]
         if args.fast:
             call.append("--fast")
         status = subprocess.call(call, env=env)
-        print(f"demo: the call ended with status {status}; agent audio saved to {args.save_audio}")
+        saved = agent and status == 0 and os.path.exists(args.save_audio)
+        print(f"demo: the call ended with status {status}"
+              + (f"; agent audio saved to {args.save_audio}" if saved else ""))
         return status
     except RuntimeError as e:
         print(f"demo: {e}", file=sys.stderr)
@@ -193,9 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("demo", help="run the emulator, the gateway and one simulated call")
     p.add_argument("--mode", choices=("agent", "listen"), default="agent")
     p.add_argument("--config", help="a gateway configuration to use instead of the defaults")
-    p.add_argument("--save-audio", default="demo-agent.wav", help="where to write the agent's audio")
-    p.add_argument("--wait-s", type=float, default=8.0, help="how long the caller stays after speaking")
-    p.add_argument("--fast", action="store_true", help="send the caller audio faster than real time")
+    p.add_argument("--save-audio", default="demo-agent.wav",
+                   help="where to write the agent's audio (agent mode; listen mode has none)")
+    p.add_argument("--wait-s", type=float, default=None,
+                   help="the longest the caller stays after speaking (default: 15 s for the agent's "
+                        "answer to play out, 3 s in listen mode)")
+    p.add_argument("--fast", action="store_true",
+                   help="send the caller's clip at once instead of in real time")
     p.add_argument("--verbose", "-v", action="store_true", help="show the emulator's and gateway's logs")
     p.set_defaults(func=demo)
     p = sub.add_parser("doctor", help="check the configuration, the Deepgram key and a real session")

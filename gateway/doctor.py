@@ -3,18 +3,23 @@
 in plain words what happened.
 
 It validates the configuration and plugins as start-up does, checks the key over HTTP
-(``GET $DEEPGRAM_API_URL/v1/projects``: 200 valid, 401 not), then places one probe call through
+(``GET <REST base>/v1/projects``: 200 valid, 401 not; the REST base is `key_check_base`: the
+``DEEPGRAM_API_URL`` environment variable when set, else Deepgram's ``https://api.deepgram.com``
+when the mode's configured WebSocket URL is on ``deepgram.com``, else that URL's own host with
+``ws`` -> ``http``, so a gateway pointed at the emulator or a self-hosted Deepgram checks the key
+there), then places one probe call through
 the gateway's own machinery — the configured chain, the real Deepgram leg — sending the
 configured ``Settings`` (or listen parameters) and a short silence, and prints either OK with the
 ``dg-request-id`` or the diagnosis: a bad key with ``dg-error``, Settings rejected with the
-``Error`` and the field, a close with no status after Settings, a network failure. The exit
-status is 0 only when a session was configured.
+``Error`` and the field, a close with no status after Settings, a network failure. The last
+line is ``result: OK`` only when nothing failed; the exit status is 0 only then.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 import attrs
 from twisted.internet import defer, task
@@ -23,12 +28,40 @@ from gateway.call import Call
 from gateway.codecs.signatures import compute_signature
 from gateway.config import ConfiguredGateway
 from gateway.events import Audio, DeepgramEvent, Handshake, StreamStarted, StreamStopped
+from gateway.interfaces import LegState
 from gateway.legs.agent import connect_deepgram
 from gateway.service import UPSTREAM_OPTIONS
 
-__all__ = ["run_doctor", "DEFAULT_API_URL"]
+__all__ = ["run_doctor", "key_check_base", "DEFAULT_API_URL", "KEY_OK", "KEY_REFUSED",
+           "KEY_UNREACHABLE", "KEY_INCONCLUSIVE"]
 
 DEFAULT_API_URL = "https://api.deepgram.com"
+
+#: The key check's verdicts.
+KEY_OK = "ok"
+KEY_REFUSED = "refused"
+KEY_UNREACHABLE = "unreachable"
+KEY_INCONCLUSIVE = "inconclusive"
+
+
+def key_check_base(upstream_url: str, environ: Mapping[str, str]) -> str:
+    """
+    The REST base URL of the key check, for a gateway whose mode connects to ``upstream_url``.
+
+    ``DEEPGRAM_API_URL`` wins when set. Deepgram's own hosts (``*.deepgram.com``, where the
+    WebSocket APIs live on ``agent.`` and ``api.``) answer ``/v1/projects`` on
+    ``https://api.deepgram.com``; any other host (the emulator, a self-hosted Deepgram, a test
+    double) is asked itself, over ``http`` for ``ws://`` and ``https`` for ``wss://``.
+    """
+    explicit = environ.get("DEEPGRAM_API_URL")
+    if explicit:
+        return explicit.rstrip("/")
+    parts = urlsplit(upstream_url)
+    host = (parts.hostname or "").lower()
+    if host == "deepgram.com" or host.endswith(".deepgram.com"):
+        return DEFAULT_API_URL
+    scheme = "https" if parts.scheme == "wss" else "http"
+    return f"{scheme}://{parts.netloc}"
 
 
 @attrs.define
@@ -39,6 +72,7 @@ class _ProbeCaller:
     events: list[str] = attrs.field(factory=list)
     closed_with: tuple[int, str] | None = None
     congested: bool = False
+    state: LegState = LegState.OPEN
 
     def send_audio(self, payload: bytes) -> None:
         pass
@@ -59,36 +93,42 @@ class _ProbeCaller:
 
     def close(self, code: int, reason: str) -> None:
         self.closed_with = (code, reason)
+        self.state = LegState.CLOSED
 
     def abort(self) -> None:
-        pass
+        self.state = LegState.CLOSED
 
 
 @defer.inlineCallbacks
 def check_key(reactor: Any, api_url: str, api_key: str, say: Callable[[str], None]) -> Any:
-    """True when Deepgram accepts the key, False when it refuses it, None if it could not tell."""
+    """
+    Fire with `KEY_OK` when Deepgram accepts the key, `KEY_REFUSED` when it refuses it,
+    `KEY_UNREACHABLE` when the REST URL could not be reached, `KEY_INCONCLUSIVE` for any other
+    answer (a host without ``/v1/projects``, say).
+    """
     import treq
 
     url = api_url.rstrip("/") + "/v1/projects"
     try:
         response = yield treq.get(url, headers={"Authorization": f"Token {api_key}"},
-                                  timeout=10, persistent=False)
+                                  timeout=10, persistent=False, reactor=reactor)
         body = yield response.text()
     except Exception as e:  # noqa: BLE001 - any network failure is reported in plain words
-        say(f"key check: could not reach {url}: {type(e).__name__}: {e}")
-        return None
+        say(f"key check: FAILED: could not reach {url}: {type(e).__name__}: {e}"
+            " (set DEEPGRAM_API_URL to Deepgram's REST base if it is elsewhere)")
+        return KEY_UNREACHABLE
     request_id = response.headers.getRawHeaders(b"dg-request-id", [b"?"])[0].decode()
     if response.code == 200:
         say(f"key check: OK (GET {url} answered 200, dg-request-id {request_id})")
-        return True
+        return KEY_OK
     dg_error = response.headers.getRawHeaders(b"dg-error", [b""])[0].decode()
     detail = dg_error or body.strip()[:200]
     if response.code in (401, 403):
         say(f"key check: FAILED: Deepgram refused DEEPGRAM_API_KEY with HTTP {response.code}"
             f" ({detail}); dg-request-id {request_id}")
-        return False
-    say(f"key check: inconclusive: HTTP {response.code} ({detail})")
-    return None
+        return KEY_REFUSED
+    say(f"key check: inconclusive: GET {url} answered HTTP {response.code} ({detail})")
+    return KEY_INCONCLUSIVE
 
 
 @defer.inlineCallbacks
@@ -148,16 +188,24 @@ def probe_session(reactor: Any, configured: ConfiguredGateway, say: Callable[[st
 @defer.inlineCallbacks
 def run_doctor(reactor: Any, configured: ConfiguredGateway, environ: Mapping[str, str] | None = None,
                say: Callable[[str], None] = print) -> Any:
-    """The whole check; fires with the exit status."""
+    """
+    The whole check; fires with the exit status: 0 when every check passed (an inconclusive key
+    check is not a failure), else 1. The last line is ``result: OK`` or ``result: FAILED: ...``.
+    """
     env = os.environ if environ is None else environ
     config = configured.config
     say(f"configuration: OK (mode {config.mode}, chain {' -> '.join(config.chain)})")
     for warning in config.warnings:
         say(f"configuration: warning: {warning}")
-    key_ok = yield check_key(reactor, env.get("DEEPGRAM_API_URL") or DEFAULT_API_URL, config.api_key, say)
-    if key_ok is False:
+    key = yield check_key(reactor, key_check_base(config.upstream_url, env), config.api_key, say)
+    if key == KEY_REFUSED:
         say("result: FAILED: fix DEEPGRAM_API_KEY")
         return 1
     ok = yield probe_session(reactor, configured, say)
-    say("result: OK" if ok else "result: FAILED")
-    return 0 if ok else 1
+    failed = [what for what, bad in (("the key check", key == KEY_UNREACHABLE),
+                                     ("the probe session", not ok)) if bad]
+    if failed:
+        say(f"result: FAILED: {' and '.join(failed)} (see above)")
+        return 1
+    say("result: OK")
+    return 0

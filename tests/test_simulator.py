@@ -463,6 +463,99 @@ class TwilioCallTests(TestCase):
         self.assertGreater(call.result.frames_sent, 0)
 
 
+class PoliteCallerTests(TestCase):
+    """after_greeting and until_answered: the caller neither talks over the agent nor waits idly."""
+
+    timeout = 20
+
+    def agent(self, answer_after_clip: bool = True) -> tuple[FakeServer, list]:
+        """A fake that greets (0.2 s and a mark) on start and answers (0.2 s and a mark) the clip."""
+        seen: list = []
+
+        def script(session: FakeGateway, message: dict) -> None:
+            event = message.get("event")
+            if event == "start":
+                session.media(b"\x10" * 1600)
+                session.mark("greeting")
+            elif event == "mark":
+                seen.append(("echo", message["mark"]["name"], reactor.seconds()))
+            elif event == "media":
+                payload = base64.b64decode(message["media"]["payload"])
+                if payload != b"\xff" * len(payload) and not any(k == "speech" for k, *_ in seen):
+                    seen.append(("speech", message["media"]["chunk"], reactor.seconds()))
+                    if answer_after_clip:
+                        session.media(b"\x20" * 1600)
+                        session.mark("answer")
+
+        return FakeServer(self, on_message=script), seen
+
+    @defer.inlineCallbacks
+    def test_clip_waits_for_the_greeting(self) -> None:
+        """The clip's first frame leaves after the greeting's mark was echoed as played; silence before."""
+        server, seen = self.agent(answer_after_clip=False)
+        call = TwilioCall(reactor, url=server.url, audio=YES_8K, realtime=False, wait_s=0,
+                          after_greeting=True)
+        result = yield place(call, server)
+        echo = next(t for kind, name, t in seen if kind == "echo" and name == "greeting")
+        speech = next((chunk, t) for kind, chunk, t in seen if kind == "speech")
+        self.assertGreaterEqual(speech[1], echo)
+        self.assertEqual(result.clears, 0)
+        media = [m for m in server.session.texts() if m["event"] == "media"]
+        lead = int(speech[0]) - 1
+        self.assertGreaterEqual(lead, 9)  # 0.2 s of greeting at 20 ms per frame, at least
+        payloads = [base64.b64decode(m["media"]["payload"]) for m in media]
+        self.assertEqual(payloads[:lead], [b"\xff" * 160] * lead)
+        self.assertEqual(b"".join(payloads[lead:]), YES_8K.data)
+        self.assertEqual([m["media"]["chunk"] for m in media], [str(n) for n in range(1, len(media) + 1)])
+        self.assertEqual(result.frames_sent, len(media))
+        waited = [m for _, kind, m in result.events if kind == "sim.greeting_waited"]
+        self.assertEqual(waited[0]["why"], "greeting over")
+
+    @defer.inlineCallbacks
+    def test_no_greeting(self) -> None:
+        """No agent audio within greeting_timeout_s: the clip starts anyway."""
+        server = FakeServer(self)
+        call = TwilioCall(reactor, url=server.url, audio=YES_8K, realtime=False, wait_s=0,
+                          after_greeting=True, greeting_timeout_s=0.1)
+        result = yield place(call, server)
+        waited = [m for _, kind, m in result.events if kind == "sim.greeting_waited"]
+        self.assertEqual(waited[0]["why"], "no greeting within 0.1 s")
+        self.assertTrue(result.sent_audio.endswith(YES_8K.data))
+
+    @defer.inlineCallbacks
+    def test_until_answered(self) -> None:
+        """The call ends once the answer's mark has played, long before wait_s."""
+        server, seen = self.agent()
+        call = TwilioCall(reactor, url=server.url, audio=YES_8K, realtime=False, wait_s=15,
+                          after_greeting=True, until_answered=True)
+        result = yield place(call, server)
+        self.assertIn("sim.answered", kinds(result))
+        self.assertLess(result.duration_s, 10)
+        self.assertEqual([name for name, how in result.marks_echoed], ["greeting", "answer"])
+        self.assertEqual(result.close_code, 1000)
+
+    @defer.inlineCallbacks
+    def test_client_waits_for_agent_audio_done(self) -> None:
+        """/client: the greeting ends with AgentAudioDone and the playback running dry."""
+        order: list[str] = []
+
+        def script(session: "FakeClientGateway", message: Any) -> None:
+            if isinstance(message, dict) and "token" in message:
+                session.sendMessage(b"\x00\x01" * 1600, True)
+                session.send_json({"type": "AgentAudioDone"})
+            elif isinstance(message, bytes) and message.strip(b"\x00") and "speech" not in order:
+                order.append("speech")
+
+        server = FakeServer(self, protocol=FakeClientGateway, on_message=script, path="/client")
+        call = ClientCall(reactor, url=server.url, audio=YES_16K, token="t", realtime=False, wait_s=0,
+                          after_greeting=True)
+        result = yield place(call, server)
+        self.assertEqual(order, ["speech"])
+        waited = [t for t, kind, _ in result.events if kind == "sim.greeting_waited"]
+        stopped = [t for t, kind, _ in result.events if kind == "sim.agent_stopped"]
+        self.assertGreaterEqual(waited[0], stopped[0])
+
+
 class PlaybackTests(TestCase):
     """Twilio's playback queue on a fake clock."""
 
@@ -711,3 +804,64 @@ class CliTests(TestCase):
         """Bad arguments and an unreadable clip return 2 without starting a reactor."""
         self.assertEqual(main(["--dtmf", "x"]), 2)
         self.assertEqual(main(["--audio", os.path.join(DATA, "missing.wav")]), 2)
+
+    @defer.inlineCallbacks
+    def test_http_url(self) -> None:
+        """--url http://...: one line naming the fix, status 2, no traceback, nothing connected."""
+        server = FakeServer(self)
+        http_url = "http" + server.url[len("ws"):]
+        out, err, code = yield self.run_cli("--url", http_url, "--fast", "--wait-s", "0")
+        self.assertEqual(code, 2)
+        self.assertEqual(err.decode().strip(), f"gateway-call: --url: expected a ws:// or wss:// URL, "
+                                               f"got {http_url!r} (did you mean {server.url}?)")
+        self.assertEqual(server.factory.requests, [])
+
+    @defer.inlineCallbacks
+    def test_save_audio_into_a_missing_folder(self) -> None:
+        """--save-audio in a folder that does not exist: one line, status 2, before any call."""
+        server = FakeServer(self)
+        path = os.path.join(tempfile.mkdtemp(), "missing", "agent.wav")
+        out, err, code = yield self.run_cli("--url", server.url, "--fast", "--wait-s", "0",
+                                            "--save-audio", path)
+        self.assertEqual(code, 2)
+        self.assertEqual(err.decode().strip().splitlines(),
+                         [f"gateway-call: --save-audio: the folder {os.path.dirname(path)!r} does not exist"])
+        self.assertNotIn(b"saved", out)
+        self.assertEqual(server.factory.requests, [])
+
+    @defer.inlineCallbacks
+    def test_no_agent_audio_writes_nothing(self) -> None:
+        """A call without agent audio leaves an existing file alone and says so; status 0."""
+        server = FakeServer(self)
+        path = os.path.join(tempfile.mkdtemp(), "agent.wav")
+        with open(path, "wb") as f:
+            f.write(b"earlier")
+        out, err, code = yield self.run_cli("--url", server.url, "--fast", "--wait-s", "0",
+                                            "--save-audio", path)
+        yield server.all_closed()
+        self.assertEqual(code, 0, err)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"earlier")
+        self.assertNotIn(b"saved", out)
+        self.assertIn(f"no agent audio received: {path} not written".encode(), err)
+
+    def test_write_failure_is_not_claimed(self) -> None:
+        """A write that fails after the call is reported as such, never as saved."""
+        from gateway.simulator.cli import _save_audio
+
+        result = CallResult(agent_audio=b"\x11" * 160)
+        path = os.path.join(tempfile.mkdtemp(), "gone", "agent.wav")
+        saved, line = _save_audio(result, path)
+        self.assertFalse(saved)
+        self.assertTrue(line.startswith(f"could not save the agent audio to {path}: "), line)
+
+    @defer.inlineCallbacks
+    def test_twilio_mode_says_where_the_conversation_is(self) -> None:
+        """Twilio mode: a Media Stream has no text; the summary says where the conversation is."""
+        from gateway.simulator.report import TWILIO_NO_TEXT
+
+        server = FakeServer(self)
+        out, err, code = yield self.run_cli("--url", server.url, "--fast", "--wait-s", "0")
+        yield server.all_closed()
+        self.assertEqual(code, 0, err)
+        self.assertIn(f"conversation: {TWILIO_NO_TEXT}", out.decode())

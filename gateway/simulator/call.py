@@ -7,6 +7,17 @@ Frame ``i`` of the stream (the clip's frames, then silence while waiting for the
 with ``realtime=False`` the clip goes out at once and the base moves to the clip's end, so the
 wait for the agent is still real time. One timer per call, re-armed for the next due frame;
 frames that fell behind are sent together at once (their lateness is measured).
+
+Two options make the caller polite, as a person on the phone is:
+
+- ``after_greeting``: the clip waits until the agent's greeting has played out (its turn's end:
+  a Twilio ``mark`` echoed as played, a ``/client`` ``AgentAudioDone``, or ``settle_s`` of
+  quiet after agent audio). Meanwhile silence goes out in real time, as a phone line sends it;
+  with no agent audio at all within ``greeting_timeout_s`` the clip starts anyway. Those lead
+  frames come before the clip on the wire (frame numbers and timestamps count them), while DTMF
+  times and the speech-end figure stay relative to the clip's start.
+- ``until_answered``: after the clip, the call ends as soon as the agent's answer has played out
+  in the same sense, instead of waiting the whole ``wait_s`` (still the upper bound).
 """
 
 from __future__ import annotations
@@ -27,6 +38,10 @@ __all__ = ["SimulatedCall", "EventSink"]
 EventSink = Callable[[float, str, Any], None]
 
 _EPSILON_S = 1e-6
+
+#: Quiet after agent audio that counts as the end of the agent's turn when no explicit end
+#: (a mark played, ``AgentAudioDone``) arrives.
+SETTLE_S = 1.0
 
 
 class SimulatedCall:
@@ -56,6 +71,10 @@ class SimulatedCall:
         on_event: EventSink | None,
         keep_media: bool,
         close_timeout_s: float,
+        after_greeting: bool = False,
+        greeting_timeout_s: float = 5.0,
+        until_answered: bool = False,
+        settle_s: float = SETTLE_S,
     ) -> None:
         if frame_ms <= 0:
             raise ValueError(f"frame_ms must be positive, got {frame_ms}")
@@ -92,6 +111,18 @@ class SimulatedCall:
         self._close_call: IDelayedCall | None = None
         self._ending = False
         self._connector: Any = None
+        self.after_greeting = after_greeting
+        self.greeting_timeout_s = greeting_timeout_s
+        self.until_answered = until_answered
+        self.settle_s = settle_s
+        # While holding (after_greeting) silence goes out before the clip; _lead counts it.
+        self._holding = after_greeting
+        self._hold_started = 0.0
+        self._lead = 0
+        # The agent's turns as the caller perceives them (seconds since run()).
+        self._first_agent_audio: float | None = None
+        self._quiet_since: float | None = None
+        self._turn_done_at: float | None = None
         self.playback = Playback(reactor, self._agent_bytes_per_s, self._mark_played, self._speaking)
 
     # -- running -------------------------------------------------------------------------------
@@ -174,6 +205,52 @@ class SimulatedCall:
     def _total_frames(self) -> int | None:
         return None if self._wait_frames is None else self._clip_frames + self._wait_frames
 
+    def _hold_tick(self) -> None:
+        """Before the clip (``after_greeting``): silence in real time until the greeting is over."""
+        self._tick_call = None
+        if self._ending:
+            return
+        now = self.reactor.seconds()
+        while self._hold_started + self._lead * self._frame_s <= now + _EPSILON_S:
+            self._lateness.append(max(0.0, now - (self._hold_started + self._lead * self._frame_s)))
+            self._send_frame(self._lead, self._silence)
+            self._sent += self._silence
+            self._lead += 1
+            if self._proto is None or self._proto.state != self._proto.STATE_OPEN:
+                return
+        t = now - self._t0
+        why = None
+        if self._first_agent_audio is None:
+            if now - self._hold_started >= self.greeting_timeout_s - _EPSILON_S:
+                why = f"no greeting within {self.greeting_timeout_s:g} s"
+        elif self._turn_over(t, self._hold_started - self._t0):
+            why = "greeting over"
+        if why is None:
+            due = self._hold_started + self._lead * self._frame_s
+            self._tick_call = self.reactor.callLater(max(0.0, due - now), self._hold_tick)
+            return
+        self._holding = False
+        self.record("sim.greeting_waited", {"why": why, "after_s": now - self._hold_started,
+                                            "frames": self._lead})
+        self._base_time, self._base_index = now, 0
+        self._tick()
+
+    def _turn_over(self, t: float, since: float) -> bool:
+        """Whether an agent turn that began after ``since`` has played out by ``t``."""
+        if self.playback.speaking or self._first_agent_audio is None:
+            return False
+        if self._turn_done_at is not None and self._turn_done_at >= since:
+            return True
+        return self._quiet_since is not None and self._quiet_since >= since and \
+            t - self._quiet_since >= self.settle_s - _EPSILON_S
+
+    def _answered(self, t: float) -> bool:
+        """``until_answered``: agent audio came after the speech ended and has played out."""
+        speech_end = self.result.speech_end_s
+        if speech_end is None or self.result.first_agent_audio_after_speech_s is None:
+            return False
+        return self._turn_over(t, speech_end)
+
     def _tick(self) -> None:
         self._tick_call = None
         if self._ending:
@@ -190,7 +267,7 @@ class SimulatedCall:
                 chunk = self._clip[index * self._frame_bytes : (index + 1) * self._frame_bytes]
             else:
                 chunk = self._silence
-            self._send_frame(index, chunk)
+            self._send_frame(self._lead + index, chunk)
             self._sent += chunk
             self._next = index + 1
             if index == self._speech_end_frame:
@@ -206,6 +283,11 @@ class SimulatedCall:
             self._ending = True
             self._end_stream()
             return
+        if self.until_answered and self._next > clip_frames and self._answered(now - self._t0):
+            self.record("sim.answered", {})
+            self._ending = True
+            self._end_stream()
+            return
         upcoming = self._next if total is None or self._next < total else total
         self._tick_call = self.reactor.callLater(max(0.0, self._due(upcoming) - now), self._tick)
 
@@ -218,7 +300,11 @@ class SimulatedCall:
         self.record("sim.open", {"url": self.url})
         self._base_time, self._base_index = now, 0
         self._start_stream()
-        self._tick()
+        if self._holding and not self._ending:
+            self._hold_started = now
+            self._hold_tick()
+        else:
+            self._tick()
 
     def _received(self, payload: bytes, is_binary: bool) -> None:
         t = self.now_s()
@@ -234,6 +320,8 @@ class SimulatedCall:
         result.media_events += 1
         self._agent += audio
         self._agent_times.append(t)
+        if self._first_agent_audio is None:
+            self._first_agent_audio = t
         if result.first_agent_audio_s is None:
             result.first_agent_audio_s = t
         if result.speech_end_s is not None and result.first_agent_audio_after_speech_s is None:
@@ -243,10 +331,16 @@ class SimulatedCall:
     def _mark_played(self, name: str, how: str) -> None:
         """Playback reached a mark (or a clear dropped it)."""
 
+    def _turn_done(self) -> None:
+        """The agent's turn ended explicitly (a mark played out, ``AgentAudioDone``)."""
+        self._turn_done_at = self.now_s()
+
     def _speaking(self, speaking: bool) -> None:
         if speaking:
+            self._quiet_since = None
             self.record("sim.agent_started", {})
         else:
+            self._quiet_since = self.now_s()
             self.record("sim.agent_stopped", {})
 
     def _handshake_failed(self, status: int | None, reason: str) -> None:
@@ -285,7 +379,7 @@ class SimulatedCall:
         self.playback.stop()
         result = self.result
         result.sent_audio = bytes(self._sent)
-        result.frames_sent = self._next if result.opened else 0
+        result.frames_sent = self._lead + self._next if result.opened else 0
         result.agent_audio = bytes(self._agent)
         result.send_lateness = Stats.of(self._lateness)
         gaps = [b - a for a, b in zip(self._agent_times, self._agent_times[1:])]

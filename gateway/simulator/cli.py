@@ -1,10 +1,13 @@
 """
 ``gateway-call``: place one simulated call against a running gateway and report.
 
-Prints one line per event with a timestamp (transcripts as ``caller:``/``agent:``, barge-ins,
-agent speaking, marks) and a summary; ``--json`` prints the `CallResult` as JSON instead. Exit
-status 0 only for a call that ended with a normal close (1000) and no protocol violation;
-otherwise 1, with one line on stderr saying why; 2 for a usage error.
+Prints one line per event with a timestamp (barge-ins, agent speaking, marks; in client mode the
+transcripts as ``caller:``/``agent:``: a Twilio Media Stream carries no text, so in Twilio mode
+the conversation is only in the gateway's log) and a summary; ``--json`` prints the `CallResult`
+as JSON instead. Exit status 0 only for a call that ended with a normal close (1000) and no
+protocol violation; otherwise 1, with one line on stderr saying why; 2 for a usage error (a bad
+argument, a URL that is not ``ws://``/``wss://``, an unreadable clip, a ``--save-audio`` path in
+a folder that does not exist), reported in one line before anything is sent.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import sys
 from typing import Any, Sequence
 
+from autobahn.websocket.util import parse_url
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import react
 from twisted.logger import (
@@ -78,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of silence after the clip while the agent answers (default 8)")
     p.add_argument("--until-close", action="store_true",
                    help="keep streaming silence until the gateway closes (ignores --wait-s)")
+    p.add_argument("--after-greeting", action="store_true",
+                   help="start the clip once the agent's greeting has played out (silence until then)")
+    p.add_argument("--greeting-timeout-s", type=float, default=5.0,
+                   help="with --after-greeting: start anyway when no agent audio came by then (default 5)")
+    p.add_argument("--until-answered", action="store_true",
+                   help="end the call once the agent's answer has played out (at most --wait-s)")
     p.add_argument("--no-stop", action="store_true", help="twilio mode: hang up without sending stop")
     p.add_argument("--save-audio", metavar="PATH", help="write the agent's audio to this WAV file")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of lines")
@@ -88,19 +98,49 @@ def _load_audio(args: argparse.Namespace) -> WavAudio:
     return read_wav(args.audio or default_clip_path(args.mode))
 
 
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """What makes these arguments unusable before any connection, in one line (``None``: fine)."""
+    url = args.url or _DEFAULT_URLS[args.mode]
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("ws", "wss") or not rest.strip("/"):
+        hint = ""
+        if scheme.lower() in ("http", "https") and sep:
+            hint = f" (did you mean {'wss' if scheme.lower() == 'https' else 'ws'}://{rest}?)"
+        return f"--url: expected a ws:// or wss:// URL, got {url!r}{hint}"
+    try:
+        parse_url(url)
+    except ValueError as e:
+        return f"--url: {url!r} is not a usable WebSocket URL: {e}"
+    if args.save_audio:
+        folder = os.path.dirname(os.path.abspath(args.save_audio))
+        if os.path.isdir(args.save_audio):
+            return f"--save-audio: {args.save_audio!r} is a directory; name a .wav file"
+        if not os.path.isdir(folder):
+            return f"--save-audio: the folder {folder!r} does not exist"
+        if not os.access(folder, os.W_OK):
+            return f"--save-audio: the folder {folder!r} is not writable"
+    if args.wait_s < 0:
+        return f"--wait-s: expected a number of seconds >= 0, got {args.wait_s:g}"
+    if args.greeting_timeout_s < 0:
+        return f"--greeting-timeout-s: expected a number of seconds >= 0, got {args.greeting_timeout_s:g}"
+    return None
+
+
 def _make_call(reactor: Any, args: argparse.Namespace, audio: WavAudio, on_event: Any) -> Any:
     url = args.url or _DEFAULT_URLS[args.mode]
     wait_s = None if args.until_close else args.wait_s
     params = dict(args.param)
+    polite = dict(after_greeting=args.after_greeting, greeting_timeout_s=args.greeting_timeout_s,
+                  until_answered=args.until_answered)
     if args.mode == "client":
         return ClientCall(reactor, url=url, audio=audio, token=args.token, parameters=params,
-                          realtime=not args.fast, wait_s=wait_s, on_event=on_event)
+                          realtime=not args.fast, wait_s=wait_s, on_event=on_event, **polite)
     if args.token is not None:
         params["token"] = args.token
     return TwilioCall(reactor, url=url, audio=audio, custom_parameters=params,
                       auth_token=args.auth_token or None, signed_url=args.signed_url,
                       realtime=not args.fast, dtmf=args.dtmf, wait_s=wait_s,
-                      send_stop=not args.no_stop, on_event=on_event)
+                      send_stop=not args.no_stop, on_event=on_event, **polite)
 
 
 def _print_event(t_s: float, kind: str, message: Any) -> None:
@@ -109,19 +149,32 @@ def _print_event(t_s: float, kind: str, message: Any) -> None:
         print(line, flush=True)
 
 
+def _save_audio(result: CallResult, path: str) -> tuple[bool, str]:
+    """Write the agent's audio to ``path``; (saved, one line saying what happened)."""
+    if not result.agent_audio:
+        return False, f"no agent audio received: {path} not written"
+    try:
+        write_wav(path, WavAudio(result.agent_encoding, result.agent_sample_rate_hz, 1, result.agent_audio))
+    except OSError as e:
+        return False, f"could not save the agent audio to {path}: {e.strerror or e}"
+    return True, f"agent audio saved to {path} ({result.agent_audio_s:.2f} s)"
+
+
 def _report(result: CallResult, args: argparse.Namespace) -> int:
-    if args.save_audio:
-        write_wav(args.save_audio, WavAudio(result.agent_encoding, result.agent_sample_rate_hz, 1,
-                                            result.agent_audio))
+    saved, save_line = _save_audio(result, args.save_audio) if args.save_audio else (True, "")
     if args.json:
         print(json.dumps(result.to_json()), flush=True)
     else:
         print("\n".join(summary_lines(result)), flush=True)
-        if args.save_audio:
-            print(f"agent audio saved to {args.save_audio} ({result.agent_audio_s:.2f} s)", flush=True)
+        if save_line and saved:
+            print(save_line, flush=True)
+    if save_line and not saved:
+        print(f"gateway-call: {save_line}", file=sys.stderr, flush=True)
     failure = result.failure()
     if failure is not None:
         print(f"gateway-call: {failure}", file=sys.stderr, flush=True)
+        return 1
+    if save_line and not saved and result.agent_audio:
         return 1
     return 0
 
@@ -152,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
+    problem = usage_problem(args)
+    if problem is not None:
+        print(f"gateway-call: {problem}", file=sys.stderr)
+        return 2
     try:
         audio = _load_audio(args)
     except (OSError, ValueError) as e:

@@ -27,7 +27,8 @@ class ClientCall(SimulatedCall):
     ``audio`` is any WAV clip (converted to linear16 16 kHz if needed). With ``token=None`` the
     client sends nothing at all (no token, no audio) and waits ``wait_s`` for the gateway's
     verdict. After the clip, ``wait_s`` seconds of silence (``None``: until the gateway closes),
-    then the client closes with 1000.
+    then the client closes with 1000. ``after_greeting`` and ``until_answered`` are described in
+    `gateway.simulator.call`; ``AgentAudioDone`` ends an agent turn.
     """
 
     mode = "client"
@@ -48,13 +49,18 @@ class ClientCall(SimulatedCall):
         on_event: EventSink | None = None,
         keep_media: bool = True,
         close_timeout_s: float = 5.0,
+        after_greeting: bool = False,
+        greeting_timeout_s: float = 5.0,
+        until_answered: bool = False,
     ) -> None:
         self.token = token
         self.parameters = dict(parameters or {})
         clip = to_linear16_16k(audio) if token is not None else b""
         frame_bytes = 32 * frame_ms
         super().__init__(reactor, url, clip, frame_bytes, frame_ms, realtime, wait_s,
-                         extra_headers or {}, on_event, keep_media, close_timeout_s)
+                         extra_headers or {}, on_event, keep_media, close_timeout_s,
+                         after_greeting=after_greeting and token is not None,
+                         greeting_timeout_s=greeting_timeout_s, until_answered=until_answered)
         self.result.agent_encoding, self.result.agent_sample_rate_hz = "linear16", 16000
         if clip:
             self._speech_end_frame = -(-speech_end_bytes(clip, "linear16", frame_bytes) // frame_bytes) - 1
@@ -107,6 +113,8 @@ class ClientCall(SimulatedCall):
             text = _final_transcript(message)
             if text:
                 result.transcript.append((t, "user", text))
+        elif kind == "AgentAudioDone":
+            self._turn_done()
         elif kind == "UserStartedSpeaking":
             result.clears += 1
             dropped_s, _ = self.playback.clear()

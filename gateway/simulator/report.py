@@ -11,7 +11,12 @@ from typing import Any
 
 from gateway.simulator.result import CallResult, Stats, close_code_words
 
-__all__ = ["describe_event", "format_event", "summary_lines"]
+__all__ = ["describe_event", "format_event", "summary_lines", "TWILIO_NO_TEXT"]
+
+#: What a Twilio-mode call says about the conversation: a Media Stream carries audio, marks and
+#: clears to Twilio, never text, so the words are only in the gateway's log.
+TWILIO_NO_TEXT = ("a Twilio stream carries no text; the gateway logs it with [gateway] "
+                  "log_conversation = true (gateway demo shows those lines); --mode client prints it")
 
 _ROLES = {"user": "caller", "assistant": "agent"}
 
@@ -46,6 +51,11 @@ def describe_event(kind: str, message: Any) -> str | None:
         return f"mark {m.get('name')!r} {verb}: {m.get('how')}"
     if kind == "sim.speech_end":
         return "caller's speech ends (last speech frame sent)"
+    if kind == "sim.greeting_waited":
+        return (f"caller starts speaking ({m.get('why')}; {m.get('after_s', 0.0):.2f} s of silence "
+                "sent first)")
+    if kind == "sim.answered":
+        return "the agent's answer has played out; ending the call"
     if kind == "sim.clip_sent":
         return f"clip sent ({m.get('frames')} frames); silence follows while waiting"
     if kind == "sim.dtmf_sent":
@@ -119,6 +129,8 @@ def summary_lines(result: CallResult) -> list[str]:
             lines.append(f"  errors: {', '.join(str(e.get('code')) for e in result.errors)}")
     if result.dtmf_sent:
         lines.append(f"  dtmf sent: {''.join(d for _, d in result.dtmf_sent)}")
+    if result.mode == "twilio":
+        lines.append(f"  conversation: {TWILIO_NO_TEXT}")
     if result.first_agent_audio_after_speech_s is not None:
         lines.append(f"  latency: first agent audio {result.first_agent_audio_after_speech_s * 1000:.0f} ms "
                      "after the caller's speech ended")

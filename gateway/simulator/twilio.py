@@ -20,6 +20,7 @@ from gateway.codecs.signatures import compute_signature
 from gateway.codecs.wav import WavAudio
 from gateway.simulator.audio import speech_end_bytes, to_mulaw_8k
 from gateway.simulator.call import EventSink, SimulatedCall
+from gateway.simulator.playback import PLAYED
 
 __all__ = ["TwilioCall", "new_sid"]
 
@@ -51,7 +52,8 @@ class TwilioCall(SimulatedCall):
     ``dtmf`` is a list of ``(at_s, digit)`` in stream time. ``wait_s`` seconds of silence follow
     the clip so the agent can answer (``None``: until the gateway closes); then ``stop`` (unless
     ``send_stop`` is false: the caller drops and we close ourselves), and the gateway has
-    ``close_timeout_s`` to close before we do.
+    ``close_timeout_s`` to close before we do. ``after_greeting`` and ``until_answered`` are
+    described in `gateway.simulator.call`; a mark echoed as played ends an agent turn.
     """
 
     mode = "twilio"
@@ -79,6 +81,9 @@ class TwilioCall(SimulatedCall):
         on_event: EventSink | None = None,
         keep_media: bool = True,
         close_timeout_s: float = 5.0,
+        after_greeting: bool = False,
+        greeting_timeout_s: float = 5.0,
+        until_answered: bool = False,
     ) -> None:
         self.stream_sid = stream_sid or new_sid("MZ")
         self.call_sid = call_sid or new_sid("CA")
@@ -94,7 +99,8 @@ class TwilioCall(SimulatedCall):
         clip = to_mulaw_8k(audio)
         frame_bytes = 8 * frame_ms
         super().__init__(reactor, url, clip, frame_bytes, frame_ms, realtime, wait_s, headers,
-                         on_event, keep_media, close_timeout_s)
+                         on_event, keep_media, close_timeout_s, after_greeting=after_greeting,
+                         greeting_timeout_s=greeting_timeout_s, until_answered=until_answered)
         self.result.stream_sid, self.result.call_sid = self.stream_sid, self.call_sid
         self._speech_end_frame = -(-speech_end_bytes(clip, "mulaw", frame_bytes) // frame_bytes) - 1
         self._seq = 0
@@ -177,6 +183,8 @@ class TwilioCall(SimulatedCall):
         self.close("no close after stop")
 
     def _mark_played(self, name: str, how: str) -> None:
+        if how == PLAYED:
+            self._turn_done()
         if self.echo_marks and not self.result.stop_sent:
             self._send_json({
                 "event": "mark",
