@@ -1,13 +1,15 @@
 """
 The ``gateway`` command: ``gateway demo`` (the whole thing on the local emulator),
 ``gateway doctor`` (check a configuration, the key and a real Deepgram session) and
-``gateway check-config`` (validate a configuration and its plugins, as start-up would).
+``gateway check-config`` (validate a configuration and its plugins, as start-up would;
+``--print`` shows the effective Settings or listen URL).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import queue
 import re
@@ -17,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import IO, Sequence
+from typing import IO, Any, Sequence
 
 __all__ = ["main"]
 
@@ -142,6 +144,7 @@ def demo(args: argparse.Namespace) -> int:
             DEEPGRAM_API_KEY=key,
             DEEPGRAM_AGENT_URL=f"ws://127.0.0.1:{dg_port}/v1/agent/converse",
             DEEPGRAM_LISTEN_URL=f"ws://127.0.0.1:{dg_port}/v1/listen",
+            DEEPGRAM_FLUX_URL=f"ws://127.0.0.1:{dg_port}/v2/listen",
         )
         argv = _twistd() + ["-n", "--pidfile=", "gateway", "--port", "tcp:0:interface=127.0.0.1"]
         if args.config:
@@ -180,8 +183,46 @@ def demo(args: argparse.Namespace) -> int:
             child.stop()
 
 
+def effective_upstream(configured: Any, leg: str = "twilio") -> tuple[str, Any]:
+    """
+    What a call on ``leg`` (``twilio`` or ``client``) would send Deepgram before any per-call
+    value: ``("settings", the Settings message)`` in agent mode (the merged template, the audio
+    section the transcoder derives, the plugins' functions), else ``("url", the query URL)``.
+    The same functions the settings stage uses build it.
+    """
+    from gateway.call import CALLER_FORMATS
+    from gateway.codecs import deepgram
+    from gateway.functions import declarations
+    from plugins.settings import _add_functions
+
+    caller = CALLER_FORMATS[leg]
+    upstream_in, upstream_out = caller, caller
+    options = None
+    for name, factory in configured.stages:
+        negotiate = getattr(factory, "upstream_formats", None)
+        if negotiate is not None:
+            upstream_in, upstream_out = negotiate(caller)
+        if name == "settings":
+            options = factory.options
+    if options is None:
+        raise ValueError("the chain has no settings stage")
+    mode = configured.config.mode
+    if mode == "agent":
+        settings = deepgram.build_settings(options.template, upstream_in, upstream_out)
+        functions = declarations(dict(configured.stages))
+        _add_functions(settings, [spec.declaration(n) for n, (_, spec) in functions.items()])
+        return "settings", settings
+    # listen_url/listen_params, flux_url/flux_params...: one builder per query-string mode.
+    build = getattr(deepgram, f"build_{mode}_url")
+    url = build(getattr(options, f"{mode}_url"), getattr(options, f"{mode}_params"), upstream_in)
+    return "url", deepgram.redact_url(url)
+
+
 def check_config(args: argparse.Namespace) -> int:
-    """Validate a configuration and its plugins; print the result in one line."""
+    """
+    Validate a configuration and its plugins; print the result in one line. With ``--print``,
+    also what Deepgram would receive: the effective Settings (agent mode) or query URL.
+    """
     from gateway.config import load_config
     from gateway.errors import ConfigError, PluginLoadError
 
@@ -196,6 +237,15 @@ def check_config(args: argparse.Namespace) -> int:
     if not config.api_key:
         print("warning: DEEPGRAM_API_KEY is not set (the gateway will refuse to start)")
     print(f"ok: mode {config.mode}, chain {' -> '.join(config.chain)}")
+    if args.print:
+        kind, value = effective_upstream(configured, args.leg)
+        caller = {"twilio": "a Twilio stream", "client": "a /client caller"}[args.leg]
+        if kind == "settings":
+            print(f"effective Settings for {caller} (before per-call [settings.parameters] values):")
+            print(json.dumps(value, indent=2))
+        else:
+            print(f"effective {config.mode} URL for {caller} (before per-call [settings.parameters] values):")
+            print(value)
     return 0
 
 
@@ -229,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="run the emulator, the gateway and one simulated call")
-    p.add_argument("--mode", choices=("agent", "listen"), default="agent")
+    p.add_argument("--mode", choices=("agent", "listen", "flux"), default="agent",
+                   help="the Voice Agent, streaming speech-to-text, or Flux's turn-taking STT")
     p.add_argument("--config", help="a gateway configuration to use instead of the defaults")
     p.add_argument("--save-audio", default="demo-agent.wav",
                    help="where to write the agent's audio (agent mode; listen mode has none)")
@@ -245,6 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(func=doctor)
     p = sub.add_parser("check-config", help="validate a configuration file and its plugins")
     p.add_argument("--config", help="the TOML file (none: the defaults)")
+    p.add_argument("--print", action="store_true",
+                   help="also print the effective Settings (agent mode) or query URL (listen modes)")
+    p.add_argument("--leg", choices=("twilio", "client"), default="twilio",
+                   help="with --print: the caller whose audio formats to show (default twilio)")
     p.set_defaults(func=check_config)
     args = parser.parse_args(argv)
     return int(args.func(args))

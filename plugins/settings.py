@@ -33,6 +33,7 @@ from gateway.codecs.deepgram import (
     DEFAULT_SETTINGS,
     build_listen_url,
     build_settings,
+    merge_template,
 )
 from gateway.codecs.formats import MULAW_8K
 from gateway.codecs.deepgram_types import (
@@ -327,7 +328,9 @@ class SettingsPlugin:
                 raise ConfigError(section.key("template_file"), f"not valid JSON: {e}")
             where = section.key("template_file")
         else:
-            template = inline or dict(DEFAULT_SETTINGS)
+            # A partial inline template deep-merges onto the built-in one (merge_template's rules);
+            # a template_file above is used as it is.
+            template = merge_template(DEFAULT_SETTINGS, inline)
             where = section.key("template")
         if not isinstance(template, dict):
             raise ConfigError(where, "expected a JSON object")

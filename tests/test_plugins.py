@@ -261,10 +261,12 @@ class SettingsSchemaTests(SynchronousTestCase):
 
         self.assertField(agent(greeting=5), "settings.template.agent.greeting", "expected string, got integer")
         self.assertField(agent(speek={}), "settings.template.agent.speek", "unknown field")
-        self.assertField(agent(think={"prompt": "x"}), "settings.template.agent.think.provider", "required")
+        # An inline template merges onto the default (merge_template): a list replaces, a table
+        # with another provider type replaces the default's provider.
+        self.assertField(agent(think=[{"prompt": "x"}]), "settings.template.agent.think[0].provider", "required")
         self.assertField(agent(listen={"provider": {"type": "deepgram", "model": "nova-3", "endpointing": 300}}),
                          "settings.template.agent.listen.provider.endpointing", "unknown field")
-        self.assertField(agent(think={"provider": {"type": "open_ai"}}),
+        self.assertField(agent(think={"provider": {"type": "anthropic"}}),
                          "settings.template.agent.think.provider.model", "required")
         self.assertField(agent(think=[{"provider": {"type": "open_ai", "model": "gpt-4o-mini"}},
                                       {"provider": {"type": 3}}]),

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_LISTEN_URL",
     "DEFAULT_SETTINGS",
     "DEFAULT_LISTEN_PARAMS",
+    "merge_template",
     "parse_server_message",
     "build_settings",
     "build_listen_url",
@@ -100,6 +101,39 @@ def encode_message(message: Mapping[str, Any]) -> bytes:
     except UnicodeEncodeError:
         # Pairs split across code points are joined; lone ones replaced.
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
+
+
+def merge_template(default: Mapping[str, Any], partial: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    ``partial`` (a ``[settings.template]`` table) laid over ``default`` (`DEFAULT_SETTINGS`):
+    the effective template. Pure; neither argument is changed.
+
+    The rules, applied key by key:
+
+    - a table (dict) present on both sides merges recursively, so
+      ``[settings.template.agent.think] prompt = "..."`` changes the prompt and keeps the rest;
+    - except that a table whose ``type`` differs from the default's replaces it whole: another
+      provider (``agent.speak.provider.type = "eleven_labs"``) does not inherit the old one's
+      options (``model``);
+    - a list or a scalar replaces the default's value (``agent.think.functions``, a fallback list
+      of providers, ``agent.greeting``); lists are never concatenated;
+    - a key only on one side is kept as it is.
+
+    A key cannot be removed this way: give a whole template in ``template_file`` (JSON, used as
+    it is, never merged) instead.
+    """
+    merged: dict[str, Any] = copy.deepcopy(dict(default))
+    for key, value in partial.items():
+        base = merged.get(key)
+        if (
+            isinstance(base, Mapping)
+            and isinstance(value, Mapping)
+            and ("type" not in value or value.get("type") == base.get("type"))
+        ):
+            merged[key] = merge_template(base, value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def build_settings(
