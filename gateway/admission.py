@@ -13,6 +13,10 @@ they have a budget of their own (``[admission]``):
   total), is closed to make room. A legitimate caller authenticates within a round trip of its
   upgrade, so it is never the oldest for long; a flood of silent sockets only displaces itself
   and costs its sender one upgrade per socket.
+- a socket younger than ``eviction_grace_s`` is never closed to make room, so a burst of real
+  callers (a proxy's, or Twilio's from one of its addresses) is not cut before its first
+  message is read; when only such sockets fill the budget, the newcomer is refused (HTTP 503
+  ``busy``) instead.
 - each must authenticate within ``pending_timeout_s`` of its upgrade, else it is closed.
 
 A socket the budget closes gets the AUTH_TIMEOUT diagnosis (4001 to a ``/client``, after its JSON
@@ -57,6 +61,7 @@ class AdmissionOptions:
     max_pending: int = 128
     max_pending_per_address: int = 16
     pending_timeout_s: float = 10.0
+    eviction_grace_s: float = 1.0
     #: Peers (reverse proxies) whose ``X-Forwarded-For`` names the real source address.
     trusted_proxies: frozenset[str] = frozenset()
 
@@ -75,10 +80,17 @@ def admission_options(section: Any) -> AdmissionOptions:
         except ValueError:
             raise ConfigError(f"{section.key('trusted_proxies')}[{i}]",
                               f"expected an IP address, got {text!r}")
+    timeout = section.float("pending_timeout_s", 10.0, minimum=0.1)
+    # 1 s by default, or half a (shorter) pending timeout.
+    grace = section.float("eviction_grace_s", min(1.0, timeout / 2), minimum=0)
+    if grace >= timeout:
+        raise ConfigError(section.key("eviction_grace_s"),
+                          f"expected less than pending_timeout_s ({timeout:g}), got {grace:g}")
     return AdmissionOptions(
         max_pending=max_pending,
         max_pending_per_address=per_address,
-        pending_timeout_s=section.float("pending_timeout_s", 10.0, minimum=0.1),
+        pending_timeout_s=timeout,
+        eviction_grace_s=grace,
         trusted_proxies=frozenset(proxies),
     )
 
@@ -161,28 +173,34 @@ class Admission:
         """A caller's upgrade is being handled: track it (it holds nothing yet)."""
         self._tickets[key] = _Ticket(key, call, address, since=self.clock.seconds())
 
-    def hold(self, key: str) -> None:
+    def hold(self, key: str) -> str | None:
         """
         The upgrade was accepted and the socket has not authenticated: it joins the budget,
-        making room by closing the oldest over-budget socket, and gets its deadline.
+        making room by closing the oldest over-budget socket, and gets its deadline. Returns
+        ``busy`` (and the socket is not held) when the budget is full of sockets too young to
+        close; None otherwise.
         """
         ticket = self._tickets.get(key)
         if ticket is None or ticket.state != "new":
-            return
+            return None
         options = self.options
-        victims = []
+        now = self.clock.seconds()
+        victim = None
         mine = self._by_address.get(ticket.address, {})
-        if len(mine) >= options.max_pending_per_address:
-            victims.append(next(iter(mine.values())))
-        elif len(self._pending) >= options.max_pending:
-            victims.append(self._heaviest())
+        address_full = len(mine) >= options.max_pending_per_address
+        if address_full or len(self._pending) >= options.max_pending:
+            victim = self._evictable([mine] if address_full else self._by_address.values(), now)
+            if victim is None:
+                self.refused["busy"] += 1
+                return "busy"
         ticket.state = "pending"
-        ticket.since = self.clock.seconds()
+        ticket.since = now
         self._pending[key] = ticket
         self._by_address.setdefault(ticket.address, {})[key] = ticket
         ticket.timer = self.clock.callLater(options.pending_timeout_s, self._expire, key)
-        for victim in victims:
+        if victim is not None:
             self._drop(victim, "evicted")
+        return None
 
     def authenticate(self, key: str) -> str | None:
         """
@@ -220,13 +238,21 @@ class Admission:
 
     # --- internals ---
 
-    def _heaviest(self) -> _Ticket:
-        """The oldest socket of the address holding the most (the oldest such address on a tie)."""
-        tickets = max(
-            self._by_address.values(),
-            key=lambda t: (len(t), -next(iter(t.values())).since),
-        )
-        return next(iter(tickets.values()))
+    def _evictable(self, groups: Iterable[dict[str, _Ticket]], now: float) -> _Ticket | None:
+        """
+        Of the oldest socket of each address in ``groups``, one past the grace: the one of the
+        address holding the most (the oldest on a tie); None if all are too young.
+        """
+        grace = self.options.eviction_grace_s
+        best = None
+        for tickets in groups:
+            oldest = next(iter(tickets.values()))
+            if now - oldest.since < grace:
+                continue
+            rank = (len(tickets), -oldest.since)
+            if best is None or rank > best[0]:
+                best = (rank, oldest)
+        return best[1] if best is not None else None
 
     def _unpend(self, ticket: _Ticket) -> None:
         if self._pending.pop(ticket.key, None) is None:
@@ -277,8 +303,9 @@ class AdmissionCollector:
         yield closed
         refused = CounterMetricFamily("gateway_calls_refused",
                                       "Calls refused for want of a slot (at the upgrade or on "
-                                      "authenticating), by reason", labels=["reason"])
-        for reason in ("full", "draining"):
+                                      "authenticating: full, draining) or of room in the "
+                                      "unauthenticated budget (busy)", labels=["reason"])
+        for reason in ("full", "draining", "busy"):
             refused.add_metric([reason], a.refused[reason])
         yield refused
         http = CounterMetricFamily("gateway_http_refused", "HTTP requests refused by a limit, by status",

@@ -130,17 +130,18 @@ class Gateway:
         self.admission.arrive(call.info.call_id, call, address)
         return call
 
-    def caller_upgraded(self, call: Call) -> None:
+    def caller_upgraded(self, call: Call) -> str | None:
         """
-        ``call``'s upgrade was accepted. Unless it has already authenticated (a signed Twilio
-        stream), it joins the budget of unauthenticated sockets, with its deadline.
+        ``call``'s upgrade passed the chain. Unless it has already authenticated (a signed
+        Twilio stream), it joins the budget of unauthenticated sockets, with its deadline.
+        Returns why the upgrade must be refused (``busy``: the budget is full of sockets too
+        young to close), or None.
         """
         if self._admission_aware:
-            self.admission.hold(call.info.call_id)
-        else:
-            # A chain whose auth stage does not report authentication: the old rule, a slot
-            # from the upgrade on.
-            self.admission.authenticate(call.info.call_id)
+            return self.admission.hold(call.info.call_id)
+        # A chain whose auth stage does not report authentication: the old rule, a slot from
+        # the upgrade on.
+        return self.admission.authenticate(call.info.call_id)
 
     def _close_unauthenticated(self, call: Call, reason: str) -> None:
         """Admission closes an unauthenticated socket: ``evicted``, ``timeout`` or ``drained``."""

@@ -32,9 +32,9 @@ class Recorder:
                                    lambda call, reason: self.closed.append((call, reason)),
                                    draining=lambda: self.draining)
 
-    def pend(self, key: str, address: str = "10.0.0.1") -> None:
+    def pend(self, key: str, address: str = "10.0.0.1") -> str | None:
         self.admission.arrive(key, key, address)
-        self.admission.hold(key)
+        return self.admission.hold(key)
 
 
 class AdmissionTests(SynchronousTestCase):
@@ -63,7 +63,7 @@ class AdmissionTests(SynchronousTestCase):
         r.pend("other", "10.0.0.9")
         for i in range(5):
             r.clock.advance(1)
-            r.pend(f"a{i}", "10.0.0.1")
+            self.assertIsNone(r.pend(f"a{i}", "10.0.0.1"))
         self.assertEqual(r.closed, [("a0", "evicted"), ("a1", "evicted")])
         self.assertEqual(r.admission.pending_from("10.0.0.1"), 3)
         self.assertEqual(r.admission.pending_from("10.0.0.9"), 1)
@@ -80,6 +80,27 @@ class AdmissionTests(SynchronousTestCase):
         r.pend("new", "10.0.0.5")
         self.assertEqual(r.closed, [("a0", "evicted")])
         self.assertEqual(r.admission.pending, 4)
+
+    def test_grace(self) -> None:
+        """A socket younger than eviction_grace_s is never closed for room: the newcomer gets busy."""
+        r = Recorder(max_pending=4, max_pending_per_address=2, eviction_grace_s=1.0)
+        self.assertEqual([r.pend(k) for k in ("a", "b", "c")], [None, None, "busy"])
+        r.clock.advance(1.0)
+        self.assertIsNone(r.pend("d"))
+        self.assertEqual(r.closed, [("a", "evicted")])
+        self.assertEqual(r.admission.refused["busy"], 1)
+
+    def test_grace_over_the_total(self) -> None:
+        """Over max_pending, an address whose oldest is past the grace gives way, even if not the heaviest."""
+        r = Recorder(max_pending=3, max_pending_per_address=3, eviction_grace_s=1.0)
+        r.pend("old", "10.0.0.9")
+        r.clock.advance(1.0)
+        r.pend("n1", "10.0.0.1")
+        r.pend("n2", "10.0.0.1")
+        self.assertIsNone(r.pend("z", "10.0.0.4"))
+        self.assertEqual(r.closed, [("old", "evicted")])
+        self.assertEqual(r.pend("w", "10.0.0.5"), "busy")
+        self.assertEqual(r.admission.pending, 3)
 
     def test_deadline(self) -> None:
         """A socket not authenticated within pending_timeout_s is closed; an authenticated one is not."""
@@ -111,6 +132,7 @@ class AdmissionTests(SynchronousTestCase):
         r = Recorder(max_pending=1, max_pending_per_address=1)
         r.pend("waiting")
         r.admission.arrive("signed", "signed", "10.0.0.1")
+        r.clock.advance(5)
         self.assertIsNone(r.admission.authenticate("signed"))
         r.admission.hold("signed")
         self.assertEqual((r.admission.pending, r.admission.live, r.closed), (1, 1, []))
@@ -129,6 +151,9 @@ class AdmissionTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as e:
             admission_options(Section("admission", {"max_pending": 4, "max_pending_per_address": 5}))
         self.assertIn("admission.max_pending_per_address", str(e.exception))
+        with self.assertRaises(ConfigError) as e:
+            admission_options(Section("admission", {"pending_timeout_s": 1, "eviction_grace_s": 1}))
+        self.assertIn("admission.eviction_grace_s", str(e.exception))
         with self.assertRaises(ConfigError) as e:
             admission_options(Section("admission", {"trusted_proxies": ["nginx"]}))
         self.assertIn("admission.trusted_proxies[0]", str(e.exception))
@@ -200,9 +225,22 @@ class GatewayAdmissionTests(SynchronousTestCase):
     def test_eviction(self) -> None:
         """Over the per-address budget, the oldest socket of that address is closed (4001)."""
         gateway = self.gateway({"admission": {"max_pending_per_address": 2}})
-        legs = [self.client(gateway, "10.0.0.1")[1] for _ in range(3)]
+        legs = []
+        for _ in range(3):
+            legs.append(self.client(gateway, "10.0.0.1")[1])
+            gateway.reactor.advance(1.0)  # past the eviction grace
         self.assertEqual([leg.closed_with and leg.closed_with[0] for leg in legs], [4001, None, None])
         self.assertEqual(gateway.admission.closed["evicted"], 1)
+
+    def test_busy(self) -> None:
+        """A budget full of sockets within the grace: the upgrade is refused (busy), nothing closed."""
+        gateway = self.gateway({"admission": {"max_pending_per_address": 2}})
+        self.client(gateway, "10.0.0.1")
+        self.client(gateway, "10.0.0.1")
+        call = gateway.new_call("client", "10.0.0.1")
+        call.caller_handshake(Handshake("client", "/client", {}, "10.0.0.1"))
+        self.assertEqual(gateway.caller_upgraded(call), "busy")
+        self.assertEqual((gateway.admission.pending, gateway.admission.closed["evicted"]), (2, 0))
 
     def test_drain_closes_unauthenticated(self) -> None:
         """A drain closes the sockets still authenticating (1001), at once."""

@@ -69,7 +69,8 @@ class _CallerProtocol(FastLane, WebSocketServerProtocol):
         """
         The upgrade: refused with 503 while draining or when every call slot is held; then the
         chain's auth stage sees the handshake (a signed Twilio stream authenticates here and
-        takes a slot); a socket still unauthenticated joins admission's budget.
+        takes a slot); a socket still unauthenticated joins admission's budget, or gets 503 when
+        that budget is full of sockets too young to make room.
         """
         gateway = self.factory.gateway
         refusal = gateway.refuse_upgrade()
@@ -91,7 +92,9 @@ class _CallerProtocol(FastLane, WebSocketServerProtocol):
             )
             # Nothing useful to an attacker in the response: just the status.
             raise ConnectionDeny(e.http_status)
-        gateway.caller_upgraded(self.call)
+        refusal = gateway.caller_upgraded(self.call)
+        if refusal is not None:
+            raise ConnectionDeny(503, refusal)
         return None
 
     def onOpen(self) -> None:

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 import treq
 from twilio.request_validator import RequestValidator
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 
@@ -118,8 +118,8 @@ class AdmissionTests(TestCase):
         yield settle_autobahn_timers()
 
     @defer.inlineCallbacks
-    def open_silent(self, path: bytes, source: str, count: int = 1) -> defer.Deferred:
-        """``count`` silent upgrades from ``source``, each upgraded (101) before this fires."""
+    def open_silent(self, path: bytes, source: str, count: int = 1, status: int = 101) -> defer.Deferred:
+        """``count`` silent upgrades from ``source``, each answered (``status``) before this fires."""
         sockets = []
         for _ in range(count):
             endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port, bindAddress=(source, 0))
@@ -127,7 +127,7 @@ class AdmissionTests(TestCase):
             self.silent.append(socket)
             sockets.append(socket)
         statuses = yield defer.gatherResults([s.upgraded for s in sockets]).addTimeout(30, reactor)
-        self.assertEqual(set(statuses), {101})
+        self.assertEqual(set(statuses), {status})
         return sockets
 
     def signed_call(self, parameters: dict | None = None, stop_after_s: float | None = 1.5) -> defer.Deferred:
@@ -163,12 +163,15 @@ class AdmissionTests(TestCase):
 
     @defer.inlineCallbacks
     def test_per_address_budget(self) -> None:
-        """Past max_pending_per_address, that address's oldest sockets go (4001); others stay."""
+        """Past max_pending_per_address, that address's oldest sockets go (4001) once past the
+        eviction grace (before it, the newcomer gets 503); other addresses are not concerned."""
         yield self.gateway({"admission": {"max_pending": 50, "max_pending_per_address": 4,
-                                          "pending_timeout_s": 60}})
+                                          "pending_timeout_s": 60, "eviction_grace_s": 0.3}})
         gateway = self.service.gateway
         first = yield self.open_silent(b"/client", "127.0.0.2", 4)
         yield wait_until(lambda: gateway.admission.pending == 4)
+        yield self.open_silent(b"/client", "127.0.0.2", 1, status=503)
+        yield task.deferLater(reactor, 0.4, lambda: None)  # the first four are past the grace
         later = []
         for _ in range(3):
             later += yield self.open_silent(b"/client", "127.0.0.2")
@@ -181,6 +184,7 @@ class AdmissionTests(TestCase):
         self.assertEqual((gateway.admission.pending_from("127.0.0.2"), gateway.admission.pending_from("127.0.0.3")),
                          (4, 4))
         self.assertEqual(gateway.admission.closed["evicted"], 3)
+        self.assertEqual(gateway.admission.refused["busy"], 1)
         # A client with a token from another address is not concerned.
         token = yield self.mint()
         result = yield client_call(reactor, self.ws + "/client", YES, token).addTimeout(60, reactor)
