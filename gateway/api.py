@@ -170,11 +170,12 @@ class WebSocketEndpoint(resource.Resource):
 def make_site(gateway: Any, twilio_factory: Any, client_factory: Any,
               limits: HttpLimits = HttpLimits()) -> LimitedSite:
     """The whole resource tree of the gateway's port, every request under ``limits``."""
-    from gateway.twiml import VoiceWebhook, demo_resource
+    from gateway.twiml import HandoverAction, VoiceWebhook, demo_resource
 
     root = resource.Resource()
     twilio = TwilioResource(WebSocketEndpoint(twilio_factory))
     twilio.putChild(b"voice", VoiceWebhook(gateway))
+    twilio.putChild(b"handover", HandoverAction(gateway))
     root.putChild(b"twilio", twilio)
     root.putChild(b"client", WebSocketEndpoint(client_factory))
     root.putChild(b"healthz", Heartbeat())

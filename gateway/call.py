@@ -49,6 +49,7 @@ from gateway.events import (
     DeepgramEvent,
     Handshake,
     HandshakeRefused,
+    HandoverRequested,
     OpenUpstream,
     SendMark,
     StreamStarted,
@@ -269,6 +270,12 @@ class _Context:
     def upstream_failed(self, diagnosis: Diagnosis) -> None:
         self._owner.upstream_failed(diagnosis)
 
+    def snapshot(self) -> dict[str, Any]:
+        return self._owner.snapshot()
+
+    def restore(self, record: Mapping[str, Any]) -> None:
+        self._owner.restore(record)
+
     def stop_handling(self, cls: type, direction: str = "inbound") -> None:
         self._owner._chain.stop_handling(self._index, cls, direction)
 
@@ -453,6 +460,10 @@ class Call:
             stages.append(factory(ctx))
             names.append(name)
         self._chain = Chain(names, stages, self._inbound_sink, self._outbound_sink, self._stage_failed)
+        self._stages = dict(zip(names, stages))
+        # A call handed over from other processes: their reports, oldest first, and the count.
+        self._segments: list[dict[str, Any]] = []
+        self._handovers = 0
         functions = declarations(dict(configured.stages))
         self.info.functions = [spec.declaration(name) for name, (_, spec) in functions.items()]
         self._functions = FunctionDispatcher(
@@ -474,6 +485,56 @@ class Call:
     def count(self, name: str, amount: int = 1, **labels: str) -> None:
         """Add to a per-call counter (issue 7 exports these as metrics)."""
         self.info.counters[(name, tuple(sorted(labels.items())))] += amount
+
+    # --- handing over and taking up (gateway.handover) -------------------------------------------
+
+    def request_handover(self, deadline_s: float, reason: str = "drain") -> None:
+        """Ask the chain (the handover stage) to hand this call to another process."""
+        if self.info.phase in ("ending", "closed"):
+            return
+        self._chain.inbound(HandoverRequested(deadline_s, reason))
+
+    def snapshot(self) -> dict[str, Any]:
+        """
+        What another process needs to take this call up: its identity and parameters, each
+        stage's ``save_state()``, the transcript, and the report so far (one segment per process).
+        """
+        states = {}
+        for name, stage in self._stages.items():
+            save = getattr(stage, "save_state", None)
+            if save is not None:
+                state = save()
+                if state is not None:
+                    states[name] = state
+        info = self.info
+        return {
+            "v": 1,
+            "call_id": info.call_id,
+            "call_sid": info.call_sid,
+            "account_sid": info.account_sid,
+            "stream_sid": info.stream_sid,
+            "custom_parameters": dict(info.custom_parameters),
+            "states": states,
+            "transcript": list(self.transcript.items),
+            "segments": self._segments + [build_report(self, self.clock.seconds())],
+            "handovers": self._handovers,
+        }
+
+    def restore(self, record: Mapping[str, Any]) -> None:
+        """Become the call ``record`` (a `snapshot` from another process) describes."""
+        call_id = record.get("call_id")
+        if isinstance(call_id, str) and call_id:
+            self.info.call_id = call_id[:64]
+        self._segments = [s for s in record.get("segments") or () if isinstance(s, dict)]
+        self._handovers = int(record.get("handovers") or 0)
+        for item in record.get("transcript") or ():
+            if isinstance(item, dict):
+                self.transcript.items.append(item)
+        states = record.get("states") or {}
+        for name, stage in self._stages.items():
+            restore = getattr(stage, "restore_state", None)
+            if restore is not None and isinstance(states.get(name), dict):
+                restore(states[name])
 
     # --- from the caller leg ---------------------------------------------------------------------
 
@@ -866,6 +927,10 @@ class Call:
         d = self.diagnosis
         assert d is not None
         self.report = build_report(self, self.clock.seconds())
+        if self._segments:
+            # One report for the whole call: the earlier processes' parts, then this one.
+            self.report["segments"] = self._segments
+            self.report["handovers"] = self._handovers
         self.log.info(
             "call {call_id} ended: {code} in {ended_phase}; {description}; "
             "stream {stream_sid}, dg-request-id {dg_request_id}",

@@ -30,7 +30,8 @@ __all__ = [
 ]
 
 DEFAULT_CHAIN = (
-    "auth", "settings", "empty_frames", "transcoder", "keepalive", "call_control", "close_codes",
+    "auth", "handover", "settings", "empty_frames", "transcoder", "keepalive", "call_control",
+    "close_codes",
 )
 
 #: Stages the chain cannot do without: no unauthenticated stream may reach Deepgram (auth), and

@@ -143,6 +143,18 @@ class Dtmf:
 
 
 @attrs.frozen
+class HandoverRequested:
+    """
+    Hand this call to another gateway process at its next quiet point, at the latest after
+    ``deadline_s`` (the service sends it on drain, or an operator for one call). Inbound; the
+    handover stage acts on it.
+    """
+
+    deadline_s: float
+    reason: str = "drain"
+
+
+@attrs.frozen
 class StreamStopped:
     """Twilio's ``stop``: the stream is over (the caller hung up or the call moved on)."""
 

@@ -97,6 +97,18 @@ class Gateway:
                 secret=self.config.webhook_secret,
             )
 
+    @property
+    def handover(self) -> Any:
+        """The handover stage's factory (its options and the store), if handover is on."""
+        for name, factory in self.configured.stages:
+            if name == "handover" and getattr(factory, "options", None) is not None:
+                return factory if factory.options.enabled else None
+        return None
+
+    @property
+    def handover_enabled(self) -> bool:
+        return self.handover is not None
+
     def refuse_new_call(self) -> str | None:
         """
         Why a new call would be refused now (None: it is accepted): ``draining``, or ``full``
@@ -165,6 +177,8 @@ class Gateway:
         self.calls.discard(call)
         self.admission.leave(call.info.call_id)
         self.metrics.call_ended(call)
+        if call.diagnosis is not None and call.diagnosis.code == "HANDED_OVER":
+            return  # the process that takes the call up reports the whole call
         if self.reports is not None and call.report is not None:
             key = "conversation" if call.info.mode == "agent" else "transcript"
             self.reports.send({**call.report, key: call.transcript.items})
@@ -201,6 +215,11 @@ class Gateway:
             count=len(live),
             deadline_s=deadline_s,
         )
+        if live and self.handover_enabled:
+            # Each call that Twilio will come back for goes to another process at its next
+            # quiet point; the others (and any whose handover fails) drain as before.
+            for call in live:
+                call.request_handover(deadline_s)
         if live:
             waiting = defer.DeferredList([c.when_closed() for c in live], consumeErrors=True)
             timer = self.reactor.callLater(deadline_s, waiting.cancel)

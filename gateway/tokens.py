@@ -9,6 +9,9 @@ Every token has ``exp``, ``iat`` and a random ``jti`` (its identity). Two kinds 
   ``"typ": "client"``); ``"use": "once"`` marks a single-use token.
 - **stream tokens** (``"typ": "stream"``): minted by the voice webhook into the TwiML as a
   ``<Parameter>`` and bound to the call's ``CallSid`` (``sid``); always single-use.
+- **resume tokens** (``"typ": "resume"``): minted by the handover action URL into the TwiML of a
+  call handed over by a draining process, bound to its ``CallSid``; single use comes from the
+  handover store, whose record is taken once (`gateway.handover.store`).
 
 A token of one kind never verifies as the other. Expired, tampered and malformed tokens are
 refused with `AuthError` (``AUTH_FAILED``). Single use is remembered by `UsedTokens`, in the
@@ -32,6 +35,8 @@ __all__ = [
     "verify_token",
     "mint_stream_token",
     "verify_stream_token",
+    "mint_resume_token",
+    "verify_resume_token",
     "UsedTokens",
     "TOKEN_TTL_S",
     "STREAM_TOKEN_PARAMETER",
@@ -154,3 +159,27 @@ class UsedTokens:
         while order and order[0][0] <= now:
             _, jti = order.popleft()
             self._seen.pop(jti, None)
+
+
+def mint_resume_token(secret: bytes, now: float, call_sid: str, ttl_s: float) -> str:
+    """
+    A resume token (``"typ": "resume"``) for the Twilio call ``call_sid``: the ``<Parameter>``
+    that tells the process taking up a handed-over call which saved state is its own.
+    """
+    return _sign(secret, {
+        "typ": "resume",
+        "sid": call_sid,
+        "exp": int(now + ttl_s) + 1,
+        "iat": int(now),
+        "jti": _b64(os.urandom(9)),
+    })
+
+
+def verify_resume_token(secret: bytes, token: str, now: float, call_sid: str) -> dict:
+    """A resume token's claims, checked against the stream's ``call_sid``; else `AuthError`."""
+    claims = _claims(secret, token, now)
+    if claims.get("typ") != "resume":
+        raise AuthError("AUTH_FAILED", "not a resume token")
+    if not call_sid or not hmac.compare_digest(str(claims.get("sid", "")).encode(), call_sid.encode()):
+        raise AuthError("AUTH_FAILED", "the resume token belongs to another CallSid")
+    return claims

@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from twisted.web import pages, resource
 
 from gateway.codecs.signatures import validate_signature
+from gateway.handover import HANDOVER_PARAMETER, RESUME_PARAMETER
 from gateway.config import TWIML_PARAMETER_MAX_CHARS
 
 __all__ = [
@@ -70,22 +71,39 @@ def build_twiml(
     stream_url: str,
     parameters: Sequence[tuple[str, str]] = (),
     after_connect: str = "",
+    action: str | None = None,
 ) -> bytes:
     """
     The TwiML document: ``<Connect><Stream url=stream_url>`` with one ``<Parameter>`` per
     ``(name, value)`` in order, then the elements of the ``after_connect`` fragment (well-formed
-    TwiML, checked when the configuration was loaded).
+    TwiML, checked when the configuration was loaded). With ``action``, ``<Connect action=...>``:
+    when the stream ends Twilio requests that URL and runs what it answers instead of the verbs
+    after ``<Connect>`` (so ``after_connect`` is answered there: `continuation`).
     """
     response = ET.Element("Response")
-    connect = ET.SubElement(response, "Connect")
+    connect = ET.SubElement(response, "Connect", {"action": action} if action else {})
     stream = ET.SubElement(connect, "Stream", {"url": stream_url})
     for name, value in parameters:
         ET.SubElement(stream, "Parameter", {"name": name, "value": value})
-    if after_connect:
-        fragment = ET.fromstring(f"<Response>{after_connect}</Response>")
-        response.extend(list(fragment))
+    if after_connect and not action:
+        response.extend(list(ET.fromstring(f"<Response>{after_connect}</Response>")))
+    return _document(response)
+
+
+def continuation(after_connect: str) -> bytes:
+    """What follows a stream that ended for good: ``after_connect``, or a hang-up."""
+    response = ET.fromstring(f"<Response>{after_connect or '<Hangup/>'}</Response>")
+    return _document(response)
+
+
+def _document(response: Any) -> bytes:
     body = ET.tostring(response, encoding="unicode", short_empty_elements=True)
     return ('<?xml version="1.0" encoding="UTF-8"?>' + body).encode("utf-8")
+
+
+def handover_url(public_url: str) -> str:
+    """The ``<Connect action>`` URL Twilio requests (and signs) when a stream ends."""
+    return public_url.rstrip("/") + "/twilio/handover"
 
 
 def _form(request: Any) -> dict[str, list[str]]:
@@ -126,21 +144,10 @@ class VoiceWebhook(resource.Resource):
                 "error": "the gateway has no public URL: set GATEWAY_PUBLIC_URL to the "
                          "https://host[:port][/prefix] that Twilio reaches"})
         _, _, query = request.uri.partition(b"?")
-        url = webhook_url(config.public_url)
-        if query:
-            url += "?" + query.decode("utf-8", errors="replace")
-        token = config.twilio_auth_token
-        if token is not None:
-            signature = (request.getHeader(b"x-twilio-signature") or b"").decode("latin-1").strip()
-            if not validate_signature(token, url, signature, form):
-                self.log.warn(
-                    "voice webhook refused (403): X-Twilio-Signature {problem} for {url}",
-                    problem="does not match" if signature else "missing",
-                    url=url,
-                )
-                request.setResponseCode(403)
-                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-                return b"Forbidden\n"
+        refused = _refuse_unsigned(request, config, webhook_url(config.public_url), form, self.log,
+                                   "voice webhook")
+        if refused is not None:
+            return refused
         fields = form
         if query_fields:
             fields = parse_qs(query.decode("utf-8", errors="replace"), keep_blank_values=True)
@@ -165,10 +172,106 @@ class VoiceWebhook(resource.Resource):
                               "match any stream")
             parameters.append((STREAM_TOKEN_PARAMETER, mint_stream_token(
                 config.token_secret, self.gateway.reactor.seconds(), call_sid, config.stream_token_ttl_s)))
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", b"text/xml; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        return build_twiml(config.stream_url, parameters, config.twiml_after_connect)
+        action = None
+        if self.gateway.handover_enabled:
+            # Twilio comes back to /twilio/handover when the stream ends: a draining process
+            # can then hand the call to a healthy one (plugins/handover.py).
+            action = handover_url(config.public_url)
+            parameters.append((HANDOVER_PARAMETER, "1"))
+        return _twiml(request, build_twiml(config.stream_url, parameters, config.twiml_after_connect, action))
+
+
+def _twiml(request: Any, body: bytes) -> bytes:
+    request.setResponseCode(200)
+    request.setHeader(b"content-type", b"text/xml; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
+    return body
+
+
+def _refuse_unsigned(request: Any, config: Any, url: str, form: Mapping[str, list[str]], log: Logger,
+                     what: str) -> bytes | None:
+    """The 403 answer to a request without a valid X-Twilio-Signature (None: signed, or no token)."""
+    _, _, query = request.uri.partition(b"?")
+    if query:
+        url += "?" + query.decode("utf-8", errors="replace")
+    token = config.twilio_auth_token
+    if token is None:
+        return None
+    signature = (request.getHeader(b"x-twilio-signature") or b"").decode("latin-1").strip()
+    if validate_signature(token, url, signature, form):
+        return None
+    log.warn("{what} refused (403): X-Twilio-Signature {problem} for {url}", what=what,
+             problem="does not match" if signature else "missing", url=url)
+    request.setResponseCode(403)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return b"Forbidden\n"
+
+
+class HandoverAction(resource.Resource):
+    """
+    ``POST /twilio/handover``: Twilio's ``<Connect action>`` request when a stream has ended.
+
+    If the stream's process handed the call over (a record for its ``CallSid`` waits in the
+    handover store), the answer is a new ``<Connect><Stream>`` to this gateway (any healthy
+    process behind the proxy takes it) carrying a signed, short-lived resume token; otherwise the
+    call's own continuation (``[twiml] after_connect``, or a hang-up).
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, gateway: Any) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def render_POST(self, request: Any) -> Any:
+        from twisted.web.server import NOT_DONE_YET
+
+        config = self.gateway.config
+        form = _form(request)
+        if not config.public_url or not config.stream_url:
+            return _plain(request, 503, {"error": "the gateway has no public URL"})
+        refused = _refuse_unsigned(request, config, handover_url(config.public_url), form, self.log,
+                                   "handover action")
+        if refused is not None:
+            return refused
+        call_sid = (form.get("CallSid") or [""])[0]
+        handover = self.gateway.handover
+        if handover is None or not call_sid:
+            return _twiml(request, continuation(config.twiml_after_connect))
+        d = handover.get_store().exists(call_sid)
+
+        def answer(waiting: bool) -> None:
+            if waiting:
+                body = self._resume(call_sid)
+                self.log.info("handover action: call {call_sid} goes on in a new stream",
+                              call_sid=call_sid)
+            else:
+                body = continuation(config.twiml_after_connect)
+            request.write(_twiml(request, body))
+            request.finish()
+
+        def failed(failure: Any) -> None:
+            self.log.error("handover action: the store failed ({why}); answering the call's "
+                           "continuation", why=failure.getErrorMessage())
+            request.write(_twiml(request, continuation(config.twiml_after_connect)))
+            request.finish()
+
+        d.addCallbacks(answer, failed)
+        return NOT_DONE_YET
+
+    def _resume(self, call_sid: str) -> bytes:
+        from gateway.tokens import STREAM_TOKEN_PARAMETER, mint_resume_token, mint_stream_token
+
+        config = self.gateway.config
+        now = self.gateway.reactor.seconds()
+        ttl = self.gateway.handover.options.resume_ttl_s
+        parameters = [(HANDOVER_PARAMETER, "1"),
+                      (RESUME_PARAMETER, mint_resume_token(config.token_secret, now, call_sid, ttl))]
+        if config.require_stream_token:
+            parameters.append((STREAM_TOKEN_PARAMETER, mint_stream_token(
+                config.token_secret, now, call_sid, config.stream_token_ttl_s)))
+        return build_twiml(config.stream_url, parameters, action=handover_url(config.public_url))
 
 
 def _plain(request: Any, status: int, body: dict) -> bytes:

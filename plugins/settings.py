@@ -124,6 +124,7 @@ class SettingsStage:
     _welcomed: bool = False
     _applied: bool = False
     _sessions: int = 0
+    _restored: bool = False
     settings: dict[str, Any] | None = None
     history: list[dict[str, Any]] = attrs.field(factory=list)
 
@@ -199,10 +200,21 @@ class SettingsStage:
     def _send_settings(self) -> None:
         assert self.settings is not None
         settings = self.settings
-        if self._sessions > 1:
+        if self._sessions > 1 or self._restored:
             settings = self._restoring(settings)
         self.ctx.emit_inbound(UpstreamMessage(settings))
         self._wait(self.options.applied_timeout_s, self._not_applied)
+
+    def save_state(self) -> dict[str, Any]:
+        """For a handover: the conversation so far (the next process restores it)."""
+        return {"history": list(self.history)}
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        """A call taken up from another process: its first session restores the conversation."""
+        history = state.get("history")
+        if isinstance(history, list):
+            self.history = [item for item in history if isinstance(item, dict)]
+        self._restored = True
 
     def on_reconnecting(self, event: UpstreamReconnecting) -> Any:
         """The Deepgram session is being replaced: its timers mean nothing any more."""

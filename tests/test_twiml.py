@@ -93,10 +93,11 @@ class VoiceWebhookTests(WebhookTestsMixin, SynchronousTestCase):
 
     def harness(self, config: Mapping[str, Any] | None = None, public: str = PUBLIC,
                 token: str | None = TOKEN) -> Harness:
+        """A gateway with handover off: the plain <Connect><Stream> (HandoverTwimlTests: on)."""
         env = {"GATEWAY_PUBLIC_URL": public} if public else {}
         if token:
             env["TWILIO_AUTH_TOKEN"] = token
-        return Harness(config, env)
+        return Harness({"handover": {"enabled": False}, **(config or {})}, env)
 
     def sign(self, url: str, form: Mapping[str, str]) -> str:
         return RequestValidator(TOKEN).compute_signature(url, dict(form))
@@ -254,7 +255,8 @@ class StreamTokenTwimlTests(WebhookTestsMixin, SynchronousTestCase):
         from gateway.tokens import STREAM_TOKEN_PARAMETER, verify_stream_token
 
         env = {"GATEWAY_PUBLIC_URL": PUBLIC, "TWILIO_AUTH_TOKEN": TOKEN, "GATEWAY_TOKEN_SECRET": "t" * 32}
-        h = Harness({"gateway": {"require_stream_token": True, "stream_token_ttl_s": 30}}, env)
+        h = Harness({"gateway": {"require_stream_token": True, "stream_token_ttl_s": 30},
+                     "handover": {"enabled": False}}, env)
         signature = RequestValidator(TOKEN).compute_signature(PUBLIC + "/twilio/voice", dict(FORM))
         tokens = []
         for _ in range(2):
@@ -354,3 +356,80 @@ class DemoResourceTests(WebhookTestsMixin, SynchronousTestCase):
         verify_token(h.gateway.config.token_secret, body["token"], h.gateway.reactor.seconds())
         response = self.successResultOf(h.stub.get(LOCAL + "/demo/token"))
         self.assertEqual(response.code, 405)
+
+
+class HandoverTwimlTests(WebhookTestsMixin, SynchronousTestCase):
+    """``[handover]`` on (the default): ``<Connect action>`` and the action URL's answers."""
+
+    SECRET = "h" * 32
+
+    def harness(self, config: Mapping[str, Any] | None = None) -> Harness:
+        from gateway.handover.store import MemoryStore
+
+        env = {"GATEWAY_PUBLIC_URL": PUBLIC, "TWILIO_AUTH_TOKEN": TOKEN, "GATEWAY_TOKEN_SECRET": self.SECRET}
+        h = Harness(config, env)
+        h.store = MemoryStore(h.gateway.reactor)
+        h.gateway.handover._store = h.store
+        return h
+
+    def sign(self, url: str, form: Mapping[str, str]) -> str:
+        return RequestValidator(TOKEN).compute_signature(url, dict(form))
+
+    def test_webhook_connects_with_action(self) -> None:
+        """<Connect action=.../twilio/handover>, the stream marked as one Twilio comes back for."""
+        h = self.harness({"twiml": {"after_connect": "<Say>Goodbye.</Say>"}})
+        response, body = self.post(h, FORM, self.sign(PUBLIC + "/twilio/voice", FORM))
+        self.assertEqual(response.code, 200)
+        expected = VoiceResponse()
+        connect = Connect(action=PUBLIC + "/twilio/handover")
+        stream = connect.stream(url="wss://gw.example.com/twilio")
+        for name in ("From", "To", "CallSid"):
+            stream.parameter(name=name, value=FORM[name])
+        stream.parameter(name="gateway_handover", value="1")
+        expected.append(connect)
+        self.assertSameXML(body, expected.to_xml().encode())
+
+    def test_action_without_record_continues(self) -> None:
+        """A stream that ended for good: the call's continuation (after_connect, else a hang-up)."""
+        action = PUBLIC + "/twilio/handover"
+        form = {**FORM, "CallStatus": "in-progress"}
+        h = self.harness({"twiml": {"after_connect": "<Say>Goodbye.</Say>"}})
+        response, body = self.post(h, form, self.sign(action, form), path="/twilio/handover")
+        self.assertEqual(response.code, 200)
+        self.assertEqual([e.tag for e in ET.fromstring(body)], ["Say"])
+        response, body = self.post(self.harness(), form, self.sign(action, form), path="/twilio/handover")
+        self.assertEqual([e.tag for e in ET.fromstring(body)], ["Hangup"])
+
+    def test_action_with_record_resumes(self) -> None:
+        """A handed-over call: a new <Connect action><Stream> whose resume token names its CallSid."""
+        from gateway.tokens import verify_resume_token
+
+        h = self.harness()
+        h.store.records[FORM["CallSid"]] = ({"call_id": "c-1"}, h.gateway.reactor.seconds() + 60)
+        action = PUBLIC + "/twilio/handover"
+        response, body = self.post(h, FORM, self.sign(action, FORM), path="/twilio/handover")
+        self.assertEqual(response.code, 200)
+        root = ET.fromstring(body)
+        connect = root.find("Connect")
+        self.assertEqual(connect.get("action"), action)
+        self.assertEqual(connect.find("Stream").get("url"), "wss://gw.example.com/twilio")
+        params = {p.get("name"): p.get("value") for p in root.iter("Parameter")}
+        self.assertEqual(params["gateway_handover"], "1")
+        claims = verify_resume_token(self.SECRET.encode(), params["gateway_resume"],
+                                     h.gateway.reactor.seconds(), FORM["CallSid"])
+        self.assertEqual(claims["typ"], "resume")
+        self.assertLess(len("gateway_resume") + len(params["gateway_resume"]), 500, "Twilio's limit")
+        self.assertIn(FORM["CallSid"], h.store.records, "the record waits for the process taking it up")
+
+    def test_action_unsigned_refused(self) -> None:
+        """The action URL is signed like the webhook: 403 without a valid signature."""
+        response, _ = self.post(self.harness(), FORM, "bad", path="/twilio/handover")
+        self.assertEqual(response.code, 403)
+
+    def test_store_down_continues(self) -> None:
+        """A store that is down: the continuation, never an error page to Twilio."""
+        h = self.harness()
+        h.store.down = True
+        action = PUBLIC + "/twilio/handover"
+        response, body = self.post(h, FORM, self.sign(action, FORM), path="/twilio/handover")
+        self.assertEqual((response.code, [e.tag for e in ET.fromstring(body)]), (200, ["Hangup"]))

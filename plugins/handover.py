@@ -1,0 +1,271 @@
+"""
+handover: a draining process hands each live Twilio call to a healthy one (issue 17).
+
+Twilio's ``<Connect action="URL">`` makes it possible: when the gateway closes a
+``<Connect><Stream>`` WebSocket, Twilio requests the action URL and runs the TwiML it answers. The
+gateway's voice webhook puts ``action`` on every ``<Connect>`` it answers, with a
+``gateway_handover`` ``<Parameter>`` that marks the stream as one Twilio will come back for.
+
+**Giving a call away** (this stage, on the draining process, on `HandoverRequested`): wait for the
+call's next quiet point (the agent is not speaking: its turn is over and its audio has played, per
+the Twilio marks that call_control sends; the caller is not mid-utterance, per Deepgram's
+``UserStartedSpeaking``), or ``quiet_deadline_s`` at most; save the call's resumable state (the
+conversation, its ``customParameters``, each stage's state, the report so far) in the handover
+store under its ``CallSid``; then end the call with ``HANDED_OVER``: a normal close (1000) to
+Twilio and to Deepgram. If the store fails, the call stays (the plain drain applies) and one line
+says so (``HANDOVER_FAILED``).
+
+**Taking a call up**: Twilio's action request lands on any healthy process (through the proxy),
+which answers a new ``<Connect><Stream>`` carrying a signed, short-lived resume token
+(``gateway_resume``, `gateway.twiml`). When that stream starts here, this stage verifies the
+token, *takes* the record from the store (read and deleted at once: a call is taken up once), and
+restores the call before the settings stage sees it: the same call id, the same per-call
+parameters, the conversation (the settings stage sends it as ``agent.context.messages``, with no
+second greeting), one call report for the whole call. A missing or expired record makes it a
+fresh call, with a clear log line; never a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+import attrs
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from gateway.config import GatewayConfig, Section
+from gateway.diagnostics import Diagnosis
+from gateway.errors import AuthError, ConfigError
+from gateway.events import DeepgramEvent, HandoverRequested, MarkEchoed, SendMark, StreamStarted
+from gateway.handover import HANDOVER_PARAMETER, RESUME_PARAMETER
+from gateway.handover.store import DEFAULT_STORE, HandoverStore, open_store
+from gateway.plugin import IStreamPlugin, Routes, StageContext, cancel
+from gateway.tokens import verify_resume_token
+
+__all__ = ["plugin", "HandoverOptions", "HandoverStage", "HANDOVER_PARAMETER", "RESUME_PARAMETER"]
+
+#: How often the quiet point is looked for while a handover waits.
+_POLL_S = 0.05
+
+
+@attrs.frozen
+class HandoverOptions:
+    """``[handover]``."""
+
+    enabled: bool = True
+    store: str = DEFAULT_STORE
+    store_timeout_s: float = 2.0
+    record_ttl_s: float = 120.0
+    quiet_deadline_s: float = 10.0
+    resume_ttl_s: float = 60.0
+
+
+@attrs.define
+class HandoverStage:
+    """The per-call handover stage."""
+
+    ctx: StageContext
+    options: HandoverOptions
+    factory: HandoverFactory
+    _handover_capable: bool = False
+    _caller_speaking: bool = False
+    _agent_turn: bool = False
+    _marks: set = attrs.field(factory=set)
+    _poll: Any = None
+    _deadline: Any = None
+    _saving: bool = False
+    _resumed_at: float | None = None
+    _frames_seen: int = -1
+
+    def routes(self) -> Routes:
+        return Routes(
+            inbound={StreamStarted: self.on_start, HandoverRequested: self.on_request,
+                     MarkEchoed: self.on_mark_echoed},
+            outbound={DeepgramEvent: self.on_event, SendMark: self.on_mark_sent},
+        )
+
+    # --- taking a call up ------------------------------------------------------------------------
+
+    def on_start(self, event: StreamStarted) -> Any:
+        params = dict(event.custom_parameters)
+        self._handover_capable = params.get(HANDOVER_PARAMETER) == "1"
+        token = params.pop(RESUME_PARAMETER, None)
+        if token is None or not self.options.enabled:
+            return event
+        fresh = attrs.evolve(event, custom_parameters=params)
+        self.ctx.call.custom_parameters = dict(params)  # the token is not the call's parameter
+        try:
+            verify_resume_token(self.factory.secret, token, self.ctx.clock.seconds(), event.call_sid)
+        except AuthError as e:
+            self.ctx.log.warn("HANDOVER_RESUME_REFUSED: resume token refused ({why}); a fresh call",
+                              why=e.message, code="HANDOVER_RESUME_REFUSED")
+            self.ctx.count("handovers_in", result="refused")
+            return fresh
+        d = self.factory.get_store().take(event.call_sid)
+        d.addCallbacks(self._resume, self._store_failed, callbackArgs=(fresh,), errbackArgs=(fresh,))
+        return None  # the start goes on once the record is read (the call holds the audio)
+
+    def _resume(self, record: dict[str, Any] | None, fresh: StreamStarted) -> None:
+        if record is None:
+            self.ctx.log.warn("HANDOVER_RECORD_MISSING: no handover record for CallSid {call_sid} "
+                              "(expired or already taken); a fresh call",
+                              call_sid=fresh.call_sid, code="HANDOVER_RECORD_MISSING")
+            self.ctx.count("handovers_in", result="missing")
+            self.ctx.emit_inbound(fresh)
+            return
+        self.ctx.restore(record)
+        self._resumed_at = self.ctx.clock.seconds()
+        self.ctx.count("handovers_in", result="resumed")
+        self.ctx.log.info(
+            "HANDOVER_RESUMED: call {call_id} taken up from {origin} (handover {number}); "
+            "{gap_ms:.0f} ms since it was handed over",
+            call_id=record.get("call_id"), origin=record.get("origin"), number=record.get("handovers"),
+            gap_ms=max(0.0, time.time() - float(record.get("handed_over_at", time.time()))) * 1000,
+            code="HANDOVER_RESUMED")
+        params = dict(record.get("custom_parameters") or fresh.custom_parameters)
+        params.pop(RESUME_PARAMETER, None)
+        self._handover_capable = params.get(HANDOVER_PARAMETER) == "1"
+        self.ctx.call.custom_parameters = dict(params)
+        self.ctx.emit_inbound(attrs.evolve(fresh, custom_parameters=params))
+
+    def _store_failed(self, failure: Any, fresh: StreamStarted) -> None:
+        self.ctx.log.error("HANDOVER_STORE_DOWN: handover store failed ({why}); a fresh call",
+                           why=failure.getErrorMessage(), code="HANDOVER_STORE_DOWN")
+        self.ctx.count("handovers_in", result="store_down")
+        self.ctx.emit_inbound(fresh)
+
+    # --- giving a call away ----------------------------------------------------------------------
+
+    def on_request(self, event: HandoverRequested) -> Any:
+        call = self.ctx.call
+        if not self.options.enabled or self._poll is not None or self._saving:
+            return None
+        if call.leg != "twilio" or not self._handover_capable or not call.call_sid:
+            self.ctx.log.info("call not handed over: its stream was not started by this gateway's "
+                              "voice webhook (no <Connect action>); the plain drain applies")
+            return None
+        self.ctx.log.info("handover requested ({reason}): waiting for a quiet point, at most {deadline_s} s",
+                          reason=event.reason, deadline_s=event.deadline_s)
+        self._frames_seen = -1
+        self._poll = self.ctx.clock.callLater(0, self._check)
+        self._deadline = self.ctx.clock.callLater(min(event.deadline_s, self.options.quiet_deadline_s),
+                                                  self._save, "deadline")
+        return None
+
+    def _quiet(self) -> bool:
+        # Agent audio still being sent (the counter moved since the last look) is not quiet; what
+        # was sent before plays out at Twilio until its mark is echoed.
+        frames, self._frames_seen = self._frames_seen, self.ctx.call.frames_to_caller
+        playing = frames != self._frames_seen
+        return not (self._caller_speaking or self._agent_turn or self._marks or playing)
+
+    def _check(self) -> None:
+        self._poll = None
+        if self._quiet():
+            self._save("quiet point")
+        else:
+            self._poll = self.ctx.clock.callLater(_POLL_S, self._check)
+
+    def _save(self, why: str) -> None:
+        cancel(self._poll)
+        cancel(self._deadline)
+        self._poll = self._deadline = None
+        if self._saving:
+            return
+        self._saving = True
+        record = self.ctx.snapshot()
+        record.update(origin=self.factory.origin, handed_over_at=time.time(),
+                      handovers=int(record.get("handovers", 0)) + 1, at=why)
+        call_sid = self.ctx.call.call_sid
+        d = self.factory.get_store().put(call_sid, record, self.options.record_ttl_s)
+
+        def saved(_: Any) -> None:
+            self.ctx.count("handovers_out", result="saved")
+            self.ctx.log.info("HANDED_OVER: call state saved at its {why}; closing the stream for "
+                              "Twilio's <Connect action>", why=why, code="HANDED_OVER")
+            self.ctx.end_call(Diagnosis("HANDED_OVER", leg="gateway", phase=self.ctx.call.phase))
+
+        def failed(failure: Any) -> None:
+            self.ctx.count("handovers_out", result="store_down")
+            self.ctx.log.error("HANDOVER_FAILED: the handover store failed ({why}); the call stays "
+                               "here and the plain drain applies", why=failure.getErrorMessage(),
+                               code="HANDOVER_FAILED")
+
+        d.addCallbacks(saved, failed)
+
+    # --- what a quiet point is made of -----------------------------------------------------------
+
+    def on_event(self, event: DeepgramEvent) -> Any:
+        kind = event.type
+        if kind == "UserStartedSpeaking":
+            self._caller_speaking = True
+        elif kind in ("AgentThinking", "AgentStartedSpeaking") or (
+            kind == "ConversationText" and event.message.get("role") == "user"
+        ):
+            self._caller_speaking = False
+            if kind == "AgentStartedSpeaking":
+                self._agent_turn = True
+        elif kind == "AgentAudioDone":
+            self._agent_turn = False
+        return event
+
+    def on_mark_sent(self, event: SendMark) -> Any:
+        self._marks.add(event.name)
+        return event
+
+    def on_mark_echoed(self, event: MarkEchoed) -> Any:
+        self._marks.discard(event.name)
+        return event
+
+    def close(self) -> None:
+        cancel(self._poll)
+        cancel(self._deadline)
+        self._poll = self._deadline = None
+
+
+@attrs.define
+class HandoverFactory:
+    """Makes handover stages and holds the process's store (opened on first use)."""
+
+    options: HandoverOptions
+    secret: bytes
+    origin: str = attrs.field(factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    _store: HandoverStore | None = None
+
+    def get_store(self) -> HandoverStore:
+        if self._store is None:
+            from twisted.internet import reactor
+
+            self._store = open_store(self.options.store, reactor, self.options.store_timeout_s)
+        return self._store
+
+    def __call__(self, ctx: StageContext) -> HandoverStage:
+        return HandoverStage(ctx, self.options, self)
+
+
+@implementer(IPlugin, IStreamPlugin)
+@attrs.frozen
+class HandoverPlugin:
+    """The handover plugin."""
+
+    name: str = "handover"
+
+    def configure(self, section: Section, gateway: GatewayConfig) -> Any:
+        store = section.str("store", DEFAULT_STORE)
+        if not store.startswith(("sqlite:", "redis://", "rediss://", "unix://")) or store == "sqlite:":
+            raise ConfigError(section.key("store"), "expected sqlite:PATH or redis://HOST:PORT/DB")
+        options = HandoverOptions(
+            enabled=section.bool("enabled", True),
+            store=store,
+            store_timeout_s=section.float("store_timeout_s", 2.0, minimum=0.1),
+            record_ttl_s=section.float("record_ttl_s", 120.0, minimum=5),
+            quiet_deadline_s=section.float("quiet_deadline_s", 10.0, minimum=0),
+            resume_ttl_s=section.float("resume_ttl_s", 60.0, minimum=5),
+        )
+        return HandoverFactory(options, gateway.token_secret)
+
+
+plugin = HandoverPlugin()

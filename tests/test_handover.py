@@ -1,0 +1,177 @@
+"""
+Handing a live call to another process (plugins/handover.py, gateway/handover/), with fake legs,
+a `Clock` and the in-memory store: when a call is given away, what is saved, how it is taken up.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.events import MarkEchoed, SendMark, StreamStarted, StreamStopped, UpstreamClosed
+from gateway.handover.store import MemoryStore
+from gateway.testing import FakeUpstreamLeg
+from gateway.tokens import mint_resume_token
+from tests.test_call import SID, CallHarness, dg
+
+SECRET = "s" * 32
+CALL_SID = "CA" + "7" * 32
+
+
+def harness(store: MemoryStore | None = None, config: dict | None = None) -> CallHarness:
+    h = CallHarness(config, env={"GATEWAY_TOKEN_SECRET": SECRET})
+    factory = h.call._stages["handover"].factory
+    factory._store = store if store is not None else MemoryStore(h.clock)
+    h.store = factory._store
+    return h
+
+
+def start(h: CallHarness, params: dict) -> None:
+    from gateway.events import Handshake
+
+    h.call.caller_handshake(Handshake("twilio", "/twilio", {}, "peer"))
+    h.call.caller_opened(h.caller)
+    h.call.from_caller(StreamStarted(SID, CALL_SID, custom_parameters=params))
+
+
+def tick(h: CallHarness, seconds: float) -> None:
+    """Let ``seconds`` pass in the 50 ms steps the handover stage looks for its quiet point at."""
+    h.clock.pump([0.05] * round(seconds / 0.05))
+
+
+def live(h: CallHarness) -> None:
+    h.open_upstream("req-A")
+    h.call.from_upstream(dg("SettingsApplied"))
+
+
+class GivingAwayTests(SynchronousTestCase):
+    """The draining process: a quiet point, a saved record, a normal close."""
+
+    def test_waits_for_the_quiet_point(self) -> None:
+        """Not while the agent speaks or its audio plays (per the mark): then saved, 1000 to Twilio."""
+        h = harness()
+        start(h, {"gateway_handover": "1", "prompt": "be brief"})
+        live(h)
+        h.call.from_upstream(dg("ConversationText", role="assistant", content="Hello! How can I help?"))
+        h.call.from_upstream(dg("AgentStartedSpeaking"))
+        h.call.request_handover(30)
+        tick(h, 1)
+        self.assertEqual(h.store.records, {}, "the agent is speaking")
+        h.call.from_upstream(dg("AgentAudioDone"))
+        h.call._chain.outbound(SendMark("turn-1"))
+        tick(h, 1)
+        self.assertEqual(h.store.records, {}, "its audio is still playing at Twilio")
+        for kind, name in h.caller.sent:
+            if kind == "mark":
+                h.call.from_caller(MarkEchoed(name))
+        tick(h, 0.1)
+        record, _ = h.store.records[CALL_SID]
+        self.assertEqual(record["call_id"], h.call.info.call_id)
+        self.assertEqual(record["custom_parameters"], {"gateway_handover": "1", "prompt": "be brief"})
+        self.assertEqual(record["states"]["settings"]["history"],
+                         [{"type": "History", "role": "assistant", "content": "Hello! How can I help?"}])
+        self.assertEqual(record["handovers"], 1)
+        self.assertEqual(len(record["segments"]), 1)
+        self.assertEqual(h.upstream.closed_with, 1000)
+        h.call.upstream_closed(UpstreamClosed(1000, None, True))
+        self.assertEqual(h.caller.closed_with, (1000, "HANDED_OVER"))
+
+    def test_caller_mid_utterance_then_deadline(self) -> None:
+        """A caller who keeps talking is handed over at quiet_deadline_s all the same."""
+        h = harness(config={"handover": {"quiet_deadline_s": 3}})
+        start(h, {"gateway_handover": "1"})
+        live(h)
+        h.call.from_upstream(dg("UserStartedSpeaking"))
+        h.call.request_handover(30)
+        tick(h, 2.9)
+        self.assertEqual(h.store.records, {})
+        tick(h, 0.2)
+        self.assertEqual(h.store.records[CALL_SID][0]["at"], "deadline")
+
+    def test_store_down_keeps_the_call(self) -> None:
+        """A store that is down: the call stays here (the plain drain applies) and it is said why."""
+        store = MemoryStore()
+        store.down = True
+        h = harness(store)
+        start(h, {"gateway_handover": "1"})
+        live(h)
+        h.call.request_handover(30)
+        tick(h, 1)
+        self.assertEqual(h.call.phase, "live")
+        self.assertIsNone(h.caller.closed_with)
+        self.assertEqual(h.call.info.counters[("handovers_out", (("result", "store_down"),))], 1)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_not_from_our_webhook(self) -> None:
+        """A stream Twilio will not come back for (no <Connect action>) is never handed over."""
+        h = harness()
+        start(h, {})
+        live(h)
+        h.call.request_handover(30)
+        tick(h, 20)
+        self.assertEqual((h.store.records, h.call.phase), ({}, "live"))
+
+
+class TakingUpTests(SynchronousTestCase):
+    """The process Twilio's new stream lands on."""
+
+    def saved(self) -> dict:
+        a = harness()
+        start(a, {"gateway_handover": "1", "prompt": "be brief"})
+        live(a)
+        a.call.from_upstream(dg("ConversationText", role="assistant", content="Hello!"))
+        a.call.from_upstream(dg("ConversationText", role="user", content="Where is my order?"))
+        a.call.request_handover(30)
+        tick(a, 0.1)
+        return a.store.records[CALL_SID][0]
+
+    def test_resumed_call(self) -> None:
+        """Same call id and parameters, the conversation in Settings, no greeting, one report."""
+        record = self.saved()
+        h = harness()
+        h.store.records[CALL_SID] = (record, h.clock.seconds() + 60)
+        token = mint_resume_token(SECRET.encode(), h.clock.seconds(), CALL_SID, 60)
+        start(h, {"gateway_handover": "1", "gateway_resume": token})
+        self.assertEqual(h.call.info.call_id, record["call_id"])
+        self.assertEqual(h.call.info.custom_parameters, {"gateway_handover": "1", "prompt": "be brief"})
+        self.assertEqual(h.store.records, {}, "taken: a call is taken up once")
+        h.open_upstream("req-B")
+        settings = h.upstream.messages()[0]
+        self.assertNotIn("greeting", settings["agent"])
+        self.assertEqual([m.get("content") for m in settings["agent"]["context"]["messages"]],
+                         ["Hello!", "Where is my order?"])
+        h.call.from_upstream(dg("SettingsApplied"))
+        h.call.from_caller(StreamStopped())
+        h.call.upstream_closed(UpstreamClosed(1000, None, True))
+        h.call.caller_closed(1000, None, True)
+        self.assertEqual(h.call.report["handovers"], 1)
+        self.assertEqual(len(h.call.report["segments"]), 1)
+        self.assertEqual(h.call.report["call_id"], record["call_id"])
+
+    def test_missing_record_is_a_fresh_call(self) -> None:
+        """Expired or already taken: a fresh call (with its greeting), a clear line, no crash."""
+        h = harness()
+        token = mint_resume_token(SECRET.encode(), h.clock.seconds(), CALL_SID, 60)
+        start(h, {"gateway_handover": "1", "gateway_resume": token})
+        h.open_upstream()
+        self.assertIn("greeting", h.upstream.messages()[0]["agent"])
+        self.assertEqual(h.call.info.counters[("handovers_in", (("result", "missing"),))], 1)
+
+    def test_forged_token_is_a_fresh_call(self) -> None:
+        """A resume token for another CallSid (or not signed by us) takes nothing up."""
+        record = self.saved()
+        h = harness()
+        h.store.records[CALL_SID] = (record, h.clock.seconds() + 60)
+        token = mint_resume_token(SECRET.encode(), h.clock.seconds(), "CA-other", 60)
+        start(h, {"gateway_handover": "1", "gateway_resume": token})
+        self.assertNotEqual(h.call.info.call_id, record["call_id"])
+        self.assertIn(CALL_SID, h.store.records)
+
+    def test_store_down_is_a_fresh_call(self) -> None:
+        """The store failing while a call is taken up: a fresh call, never a dropped one."""
+        h = harness()
+        h.store.down = True
+        token = mint_resume_token(SECRET.encode(), h.clock.seconds(), CALL_SID, 60)
+        start(h, {"gateway_handover": "1", "gateway_resume": token})
+        self.assertEqual(h.call.phase, "connecting")
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+        _ = FakeUpstreamLeg
