@@ -37,6 +37,7 @@ from gateway.config import ConfiguredGateway
 from gateway.diagnostics import Diagnosis
 from gateway.errors import AuthError
 from gateway.functions import FunctionDispatcher, declarations
+from gateway.latency import CallerHeardLatency
 from gateway.plugin import cancel
 from gateway.redact import redact
 from gateway.report import TranscriptKeeper, build_report
@@ -102,6 +103,8 @@ class CallInfo:
     frames_to_caller: int = 0
     bytes_to_caller: int = 0
     counters: collections.Counter = attrs.field(factory=collections.Counter, repr=False)
+    #: Which stage first counted each counter name (``ctx.count``), for gateway.metrics.
+    counted_by: dict[str, str] = attrs.field(factory=dict, repr=False)
 
 
 class _CallInputs(Protocol):
@@ -231,6 +234,7 @@ class _NoMetrics:
     def connected(self, mode: str, seconds: float) -> None: ...
     def settings_applied(self, seconds: float) -> None: ...
     def agent_responded(self, seconds: float) -> None: ...
+    def caller_heard(self, seconds: float) -> None: ...
     def leg_closed(self, leg: str, code: int | None) -> None: ...
 
 
@@ -284,6 +288,8 @@ class _Context:
 
     def count(self, name: str, amount: int = 1, **labels: str) -> None:
         self._owner.count(name, amount, **labels)
+        if name not in self.call.counted_by:
+            self.call.counted_by[name] = self.log.namespace.partition(".")[2]  # plugins.<stage>
 
 
 def _ignore(*args: Any, **kwargs: Any) -> None:
@@ -436,6 +442,7 @@ class Call:
         self._gateway_state = gateway_state
         self._waiters: list[Deferred] = []
         self.metrics = metrics if metrics is not None else _NoMetrics()
+        self.heard = CallerHeardLatency(caller_format, clock, getattr(self.metrics, "caller_heard", _ignore))
         self._connect_started = 0.0
         self._opened_at = 0.0
         self._turn_ended_at: float | None = None
@@ -581,6 +588,7 @@ class Call:
         info = self.info
         info.frames_from_caller += 1
         info.bytes_from_caller += len(event.payload)
+        self.heard.caller_audio(event.payload)
         self._chain.inbound(event)
 
     def caller_closed(
@@ -660,6 +668,7 @@ class Call:
                 self.metrics.settings_applied(self.clock.seconds() - self._opened_at)
             elif kind == "ConversationText" and event.message.get("role") == "user":
                 self._turn_ended_at = self.clock.seconds()
+                self.heard.user_turn_ended()
         self._chain.outbound(event)
 
     def _record(self, event: DeepgramEvent) -> None:
@@ -1028,6 +1037,8 @@ class Call:
                     self.count("frames_dropped", reason="caller_backpressure")
                     return
                 caller.send_audio(event.payload)
+                if self.heard.armed:
+                    self.heard.agent_audio_sent()
                 info = self.info
                 info.frames_to_caller += 1
                 info.bytes_to_caller += len(event.payload)

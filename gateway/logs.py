@@ -6,6 +6,10 @@ already carries ``call_id``, ``stream_sid`` and ``phase`` (see `gateway.call.Cal
 observer renders the message, keeps the structured fields as top-level keys, and replaces any
 secret from the environment (``DEEPGRAM_API_KEY``, ``TWILIO_AUTH_TOKEN``, ``GATEWAY_API_KEY``,
 ``GATEWAY_TOKEN_SECRET``) wherever it appears, as a last line of defence.
+
+Fields keep their shape: a dict or a list (the end-of-call ``call_report``, say) is written as
+nested JSON, not as a Python ``repr`` string, down to `MAX_DEPTH` levels; anything JSON has no
+type for (bytes, objects) is written as its ``repr``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from twisted.logger import (
     formatEvent,
 )
 
-__all__ = ["json_observer", "render_json", "Redactor", "SECRET_VARIABLES"]
+__all__ = ["json_observer", "render_json", "Redactor", "SECRET_VARIABLES", "MAX_DEPTH"]
+
+#: Nesting kept in a field's JSON; deeper values are written as their repr.
+MAX_DEPTH = 12
 
 SECRET_VARIABLES = ("DEEPGRAM_API_KEY", "TWILIO_AUTH_TOKEN", "GATEWAY_API_KEY", "GATEWAY_TOKEN_SECRET")
 
@@ -50,6 +57,19 @@ class Redactor:
         return text
 
 
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON types: dicts (string keys) and lists kept nested, the rest as repr."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if depth >= MAX_DEPTH:
+        return repr(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, depth + 1) for v in value]
+    return repr(value)
+
+
 def render_json(event: dict[str, Any], redact: Callable[[str], str]) -> str:
     """One event as one JSON line."""
     level = event.get("log_level")
@@ -62,7 +82,7 @@ def render_json(event: dict[str, Any], redact: Callable[[str], str]) -> str:
     for key, value in event.items():
         if key in _SKIP or key.startswith("log_"):
             continue
-        out[key] = value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+        out[key] = _jsonable(value)
     failure = event.get("log_failure") or event.get("failure")
     if failure is not None:
         out["traceback"] = failure.getTraceback()
