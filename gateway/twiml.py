@@ -133,6 +133,20 @@ class VoiceWebhook(resource.Resource):
         # A GET webhook signs the URL alone; its fields are in the query string.
         return self._answer(request, {}, query_fields=True)
 
+    def render(self, request: Any) -> bytes:
+        # twisted.web answers methods outside GET/HEAD/POST with 501 "Huh?"; a method the
+        # webhook does not take is a 405 with Allow (RFC 9110 15.5.6), as the README says.
+        if request.method not in (b"GET", b"HEAD", b"POST"):
+            from gateway.api import json_response
+
+            request.setHeader(b"allow", b"GET, HEAD, POST")
+            return json_response(request, 405, {
+                "error": "method_not_allowed",
+                "message": f"{request.method.decode('latin-1')} is not allowed here: "
+                           "the voice webhook takes POST (or GET)",
+            })
+        return super().render(request)
+
     def _answer(self, request: Any, form: Mapping[str, list[str]], query_fields: bool = False) -> bytes:
         config = self.gateway.config
         if not config.public_url or not config.stream_url:

@@ -433,3 +433,23 @@ class HandoverTwimlTests(WebhookTestsMixin, SynchronousTestCase):
         action = PUBLIC + "/twilio/handover"
         response, body = self.post(h, FORM, self.sign(action, FORM), path="/twilio/handover")
         self.assertEqual((response.code, [e.tag for e in ET.fromstring(body)]), (200, ["Hangup"]))
+
+
+class WebhookMethodTests(WebhookTestsMixin, SynchronousTestCase):
+    """Methods the webhook does not take: 405 with Allow, not Twisted's 501."""
+
+    def test_other_methods_405(self) -> None:
+        """PUT, DELETE, PATCH, OPTIONS: 405, Allow: GET, HEAD, POST, a JSON error."""
+        h = Harness({}, {"GATEWAY_PUBLIC_URL": PUBLIC})
+        for method in ("PUT", "DELETE", "PATCH", "OPTIONS"):
+            response = self.successResultOf(h.stub.request(method, LOCAL + "/twilio/voice"))
+            body = json.loads(self.successResultOf(response.content()))
+            self.assertEqual(response.code, 405, method)
+            self.assertEqual(response.headers.getRawHeaders(b"allow"), [b"GET, HEAD, POST"], method)
+            self.assertEqual(body["error"], "method_not_allowed", method)
+
+    def test_head_still_answers(self) -> None:
+        """HEAD is GET without a body, as Twisted serves it."""
+        h = Harness({}, {"GATEWAY_PUBLIC_URL": PUBLIC})
+        response = self.successResultOf(h.stub.head(LOCAL + "/twilio/voice"))
+        self.assertEqual(response.code, 200)
