@@ -264,7 +264,7 @@ class HandshakeTests(EmulatorTestCase):
     @defer.inlineCallbacks
     def test_unknown_path(self) -> None:
         """Any other path is a JSON 404, still with dg-request-id."""
-        response = yield self.http().get(self.emu.http_url + "/v2/listen")
+        response = yield self.http().get(self.emu.http_url + "/v3/listen")
         self.assertEqual(response.code, 404)
         self.assertTrue(response.headers.getRawHeaders(b"dg-request-id"))
         body = yield response.json()

@@ -36,7 +36,8 @@ class AgentConversationTests(EmulatorTestCase):
         session = self.emu.sessions[0]
         yield session.closed
         self.assertEqual(outcome.types[:2], ["Welcome", "SettingsApplied"])
-        self.assertIn({"type": "ConversationText", "role": "assistant", "content": "Hello there!"}, outcome.texts)
+        self.assertIn({"type": "ConversationText", "role": "assistant", "content": "Hello there!",
+                       "conversational_behavior": "default"}, outcome.texts)
         self.assertLess(outcome.types.index("AgentStartedSpeaking"), outcome.types.index("AgentAudioDone"))
         self.assertEqual(outcome.audio, agent_audio("mulaw", 8000))
         self.assertEqual(outcome.audio, clip("agent-greeting-8k-mulaw.wav"))

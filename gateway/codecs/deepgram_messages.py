@@ -33,6 +33,10 @@ __all__ = [
     "server_messages",
     "check_client_message",
     "app_control_types",
+    "client_message",
+    "check_server_message",
+    "known_server_types",
+    "latency_figures",
 ]
 
 #: Endpoint -> the SDK's socket client module and class.
@@ -122,3 +126,57 @@ def check_client_message(message: Any, endpoint: str, path: str = "message",
         raise UnknownField(f"{path}.type", f"expected one of {', '.join(permitted)}, got {kind!r:.60}")
     models = known[kind]
     check_document(message, models[0] if len(models) == 1 else typing.Union[models], path)
+
+
+def check_server_message(message: Any, endpoint: str, path: str = "message") -> None:
+    """
+    Raise `SettingsError` naming the field of a server message that the SDK's types for
+    ``endpoint`` refuse, strictly (the emulator's messages are judged so in its tests).
+    """
+    if not isinstance(message, dict):
+        raise SettingsError(path, f"expected object, got {type(message).__name__}")
+    known = server_messages(endpoint)
+    kind = message.get("type")
+    if kind not in known:
+        raise UnknownField(f"{path}.type", f"expected one of {', '.join(sorted(known))}, got {kind!r:.60}")
+    models = known[kind]
+    check_document(message, models[0] if len(models) == 1 else typing.Union[models], path)
+
+
+def client_message(message: Any, endpoint: str) -> dict[str, Any]:
+    """
+    A client message for ``endpoint`` as the plain dict the gateway sends, checked strictly: an
+    instance of the SDK's own model (``AgentV1UpdatePrompt(prompt="...")``) is dumped as the SDK
+    would send it, a dict is taken as it is; either way `check_client_message` judges it, so a
+    plugin cannot send Deepgram what its types refuse (`SettingsError` naming the field).
+    """
+    if isinstance(message, pydantic.BaseModel):
+        message = message.model_dump(mode="json", by_alias=True, exclude_none=True)
+    check_client_message(message, endpoint)
+    return dict(message)
+
+
+@functools.lru_cache(maxsize=None)
+def known_server_types(endpoint: str) -> frozenset[str]:
+    """The ``type`` of every message the SDK knows the server sends on ``endpoint``."""
+    return frozenset(server_messages(endpoint))
+
+
+@functools.lru_cache(maxsize=None)
+def _latency_fields() -> tuple[str, ...]:
+    (model,) = server_messages("agent")["LatencyReport"]
+    return tuple(name for name in model.model_fields if name.endswith("_latency"))
+
+
+def latency_figures(message: Mapping[str, Any]) -> dict[str, float]:
+    """
+    Deepgram's own latency figures from a Voice Agent ``LatencyReport``, in seconds, named as the
+    SDK's model names them without ``_latency`` (``{"tts": 0.21, "total": 0.9}``): only the
+    fields the SDK declares, each a finite number >= 0 (a bounded set of names, fit for labels).
+    """
+    figures = {}
+    for field in _latency_fields():
+        value = message.get(field)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e6:
+            figures[field.removesuffix("_latency")] = float(value)
+    return figures

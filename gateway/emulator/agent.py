@@ -7,6 +7,17 @@ every utterance the energy detector finds in the caller's audio: ``UserStartedSp
 (assistant), the agent clip in the output format paced in real time (scaled by ``speed``), then
 ``AgentAudioDone``. Speech while the agent talks stops its audio (barge-in). Ordering and schema
 violations end the session as Deepgram does: a fatal ``Error``, then a Close with no status code.
+
+Every client message the SDK types is accepted (checked by those types): the ``Update*`` messages
+are acknowledged (``PromptUpdated``...), ``InjectAgentMessage`` speaks (plain, or a reply standing
+in for Think Live's line when dynamic; ``InjectionRefused`` when the default behaviour meets a
+turn in progress), ``ForceEndTurn`` ends the caller's turn now. A turn that names a declared
+function asks for it (``FunctionCallRequest``; a server-side one, with an ``endpoint``, is
+answered by the emulator's own ``FunctionCallResponse``); its response is recorded in ``History``
+with the function call; the caller speaking again first cancels it (``FunctionCallCancelled``),
+and a late response is ignored. ``ConversationText`` carries ``conversational_behavior``. With
+``latency_reports`` each agent turn is followed by a ``LatencyReport``; ``message:TYPE`` faults
+send any of these on cue.
 """
 
 from __future__ import annotations
@@ -63,8 +74,9 @@ class AgentProtocol(EmulatorProtocol):
     def opened(self) -> None:
         self._users = Script(self.options.script)
         self._replies = Script(self.options.replies)
-        self._queue: deque[str] = deque()
-        self._functions: dict[str, str] = {}
+        self._queue: deque[tuple[str, str]] = deque()
+        self._functions: dict[str, tuple[str, str]] = {}  # id -> (name, arguments), awaiting a response
+        self._frustration = 0
         self._chunks: list[bytes] = []
         if self.options.send_welcome:
             self.send_json({"type": "Welcome", "request_id": self.session.request_id})
@@ -115,10 +127,17 @@ class AgentProtocol(EmulatorProtocol):
             self._user_turn(message["content"])
         elif kind == "InjectAgentMessage":
             # A dynamic injection (is_dynamic) has no text: Think Live would write it; a reply stands in.
-            text = message["message"] if "message" in message else self._replies.next()
-            self._inject_agent(text, message.get("behavior") or "default")
+            dynamic = "message" not in message
+            text = self._replies.next() if dynamic else message["message"]
+            self._inject_agent(text, message.get("behavior") or "default", "filler" if dynamic else "default")
+        elif kind == "ForceEndTurn":
+            ended = self._detector.force_end() if self._detector is not None else None
+            if ended is not None:
+                self._user_turn(self._users.next())
         elif kind == "FunctionCallResponse":
-            if self._functions.pop(str(message.get("id")), None) is not None:
+            pending = self._functions.pop(str(message.get("id")), None)
+            if pending is not None:
+                self._function_history(str(message["id"]), *pending, message["content"], client_side=True)
                 self._think(self._replies.next())
 
     def on_binary(self, payload: bytes) -> None:
@@ -144,6 +163,9 @@ class AgentProtocol(EmulatorProtocol):
             if isinstance(event, SpeechStarted):
                 self._stop_speaking()
                 self.send_json({"type": "UserStartedSpeaking"})
+                if self._functions:
+                    # The caller spoke again: the requests still waiting are no longer wanted.
+                    self.send_json(self._cancelled())
             elif isinstance(event, SpeechEnded):
                 self._user_turn(self._users.next())
 
@@ -194,16 +216,38 @@ class AgentProtocol(EmulatorProtocol):
         if (self._settings or {}).get("flags", {}).get("history", True):
             self.send_json({"type": "History", "role": role, "content": content})
 
+    def _function_history(self, call_id: str, name: str, arguments: str, response: str,
+                          client_side: bool) -> None:
+        if (self._settings or {}).get("flags", {}).get("history", True):
+            self.send_json({"type": "History", "function_calls": [
+                {"id": call_id, "name": name, "client_side": client_side, "arguments": arguments,
+                 "response": response}]})
+
+    def _cancelled(self) -> dict[str, Any]:
+        """``FunctionCallCancelled`` for every request still waiting; their responses are then ignored."""
+        functions = [{"id": call_id, "name": name} for call_id, (name, _) in self._functions.items()]
+        self._functions.clear()
+        return {"type": "FunctionCallCancelled", "functions": functions}
+
     def _user_turn(self, text: str) -> None:
-        self.send_json({"type": "ConversationText", "role": "user", "content": text})
+        self.send_json({"type": "ConversationText", "role": "user", "content": text,
+                        "conversational_behavior": "default"})
         self._history("user", text)
-        name = self._function_named_in(text)
-        if name is not None:
+        named = self._function_named_in(text)
+        if named is not None:
+            name, client_side = named
             call_id = f"emulator-fc-{uuid.uuid4().hex[:12]}"
-            self._functions[call_id] = name
             self.send_json({"type": "AgentThinking", "content": f"I should call {name}."})
             self.send_json({"type": "FunctionCallRequest", "functions": [
-                {"id": call_id, "name": name, "arguments": "{}", "client_side": True}]})
+                {"id": call_id, "name": name, "arguments": "{}", "client_side": client_side}]})
+            if client_side:
+                self._functions[call_id] = (name, "{}")
+                return
+            # A server-side function (it has an endpoint): Deepgram calls it and says what it got.
+            content = f"{name} completed."
+            self.send_json({"type": "FunctionCallResponse", "id": call_id, "name": name, "content": content})
+            self._function_history(call_id, name, "{}", content, client_side=False)
+            self._think(self._replies.next())
             return
         self.send_json({"type": "AgentThinking", "content": "Thinking about the answer."})
         self._think(self._replies.next())
@@ -211,7 +255,8 @@ class AgentProtocol(EmulatorProtocol):
     def _think(self, reply: str) -> None:
         self.call_later(self.options.scaled_s(self.options.think_ms), self._speak, reply)
 
-    def _function_named_in(self, text: str) -> str | None:
+    def _function_named_in(self, text: str) -> tuple[str, bool] | None:
+        """The declared function the caller's words name, and whether it runs client-side."""
         if not self.options.function_calls:
             return None
         think = (self._settings or {}).get("agent", {}).get("think", [])
@@ -219,25 +264,29 @@ class AgentProtocol(EmulatorProtocol):
         for item in think if isinstance(think, list) else [think]:
             for function in item.get("functions", []):
                 name = function["name"]
-                if "endpoint" not in function and re.sub(r"[^a-z0-9]+", " ", name.lower()).strip() in lowered:
-                    return name
+                if re.sub(r"[^a-z0-9]+", " ", name.lower()).strip() in lowered:
+                    return name, "endpoint" not in function
         return None
 
-    def _inject_agent(self, text: str, behavior: str) -> None:
+    def _inject_agent(self, text: str, behavior: str, conversational_behavior: str = "default") -> None:
         busy = self._speaking is not None or (self._detector is not None and self._detector.in_speech)
         if behavior == "interrupt":
             self._stop_speaking()
-            self._speak(text)
+            self._speak(text, conversational_behavior)
         elif behavior == "queue" or not busy:
-            self._speak(text)
+            self._speak(text, conversational_behavior)
         else:
-            self.send_json({"type": "InjectionRefused",
-                            "message": "The agent or the user is speaking; message not injected."})
+            self.send_json(self._refused())
+
+    @staticmethod
+    def _refused() -> dict[str, Any]:
+        return {"type": "InjectionRefused",
+                "message": "The agent or the user is speaking; message not injected."}
 
     # --- the agent's voice ------------------------------------------------------------------------
 
-    def _speak(self, text: str) -> None:
-        self._queue.append(text)
+    def _speak(self, text: str, conversational_behavior: str = "default") -> None:
+        self._queue.append((text, conversational_behavior))
         if self._speaking is None:
             self._next_utterance()
 
@@ -245,11 +294,14 @@ class AgentProtocol(EmulatorProtocol):
         if not self._queue or self._fatal:
             self._speaking = None
             return
-        text = self._queue.popleft()
+        text, behavior = self._queue.popleft()
         latency = round(self.options.scaled_s(self.options.think_ms), 3)
         self.send_json({"type": "AgentStartedSpeaking", "total_latency": latency,
                         "tts_latency": round(latency / 3, 3), "ttt_latency": round(2 * latency / 3, 3)})
-        self.send_json({"type": "ConversationText", "role": "assistant", "content": text})
+        if self.options.latency_reports:
+            self.send_json(self._latency_report())
+        self.send_json({"type": "ConversationText", "role": "assistant", "content": text,
+                        "conversational_behavior": behavior})
         self._history("assistant", text)
         encoding, rate = self._chunks_for
         self._chunks = chunks(agent_audio(encoding, rate), encoding, rate, self.options.chunk_ms)
@@ -271,6 +323,34 @@ class AgentProtocol(EmulatorProtocol):
         self.send_json({"type": "AgentAudioDone"})
         self._speaking = None
         self._next_utterance()
+
+    def _latency_report(self) -> dict[str, Any]:
+        """Deepgram's own latency figures for the turn (seconds), from the emulated thinking pause."""
+        think = max(self.options.scaled_s(self.options.think_ms), 0.001)
+        return {"type": "LatencyReport", "stt_latency": 0.05, "ttt_token_latency": round(think / 2, 3),
+                "ttt_text_latency": round(2 * think / 3, 3), "tts_latency": round(think / 3, 3),
+                "total_latency": round(think + 0.05, 3)}
+
+    def canned_message(self, kind: str) -> dict[str, Any] | None:
+        """What a ``message:TYPE`` fault sends on the Voice Agent."""
+        if kind == "LatencyReport":
+            return self._latency_report()
+        if kind == "InjectionRefused":
+            return self._refused()
+        if kind == "FunctionCallCancelled":
+            return self._cancelled()
+        if kind == "History":
+            return {"type": "History", "function_calls": [
+                {"id": f"emulator-fc-{uuid.uuid4().hex[:12]}", "name": "emulator_lookup",
+                 "client_side": False, "arguments": "{}", "response": "emulator_lookup completed."}]}
+        if kind == "FrustrationDetected":
+            self._frustration += 1
+            return {"type": "FrustrationDetected", "count": self._frustration, "escalated": False}
+        if kind in _ACKS.values() or kind in ("UserStartedSpeaking", "AgentAudioDone", "SettingsApplied"):
+            return {"type": kind}
+        if kind == "Warning":
+            return self.warning_message("SLOW_THINK_REQUEST", "The think provider is slow to answer.")
+        return None
 
     def _stop_speaking(self) -> None:
         """Barge-in: drop the rest of the agent's audio and anything queued."""

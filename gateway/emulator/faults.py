@@ -27,6 +27,14 @@ Kinds:
     Send one JSON text frame ``{"type": TYPE}`` (default ``EmulatorUnknownMessage``).
 ``error:CODE[:DESCRIPTION]``
     Send a fatal Voice Agent ``Error`` and close without a status code, as Deepgram does.
+``warning:CODE[:DESCRIPTION]``
+    Send a non-fatal ``Warning`` (agent and Flux), e.g. ``warning:SLOW_THINK_REQUEST``.
+``message:TYPE``
+    Send one server message of a type the SDK knows, filled in by the session as Deepgram would:
+    ``LatencyReport``, ``InjectionRefused``, ``FunctionCallCancelled`` (cancels the function
+    calls still waiting for their response; their late responses are then ignored), ``History``
+    (with function calls), ``FrustrationDetected``, ``Warning``...; a type the endpoint does not
+    send is logged and skipped.
 
 The trigger says when a session-level fault fires; the default is ``on_open`` (at once, after the
 ``Welcome`` on the agent). ``after_ms`` counts from the moment the fault is armed (the open, or the
@@ -35,7 +43,8 @@ from then on; ``after_settings`` fires right after ``SettingsApplied`` (on ``/v1
 has no Settings, at the open). Reasons and messages cannot contain ``;`` or ``@``.
 
 Examples: ``refuse:429``, ``close:1011:NET-0000@after_ms=2000``, ``drop@after_audio_bytes=3200``,
-``stall@after_settings``, ``slow:200``, ``unknown-message``, ``error:SERVER_GOING_AWAY``.
+``stall@after_settings``, ``slow:200``, ``unknown-message``, ``error:SERVER_GOING_AWAY``,
+``warning:SLOW_THINK_REQUEST@after_settings``, ``message:LatencyReport@after_ms=500``.
 """
 
 from __future__ import annotations
@@ -63,7 +72,7 @@ REASONS = {
                  "See https://dpgr.am/data0000",
 }
 
-KINDS = ("refuse", "close", "drop", "stall", "slow", "unknown-message", "error")
+KINDS = ("refuse", "close", "drop", "stall", "slow", "unknown-message", "error", "warning", "message")
 _TRIGGERS = ("on_open", "after_settings", "after_ms", "after_audio_bytes")
 _NEVER_SENT = (1004, 1005, 1006, 1015)
 
@@ -180,6 +189,20 @@ def _one(spec: str, text: str) -> Fault:
     if kind == "unknown-message":
         message_type = ":".join(args) or "EmulatorUnknownMessage"
         return Fault(kind, text, trigger, message_type=message_type)
+
+    if kind == "warning":
+        if not args or not args[0]:
+            raise FaultSpecError(spec, "warning needs a warning code, e.g. warning:SLOW_THINK_REQUEST")
+        description = ":".join(args[1:]) or f"Emulated warning {args[0]}."
+        return Fault(kind, text, trigger, error_code=args[0], reason=description)
+
+    if kind == "message":
+        from gateway.codecs.deepgram_messages import ENDPOINTS, known_server_types
+
+        known = frozenset().union(*(known_server_types(e) for e in ENDPOINTS))
+        if len(args) != 1 or args[0] not in known:
+            raise FaultSpecError(spec, f"message needs one server message type, one of {', '.join(sorted(known))}")
+        return Fault(kind, text, trigger, message_type=args[0])
 
     # error
     if not args or not args[0]:

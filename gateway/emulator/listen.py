@@ -7,7 +7,9 @@ span. ``Results`` are interim (``interim_results=true``) every ``interim_every_m
 final when speech ends (``speech_final`` unless ``endpointing=false``) or after
 ``silence_final_ms`` of silence (empty transcript); ``SpeechStarted`` with ``vad_events=true``;
 ``UtteranceEnd`` once ``utterance_end_ms`` of audio has passed after the last word. ``Finalize``
-flushes (``from_finalize: true``); ``CloseStream`` or an empty binary frame flushes, sends
+flushes (``from_finalize: true``); ``Configure`` (checked by the SDK's types) answers
+``ConfigureSuccess``, or ``ConfigureFailure`` for keyterms on a model other than Nova-3 or over
+500 tokens, as Deepgram documents; ``CloseStream`` or an empty binary frame flushes, sends
 ``Metadata`` and closes with 1000. No audio for ``net0001_timeout_s`` closes with 1011 NET-0001;
 audio that cannot be what was declared closes with 1008 DATA-0000. Encodings the emulator cannot
 decode (flac, opus, ...) are accepted and recorded but produce no transcripts.
@@ -20,10 +22,12 @@ import hashlib
 import uuid
 from typing import Any
 
+from gateway.codecs.deepgram_messages import check_client_message
 from gateway.emulator.faults import REASONS
 from gateway.emulator.script import Script, words_for
 from gateway.emulator.session import EmulatorProtocol
 from gateway.emulator.speech import DECODABLE, SpeechDetector, SpeechEnded, SpeechStarted, audio_problem, decode
+from gateway.errors import SettingsError
 
 __all__ = ["ListenProtocol"]
 
@@ -88,6 +92,8 @@ class ListenProtocol(EmulatorProtocol):
             self._flush(from_finalize=True)
         elif kind == "CloseStream":
             self._finish()
+        elif kind == "Configure":
+            self._configure(message)
         # KeepAlive needs no answer; anything else is recorded and ignored.
 
     def on_binary(self, payload: bytes) -> None:
@@ -134,6 +140,28 @@ class ListenProtocol(EmulatorProtocol):
                 self._last_word_end = None
             if now - self._segment_start >= self.options.silence_final_ms / 1000:
                 self._send_results(now, [], is_final=True)
+
+    def _configure(self, message: dict[str, Any]) -> None:
+        try:
+            check_client_message(message, "listen")
+        except SettingsError as e:
+            return self._configure_failed("CONFIGURE_INTERNAL_ERROR", f"{e.field}: {e.message}")
+        keyterms = message.get("keyterms")
+        if keyterms is not None:
+            if not self._model["arch"].startswith("nova-3"):
+                return self._configure_failed("CONFIGURE_KEYTERMS_NOT_SUPPORTED",
+                                              f"Keyterms cannot be updated on model {self._model['arch']}.")
+            if sum(len(term.split()) for term in keyterms) > 500:
+                return self._configure_failed("CONFIGURE_KEYTERM_LIMIT_EXCEEDED",
+                                              "The keyterms exceed the 500-token limit.")
+        reply: dict[str, Any] = {"type": "ConfigureSuccess", "request_id": self.session.request_id}
+        if keyterms is not None:
+            reply["keyterms"] = keyterms
+        self.send_json(reply)
+
+    def _configure_failed(self, code: str, description: str) -> None:
+        self.send_json({"type": "ConfigureFailure", "request_id": self.session.request_id,
+                        "code": code, "description": description})
 
     # --- results ----------------------------------------------------------------------------------
 

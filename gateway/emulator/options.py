@@ -85,8 +85,10 @@ class EmulatorOptions:
     #: Close with DATA-0000 (listen) or a USER_AUDIO_FORMAT Error (agent) for audio that cannot
     #: be what was declared (see `gateway.emulator.speech.audio_problem`).
     check_audio: bool = True
-    #: Voice Agent: issue a FunctionCallRequest when a user turn names a client-side function.
+    #: Voice Agent: issue a FunctionCallRequest when a user turn names a declared function.
     function_calls: bool = True
+    #: Voice Agent: send a ``LatencyReport`` (Deepgram's own latency figures) with each agent turn.
+    latency_reports: bool = False
     #: The project listed by ``GET /v1/projects``.
     project_id: str = "emulator-project-0000"
 

@@ -1,11 +1,14 @@
 """
-The emulator's HTTP side: one twisted.web ``Site`` for both WebSocket paths and ``/v1/projects``,
-the handshake checks, and the `Emulator` that ties it together.
+The emulator's HTTP side: one twisted.web ``Site`` for the three WebSocket paths (the Voice Agent,
+``/v1/listen``, Flux's ``/v2/listen``), ``GET /v1/projects`` and ``POST /v1/auth/grant``, the
+handshake checks, and the `Emulator` that ties it together.
 
-Upgrades are checked here before Autobahn sees them (faults, then the key, then the listen query
-string), so that a refusal can carry ``dg-error``, ``dg-request-id`` and a JSON body, which
+Upgrades are checked here before Autobahn sees them (faults, then the credentials, then the listen
+query string), so that a refusal can carry ``dg-error``, ``dg-request-id`` and a JSON body, which
 Autobahn's ``ConnectionDeny`` cannot. Accepted requests go to ``WebSocketResource``. Every
-response carries ``dg-request-id``.
+response carries ``dg-request-id``. Credentials are the API key (``Authorization: Token``, or the
+``token`` subprotocol) or an access token from the grant endpoint (``Authorization: Bearer``, or
+the ``bearer`` subprotocol), as Deepgram takes them.
 """
 
 from __future__ import annotations
@@ -29,17 +32,23 @@ from gateway.codecs.settings_schema import INPUT_ENCODINGS
 from gateway.delayproxy import Delay, DelayProxy
 from gateway.emulator.agent import AgentProtocol
 from gateway.emulator.faults import Fault, FaultSpecError, parse_fault
+from gateway.emulator.flux import THRESHOLD_RANGES, FluxProtocol, threshold_problem
+from gateway.emulator.grants import GrantError, Grants
 from gateway.emulator.listen import ListenProtocol
 from gateway.emulator.options import EmulatorOptions
 from gateway.emulator.session import Session
 from gateway.emulator.speech import DECODABLE
 from gateway.errors import SettingsError
 
-__all__ = ["Emulator", "AGENT_PATH", "LISTEN_PATH", "PROJECTS_PATH", "REFUSALS"]
+__all__ = ["Emulator", "AGENT_PATH", "LISTEN_PATH", "FLUX_PATH", "PROJECTS_PATH", "GRANT_PATH", "REFUSALS"]
 
 AGENT_PATH = "/v1/agent/converse"
 LISTEN_PATH = "/v1/listen"
+FLUX_PATH = "/v2/listen"
 PROJECTS_PATH = "/v1/projects"
+GRANT_PATH = "/v1/auth/grant"
+#: The listen API version of each listen path.
+_VERSIONS = {LISTEN_PATH: "v1", FLUX_PATH: "v2"}
 FAULT_HEADER = b"x-emulator-fault"
 FAULT_PARAM = "emulator_fault"
 
@@ -74,12 +83,13 @@ def _header(request: Any, name: bytes) -> str | None:
     return value.decode("utf-8", "replace") if value is not None else None
 
 
-def check_listen_query(pairs: list[tuple[str, str]]) -> None:
+def check_listen_query(pairs: list[tuple[str, str]], version: str = "v1") -> None:
     """
-    Raise `HandshakeRefused` (400) for a ``/v1/listen`` query string Deepgram would refuse: an
-    option the SDK does not name or a value Deepgram refuses (the gateway's own check,
-    `gateway.codecs.deepgram_types`), or audio the emulator cannot take. Repeated options
-    (``keyterm``, ``tag``...) are lists.
+    Raise `HandshakeRefused` (400) for a ``/v1/listen`` (or, ``version`` ``v2``, Flux) query string
+    Deepgram would refuse: an option the SDK does not name or a value Deepgram refuses (the
+    gateway's own check, `gateway.codecs.deepgram_types`; Flux's thresholds in their ranges and its
+    required ``model``), or audio the emulator cannot take. Repeated options (``keyterm``,
+    ``tag``...) are lists.
     """
     options: dict[str, list[str]] = {}
     for name, value in pairs:
@@ -87,10 +97,15 @@ def check_listen_query(pairs: list[tuple[str, str]]) -> None:
             options.setdefault(name, []).append(value)
     try:
         check_listen_options({k: v[0] if len(v) == 1 else v for k, v in options.items()},
-                             "v1", path="query", complete=False)
+                             version, path="query", complete=version == "v2")
     except SettingsError as e:
         raise HandshakeRefused(400, f"Bad Request: {e.field.removeprefix('query.')}: {e.message}.")
     query = dict(pairs)
+    if version == "v2":
+        for name in THRESHOLD_RANGES:
+            problem = threshold_problem(name, query[name]) if name in query else None
+            if problem is not None:
+                raise HandshakeRefused(400, f"Bad Request: {problem}.")
     encoding = query.get("encoding")
     if encoding is not None and encoding not in INPUT_ENCODINGS:
         raise HandshakeRefused(400, f"Bad Request: encoding {encoding!r} is not supported; "
@@ -119,10 +134,11 @@ class _Root(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, emulator: Emulator, agent_ws: WebSocketResource, listen_ws: WebSocketResource) -> None:
+    def __init__(self, emulator: Emulator, agent_ws: WebSocketResource, listen_ws: WebSocketResource,
+                 flux_ws: WebSocketResource) -> None:
         super().__init__()
         self.emulator = emulator
-        self.ws = {AGENT_PATH: agent_ws, LISTEN_PATH: listen_ws}
+        self.ws = {AGENT_PATH: agent_ws, LISTEN_PATH: listen_ws, FLUX_PATH: flux_ws}
 
     def render(self, request: Any) -> Any:
         request_id = str(uuid.uuid4())
@@ -131,6 +147,8 @@ class _Root(resource.Resource):
         try:
             if path == PROJECTS_PATH:
                 return self._projects(request, request_id)
+            if path == GRANT_PATH:
+                return self._grant(request)
             ws = self.ws.get(path)
             if ws is None:
                 raise HandshakeRefused(404, f"No such path {path!r}.")
@@ -141,8 +159,9 @@ class _Root(resource.Resource):
                     raise HandshakeRefused(fault.status or 503, fault.reason)
             if not self.emulator._authorised(request):
                 raise HandshakeRefused(401)
-            if path == LISTEN_PATH:
-                check_listen_query(parse_qsl(urlsplit(request.uri.decode("utf-8", "replace")).query))
+            if path in _VERSIONS:
+                check_listen_query(parse_qsl(urlsplit(request.uri.decode("utf-8", "replace")).query),
+                                   _VERSIONS[path])
         except HandshakeRefused as refused:
             return _json_error(request, request_id, refused)
         self.emulator._pending = _Pending(request_id, faults)
@@ -154,11 +173,24 @@ class _Root(resource.Resource):
     def _projects(self, request: Any, request_id: str) -> bytes:
         if request.method not in (b"GET", b"HEAD"):
             raise HandshakeRefused(405, "Method not allowed.", "METHOD_NOT_ALLOWED")
-        if not self.emulator._authorised(request, subprotocol=False):
-            raise HandshakeRefused(401)
+        if not self.emulator._authorised(request, subprotocol=False, bearer=False):
+            raise HandshakeRefused(401)  # access tokens do not open the management APIs
         request.setHeader(b"content-type", b"application/json")
         body = {"projects": [{"project_id": self.emulator.options.project_id, "name": "Emulator project"}]}
         return json.dumps(body).encode()
+
+    def _grant(self, request: Any) -> bytes:
+        """``POST /v1/auth/grant``: an access token for the API key (never for another token)."""
+        if request.method != b"POST":
+            raise HandshakeRefused(405, "Method not allowed.", "METHOD_NOT_ALLOWED")
+        if not self.emulator._authorised(request, subprotocol=False, bearer=False):
+            raise HandshakeRefused(401)
+        try:
+            ttl = self.emulator.grants.ttl_from_body(request.content.read())
+        except GrantError as e:
+            raise HandshakeRefused(400, f"Bad Request: {e}.")
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(self.emulator.grants.issue(self.emulator.reactor.seconds(), ttl)).encode()
 
 
 def _json_error(request: Any, request_id: str, refused: HandshakeRefused) -> bytes:
@@ -213,6 +245,8 @@ class Emulator:
         self._queue: collections.deque[tuple[Fault, ...]] = collections.deque()
         self.sessions: list[Session] = []
         self.upgrade_attempts = 0
+        #: The access tokens ``POST /v1/auth/grant`` issues and Bearer credentials are checked by.
+        self.grants = Grants()
         self.port: Any = None
         self._listening: Any = None
         self._pending: _Pending | None = None
@@ -244,14 +278,24 @@ class Emulator:
 
     # --- handshake -------------------------------------------------------------------------------
 
-    def _authorised(self, request: Any, subprotocol: bool = True) -> bool:
+    def _authorised(self, request: Any, subprotocol: bool = True, bearer: bool = True) -> bool:
+        """
+        The API key as ``Token``, or (``bearer``) an unexpired access token from the grant
+        endpoint as ``Bearer``; with ``subprotocol`` also the ``["token", key]`` and
+        ``["bearer", jwt]`` WebSocket subprotocols. A key sent as ``Bearer`` is refused.
+        """
+        credentials = []
         auth = (_header(request, b"authorization") or "").strip()
-        scheme, _, key = auth.partition(" ")
-        if scheme.lower() == "token" and key.strip() == self._api_key:
-            return True
+        scheme, _, value = auth.partition(" ")
+        credentials.append((scheme.lower(), value.strip()))
         if subprotocol:
             offered = [p.strip() for p in (_header(request, b"sec-websocket-protocol") or "").split(",")]
-            if len(offered) >= 2 and offered[0] == "token" and offered[1] == self._api_key:
+            if len(offered) >= 2:
+                credentials.append((offered[0].lower(), offered[1]))
+        for kind, value in credentials:
+            if kind == "token" and value == self._api_key:
+                return True
+            if bearer and kind == "bearer" and self.grants.valid(value, self.reactor.seconds()):
                 return True
         return False
 
@@ -281,7 +325,8 @@ class Emulator:
     def site(self) -> server.Site:
         """The twisted.web Site serving everything (for embedding in another listener)."""
         root = _Root(self, WebSocketResource(self._factory(AgentProtocol)),
-                     WebSocketResource(self._factory(ListenProtocol)))
+                     WebSocketResource(self._factory(ListenProtocol)),
+                     WebSocketResource(self._factory(FluxProtocol)))
         return _Site(root)
 
     def listen(self, endpoint: str = "tcp:0:interface=127.0.0.1") -> Deferred:
@@ -321,10 +366,10 @@ class Emulator:
         return f"http://{host}:{address.port}"
 
     def url(self, kind: str) -> str:
-        """The WebSocket URL of ``"agent"`` or ``"listen"``."""
-        paths = {"agent": AGENT_PATH, "listen": LISTEN_PATH}
+        """The WebSocket URL of ``"agent"``, ``"listen"`` or ``"flux"``."""
+        paths = {"agent": AGENT_PATH, "listen": LISTEN_PATH, "flux": FLUX_PATH}
         if kind not in paths:
-            raise ValueError(f"expected 'agent' or 'listen', got {kind!r}")
+            raise ValueError(f"expected 'agent', 'listen' or 'flux', got {kind!r}")
         return "ws" + self.http_url[len("http"):] + paths[kind]
 
     def stop(self) -> Deferred:

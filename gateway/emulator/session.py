@@ -64,7 +64,7 @@ class Session:
 
 
 class EmulatorProtocol(WebSocketServerProtocol):
-    """Shared behaviour of the agent and listen protocols; subclasses implement the ``on_*`` hooks."""
+    """Shared behaviour of the agent, listen and Flux protocols; subclasses implement the ``on_*`` hooks."""
 
     # Autobahn 26 never applies the factory's tcpNoDelay to accepted connections.
     tcpNoDelay = True
@@ -89,7 +89,7 @@ class EmulatorProtocol(WebSocketServerProtocol):
         self._settings_triggers: list[Fault] = []
         self._audio_bytes = 0
         protocols = list(request.protocols or [])
-        chosen = "token" if protocols[:1] == ["token"] else None
+        chosen = protocols[0] if protocols[:1] in (["token"], ["bearer"]) else None
         return (chosen, {"dg-request-id": self.session.request_id})
 
     def onOpen(self) -> None:
@@ -275,6 +275,24 @@ class EmulatorProtocol(WebSocketServerProtocol):
             self.send_json({"type": fault.message_type})
         elif fault.kind == "error":
             self.fatal_error(fault.error_code or "INTERNAL_SERVER_ERROR", fault.reason or "")
+        elif fault.kind == "warning":
+            self.send_json(self.warning_message(fault.error_code or "WARNING", fault.reason or ""))
+        elif fault.kind == "message":
+            message = self.canned_message(fault.message_type or "")
+            if message is None:
+                self.log.info("emulator session {request_id}: {path} does not send {message_type}; skipped",
+                              request_id=self.session.request_id, path=self.session.path,
+                              message_type=fault.message_type)
+            else:
+                self.send_json(message)
+
+    def warning_message(self, code: str, description: str) -> dict[str, Any]:
+        """A non-fatal ``Warning`` as this endpoint sends it."""
+        return {"type": "Warning", "description": description, "code": code}
+
+    def canned_message(self, kind: str) -> dict[str, Any] | None:
+        """A ``message:TYPE`` fault's message, as this session would send it now; None: not here."""
+        return None
 
     def shutdown(self) -> None:
         """The emulator is stopping: close with 1001, or drop a connection that is not open."""
