@@ -32,10 +32,16 @@ from gateway.interfaces import CallerLeg, LegState, UpstreamLeg
 from gateway.reconnect import GiveUp, ReconnectBudget, ReconnectPolicy
 from gateway.codecs.close_codes import classify_caller_close, classify_upstream_close
 from gateway.codecs.deepgram import CLOSE_STREAM
+from gateway.codecs.deepgram_messages import (
+    app_control_types,
+    check_client_message,
+    known_server_types,
+    latency_figures,
+)
 from gateway.codecs.formats import AudioFormat, LINEAR16_16K, MULAW_8K
 from gateway.config import ConfiguredGateway
 from gateway.diagnostics import Diagnosis
-from gateway.errors import AuthError
+from gateway.errors import AuthError, SettingsError
 from gateway.functions import FunctionDispatcher, declarations
 from gateway.latency import CallerHeardLatency
 from gateway.plugin import cancel
@@ -998,13 +1004,25 @@ class Call:
             if diagnosis is not None:
                 self._pending_diagnosis = diagnosis
         elif kind is CallerControl:
-            self.count("caller_messages_rejected", reason="unknown_message")
-            caller = self._caller_sendable()
-            if caller is not None:
-                caller.send_error(
-                    "UNKNOWN_MESSAGE",
-                    f"unknown control message type {event.message.get('type')!r:.40}",
-                )
+            # A /client app's control message: a client message of this mode's endpoint that an
+            # app may send (not the gateway's own Settings, KeepAlive, CloseStream or function
+            # answers), judged strictly by the SDK's types; then through the gate, which holds it
+            # in order until the session is live. A refusal is one Error naming the field.
+            message = dict(event.message)
+            endpoint = self.info.mode
+            try:
+                check_client_message(message, endpoint, allowed=app_control_types(endpoint))
+            except SettingsError as e:
+                unknown = e.field == "message.type"
+                self.count("caller_messages_rejected",
+                           reason="unknown_message" if unknown else "invalid_message")
+                caller = self._caller_sendable()
+                if caller is not None:
+                    caller.send_error("UNKNOWN_MESSAGE" if unknown else "INVALID_MESSAGE",
+                                      f"{e.field}: {e.message}")
+                return
+            self.count("control_messages", type=message["type"])
+            self._send_message(UpstreamMessage(message))
 
     def _send_message(self, event: UpstreamMessage) -> None:
         """A JSON message towards Deepgram, through the gate (see the class docstring)."""
@@ -1055,6 +1073,23 @@ class Call:
                 for item in event.message.get("functions") or ():
                     if isinstance(item, dict) and item.get("client_side"):
                         self._functions.dispatch(item)
+            elif event.type == "FunctionCallCancelled":
+                # Deepgram took these requests back: stop them, and never send their responses.
+                for item in event.message.get("functions") or ():
+                    if isinstance(item, dict):
+                        self._functions.cancel(str(item.get("id", "")), str(item.get("name", "")))
+            elif event.type == "LatencyReport":
+                # Deepgram's own latency figures, per call (report) and per process (metrics).
+                for stage, seconds in latency_figures(event.message).items():
+                    self.count("deepgram_latency_ms", round(seconds * 1000), stage=stage)
+                    self.count("deepgram_latency_reports", stage=stage)
+            elif event.type not in known_server_types(self.info.mode):
+                # Newer than the installed SDK: forwarded like any event, counted, never an error.
+                self.count("upstream_messages_unknown")
+                if self.info.counters[("upstream_messages_unknown", ())] == 1:
+                    self.log.info("Deepgram sent a message type the installed deepgram-sdk does not "
+                                  "know: {message_type!r:.64}; forwarded and counted",
+                                  message_type=event.type)
             caller = self._caller_sendable()
             if caller is not None:
                 if event.type == "UserStartedSpeaking":

@@ -9,6 +9,11 @@ declaration to ``agent.think.functions``; when Deepgram sends a ``FunctionCallRe
 the same ``id`` and ``name``. An unknown function, arguments that are not JSON or break the
 declared schema, an exception and a timeout each give a response the agent can speak about, a
 log line and a counter; the call goes on.
+
+Deepgram may take a request back with ``FunctionCallCancelled`` (the caller spoke again, the
+turn moved on): the running function's Deferred is cancelled (a plugin that gave its Deferred a
+canceller, treq's requests for example, stops its work) and no response is sent for that id,
+whatever the function does afterwards.
 """
 
 from __future__ import annotations
@@ -60,6 +65,10 @@ class FunctionDispatcher:
     count: Callable[..., None]
     log: Any
     timeout_s: float = 10.0
+    #: The requests still running: id -> the Deferred of the plugin's work.
+    running: dict[str, defer.Deferred] = attrs.field(factory=dict)
+    #: Ids Deepgram cancelled while they ran: whatever they produce is never sent.
+    _cancelled: set[str] = attrs.field(factory=set)
 
     def dispatch(self, item: Mapping[str, Any]) -> defer.Deferred:
         """Answer one ``FunctionCallRequest`` item; fires when the response has been sent."""
@@ -87,12 +96,20 @@ class FunctionDispatcher:
         stage = self.servers[plugin]
         d = defer.maybeDeferred(stage.call_function, name, arguments)
         d.addTimeout(self.timeout_s, self.clock)
+        if not d.called:
+            self.running[call_id] = d
 
         def ok(result: Any) -> defer.Deferred:
+            self.running.pop(call_id, None)
+            if call_id in self._cancelled:
+                return self._dropped(call_id, name, label)
             content = result if isinstance(result, str) else json.dumps(result, default=str)
             return self._done(call_id, name, label, "ok", content)
 
         def failed(failure: Any) -> defer.Deferred:
+            self.running.pop(call_id, None)
+            if call_id in self._cancelled:
+                return self._dropped(call_id, name, label)
             if failure.check(defer.TimeoutError):
                 return self._done(call_id, name, label, "timeout",
                                   f"Error: {name} did not answer within {self.timeout_s:g} seconds.")
@@ -101,6 +118,26 @@ class FunctionDispatcher:
                               f"Error: {name} failed: {failure.getErrorMessage()}")
 
         return d.addCallbacks(ok, failed)
+
+    def cancel(self, call_id: str, name: str = "") -> bool:
+        """
+        Deepgram cancelled request ``call_id`` (``FunctionCallCancelled``): cancel its work if it
+        is still running and never send its response. False when it is not running (already
+        answered, or unknown): nothing to do then.
+        """
+        d = self.running.get(call_id)
+        if d is None:
+            return False
+        self._cancelled.add(call_id)
+        self.log.info("function call {function} ({call_id}) cancelled by Deepgram; its response "
+                      "will not be sent", function=name, call_id=call_id)
+        d.cancel()
+        return True
+
+    def _dropped(self, call_id: str, name: str, label: str) -> defer.Deferred:
+        self._cancelled.discard(call_id)
+        self.count("function_calls", function=label, outcome="cancelled")
+        return defer.succeed(None)
 
     def _done(self, call_id: str, name: str, label: str, outcome: str, content: str) -> defer.Deferred:
         self.count("function_calls", function=label, outcome=outcome)

@@ -64,6 +64,15 @@ _COUNTERS = {
     "marks": ("gateway_marks", "Twilio marks echoed, played or cleared by a barge-in", ("outcome",)),
     "transfers": ("gateway_transfers", "Calls transferred with transfer_call", ()),
     "dtmf": ("gateway_dtmf", "DTMF key presses", ()),
+    "control_messages": ("gateway_control_messages",
+                         "Control messages from /client apps sent on to Deepgram, by type", ("type",)),
+    "upstream_messages_unknown": ("gateway_upstream_messages_unknown",
+                                  "Deepgram messages of a type the installed SDK does not know (forwarded)", ()),
+    "deepgram_latency_ms": ("gateway_deepgram_latency_ms",
+                            "Deepgram's own LatencyReport figures summed, in ms, by stage "
+                            "(divided by gateway_deepgram_latency_reports: the mean)", ("stage",)),
+    "deepgram_latency_reports": ("gateway_deepgram_latency_reports",
+                                 "Deepgram LatencyReport figures received, by stage", ("stage",)),
 }
 
 

@@ -45,6 +45,18 @@ class TranscriptKeeper:
                            "transcript": text})
 
 
+
+def deepgram_latency(info: Any) -> dict[str, dict[str, float | int]]:
+    """
+    Deepgram's own latency figures for the call (from its ``LatencyReport`` messages): per stage
+    (``tts``, ``total``...), the mean in seconds and the number of reports.
+    """
+    sums = _counters(info, "deepgram_latency_ms")
+    counts = _counters(info, "deepgram_latency_reports")
+    return {stage: {"mean_s": round(sums.get(stage, 0) / n / 1000, 3), "reports": n}
+            for stage, n in sorted(counts.items()) if n}
+
+
 def _counters(info: Any, name: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for (counter, labels), value in info.counters.items():
@@ -81,6 +93,9 @@ def build_report(call: Any, now: float) -> dict[str, Any]:
         "rejected": _counters(info, "caller_messages_rejected"),
         "reconnects": sum(_counters(info, "reconnects").values()),
         "dg_request_ids": [r for r in info.request_ids if r],
+        "deepgram_latency": deepgram_latency(info),
+        "control_messages": _counters(info, "control_messages"),
+        "unknown_messages": sum(_counters(info, "upstream_messages_unknown").values()),
         "last_error": info.last_error_seen,
         "last_warning": info.last_warning,
         "diagnosis": None if d is None else {

@@ -96,9 +96,29 @@ class SerialiseTests(SynchronousTestCase):
     def test_error_and_event(self) -> None:
         """Errors and forwarded events are JSON text."""
         self.assertEqual(json.loads(client.error_message("AUTH_TIMEOUT", "late")),
-                         {"type": "Error", "code": "AUTH_TIMEOUT", "message": "late"})
+                         {"type": "Error", "source": "gateway", "code": "AUTH_TIMEOUT",
+                          "description": "late", "message": "late"})
         self.assertEqual(json.loads(client.event_message({"type": "Welcome", "x": "é"})),
                          {"type": "Welcome", "x": "é"})
+
+    def test_one_error_shape(self) -> None:
+        """The gateway's and Deepgram's Errors share one shape: source, code, description, message."""
+        gateway = json.loads(client.error_message("UNKNOWN_MESSAGE", "message.type: ..."))
+        deepgram = json.loads(client.event_message(
+            {"type": "Error", "description": "Settings rejected.", "code": "INVALID_SETTINGS"}))
+        self.assertEqual(deepgram, {"type": "Error", "source": "deepgram", "code": "INVALID_SETTINGS",
+                                    "description": "Settings rejected.", "message": "Settings rejected."})
+        self.assertEqual(set(gateway), set(deepgram))
+        self.assertEqual((gateway["source"], gateway["description"]), ("gateway", gateway["message"]))
+
+    def test_forwarded_events_come_from_the_sdk(self) -> None:
+        """Every server message of the agent, listen and Flux endpoints is forwarded."""
+        from gateway.codecs.deepgram_messages import server_messages
+
+        for endpoint in ("agent", "listen", "flux"):
+            self.assertLessEqual(set(server_messages(endpoint)), client.FORWARDED_EVENTS)
+        self.assertLessEqual({"PromptUpdated", "InjectionRefused", "FunctionCallCancelled", "TurnInfo",
+                              "ConfigureSuccess", "LatencyReport"}, client.FORWARDED_EVENTS)
 
 
 class BoundedJsonTests(SynchronousTestCase):

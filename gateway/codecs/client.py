@@ -16,6 +16,7 @@ import json
 from typing import Any, Mapping
 
 from gateway.codecs import bounded_json
+from gateway.codecs.deepgram_messages import ENDPOINTS, known_server_types
 from gateway.errors import CallerProtocolError
 from gateway.events import CallerControl, ClientHello
 
@@ -33,26 +34,10 @@ __all__ = [
 #: The largest text frame read (Autobahn's caller limit is the same 64 KiB).
 MAX_TEXT_BYTES = 64 * 1024
 
-#: Deepgram events forwarded to raw-audio clients as JSON text frames (CONTRACT.md).
-FORWARDED_EVENTS = frozenset(
-    {
-        "Welcome",
-        "SettingsApplied",
-        "ConversationText",
-        "UserStartedSpeaking",
-        "AgentThinking",
-        "AgentStartedSpeaking",
-        "AgentAudioDone",
-        "FunctionCallRequest",
-        "History",
-        "Warning",
-        "Error",
-        "Results",
-        "SpeechStarted",
-        "UtteranceEnd",
-        "Metadata",
-    }
-)
+#: Deepgram's server messages on every endpoint, read from the SDK (agent, listen, Flux): what a
+#: raw-audio client is sent as JSON text frames. A type not listed here (one Deepgram added after
+#: the installed SDK) is forwarded too, and counted by the call.
+FORWARDED_EVENTS = frozenset().union(*(known_server_types(e) for e in ENDPOINTS))
 
 #: Every ``reason`` a refused hello (``ClientHello.reason``) may carry.
 HELLO_REASONS = frozenset(
@@ -121,10 +106,22 @@ def parse_control(payload: bytes | str) -> CallerControl:
 
 
 def event_message(message: Mapping[str, Any]) -> bytes:
-    """A Deepgram event forwarded to the client as it came (ASCII-escaped JSON)."""
+    """
+    A Deepgram event forwarded to the client as it came (ASCII-escaped JSON); an ``Error`` gets
+    the one Error shape of ``/client`` (see `error_message`): ``"source": "deepgram"`` and its
+    ``description`` repeated as ``message``.
+    """
+    if message.get("type") == "Error":
+        message = {**message, "source": "deepgram", "message": message.get("description", "")}
     return json.dumps(message).encode()
 
 
 def error_message(code: str, message: str) -> bytes:
-    """The error event: ``{"type": "Error", "code": ..., "message": ...}``."""
-    return json.dumps({"type": "Error", "code": code, "message": message}).encode()
+    """
+    The gateway's error event, in the one Error shape of ``/client``, shared with Deepgram's
+    forwarded ``Error``: ``{"type": "Error", "source": "gateway", "code": ..., "description":
+    ..., "message": ...}``. ``description`` (Deepgram's name) and ``message`` (the gateway's
+    name before they were unified) carry the same text, so a client written for either reads it.
+    """
+    return json.dumps({"type": "Error", "source": "gateway", "code": code, "description": message,
+                       "message": message}).encode()

@@ -31,7 +31,7 @@ __all__ = ["TwilioProtocol", "ClientProtocol", "CallerFactory", "CLIENT_FORWARDE
 #: How many rejections per call are logged one by one; the rest are only counted.
 LOGGED_REJECTIONS = 5
 
-#: Deepgram events forwarded to raw-audio clients as JSON text frames (CONTRACT.md).
+#: Deepgram's server messages the SDK knows, forwarded to raw-audio clients as JSON text frames.
 CLIENT_FORWARDED_EVENTS = client_codec.FORWARDED_EVENTS
 
 #: The rule behind each close code Autobahn fails a connection with (``_fail_connection``).
@@ -249,8 +249,11 @@ class ClientProtocol(_CallerProtocol):
         """Marks are a Twilio feature."""
 
     def send_event(self, event: DeepgramEvent) -> None:
-        if event.type in CLIENT_FORWARDED_EVENTS:
-            self.sendMessage(client_codec.event_message(event.message), False)
+        """
+        Every Deepgram event, as it came: the types the SDK knows (`CLIENT_FORWARDED_EVENTS`)
+        and any newer one (the call counts those), never an error.
+        """
+        self.sendMessage(client_codec.event_message(event.message), False)
 
     def send_error(self, code: str, message: str) -> None:
         self.sendMessage(client_codec.error_message(code, message), False)
