@@ -357,7 +357,7 @@ _Machine = None
 #: The leg state in which the call may send (a plain int: the hot path compares with it).
 _OPEN = int(LegState.OPEN)
 #: Deepgram events that carry what was said (kept for the report, logged when configured).
-_RECORDED = frozenset({"ConversationText", "Results"})
+_RECORDED = frozenset({"ConversationText", "Results", "TurnInfo"})
 #: Control messages held at most while the Deepgram session is not live (beyond: dropped, counted).
 _HELD_MESSAGES = 256
 
@@ -695,6 +695,10 @@ class Call:
             text = alternatives[0].get("transcript") if isinstance(alternatives[0], dict) else None
             if text:
                 self.log.info("{speaker}: {content}", speaker="caller", content=text)
+        elif kind == "TurnInfo" and event.message.get("event") == "EndOfTurn":
+            text = event.message.get("transcript")
+            if isinstance(text, str) and text:
+                self.log.info("{speaker}: {content}", speaker="caller", content=text)
 
     def _welcomed(self, message: Any) -> None:
         """Welcome carries the session's request id: use it where the header had none."""
@@ -898,8 +902,9 @@ class Call:
         leg = self.upstream
         if leg is None or leg.state != _OPEN:
             return
-        if self.info.mode == "listen" and self._initiator == "caller":
-            # Let Deepgram finish: last Results, Metadata, then its own 1000 close.
+        if self.info.mode in ("listen", "flux") and self._initiator == "caller":
+            # Let Deepgram finish: last Results, Metadata, then its own 1000 close (Flux: the
+            # last turn, then a close without a status code).
             leg.send_message(CLOSE_STREAM)
         else:
             leg.close(1000)
@@ -1078,6 +1083,9 @@ class Call:
                 for item in event.message.get("functions") or ():
                     if isinstance(item, dict):
                         self._functions.cancel(str(item.get("id", "")), str(item.get("name", "")))
+            elif event.type == "Connected" and self.info.mode == "flux":
+                # Flux's confirmation of the session (its SettingsApplied): the call goes live.
+                self._machine.settings_applied()
             elif event.type == "LatencyReport":
                 # Deepgram's own latency figures, per call (report) and per process (metrics).
                 for stage, seconds in latency_figures(event.message).items():

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import attrs
 
 from gateway.admission import AdmissionOptions, admission_options
-from gateway.codecs.deepgram import DEFAULT_AGENT_URL, DEFAULT_LISTEN_URL
+from gateway.codecs.deepgram import DEFAULT_AGENT_URL, DEFAULT_FLUX_URL, DEFAULT_LISTEN_URL
 from gateway.errors import ConfigError, PluginLoadError
 from gateway.httplimits import HttpLimits, http_limits
 
@@ -132,6 +132,7 @@ class GatewayConfig:
     dropin_dirs: tuple[str, ...] = ()
     agent_url: str = DEFAULT_AGENT_URL
     listen_url: str = DEFAULT_LISTEN_URL
+    flux_url: str = DEFAULT_FLUX_URL
     api_key: str = attrs.field(default="", repr=False)
     twilio_auth_token: str | None = attrs.field(default=None, repr=False)
     public_url: str | None = None
@@ -175,7 +176,7 @@ class GatewayConfig:
     @property
     def upstream_url(self) -> str:
         """The Deepgram URL of this gateway's mode."""
-        return self.agent_url if self.mode == "agent" else self.listen_url
+        return {"agent": self.agent_url, "flux": self.flux_url}.get(self.mode, self.listen_url)
 
     @property
     def stream_url(self) -> str | None:
@@ -278,7 +279,7 @@ def load_config(
     http_section = root.section("http")
     warnings: list[str] = []
 
-    mode = gw.str("mode", "agent", choices=("agent", "listen"))
+    mode = gw.str("mode", "agent", choices=("agent", "listen", "flux"))
     chain = tuple(gw.str_list("chain", list(DEFAULT_CHAIN)))
     for required in REQUIRED_STAGES:
         if required not in chain:
@@ -306,6 +307,7 @@ def load_config(
 
     agent_url = _ws_url("deepgram.agent_url", dg.str("agent_url", DEFAULT_AGENT_URL))
     listen_url = _ws_url("deepgram.listen_url", dg.str("listen_url", DEFAULT_LISTEN_URL))
+    flux_url = _ws_url("deepgram.flux_url", dg.str("flux_url", DEFAULT_FLUX_URL))
     connect_timeout = dg.float("connect_timeout_s", 10.0, minimum=0.1)
     reconnect_attempts = dg.int("reconnect_attempts", 3, minimum=0)
     reconnect_max_s = dg.float("reconnect_max_s", 20.0, minimum=0)
@@ -336,6 +338,8 @@ def load_config(
         agent_url = _ws_url("DEEPGRAM_AGENT_URL", env["DEEPGRAM_AGENT_URL"])
     if env.get("DEEPGRAM_LISTEN_URL"):
         listen_url = _ws_url("DEEPGRAM_LISTEN_URL", env["DEEPGRAM_LISTEN_URL"])
+    if env.get("DEEPGRAM_FLUX_URL"):
+        flux_url = _ws_url("DEEPGRAM_FLUX_URL", env["DEEPGRAM_FLUX_URL"])
     api_key = env.get("DEEPGRAM_API_KEY", "")
     if require_api_key and not api_key:
         raise ConfigError("DEEPGRAM_API_KEY", "missing: set it to your Deepgram API key")
@@ -375,6 +379,7 @@ def load_config(
         dropin_dirs=dropin_dirs,
         agent_url=agent_url,
         listen_url=listen_url,
+        flux_url=flux_url,
         api_key=api_key,
         twilio_auth_token=twilio_token,
         public_url=public_url,

@@ -73,6 +73,7 @@ _COUNTERS = {
                             "(divided by gateway_deepgram_latency_reports: the mean)", ("stage",)),
     "deepgram_latency_reports": ("gateway_deepgram_latency_reports",
                                  "Deepgram LatencyReport figures received, by stage", ("stage",)),
+    "barge_ins": ("gateway_barge_ins", "Flux StartOfTurn clears of audio a plugin played", ("mode",)),
 }
 
 

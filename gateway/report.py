@@ -2,8 +2,8 @@
 The call report: what one call did and how it ended, as one JSON-ready dict.
 
 Logged as one structured event at the end of every call (``call_report`` field) and, when a
-webhook is configured, POSTed there with the transcript (listen mode) or the conversation
-(Voice Agent mode).
+webhook is configured, POSTed there with the transcript (listen and Flux modes: Flux's turns) or
+the conversation (Voice Agent mode).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ MAX_TRANSCRIPT_ITEMS = 500
 
 
 class TranscriptKeeper:
-    """Collects final transcript segments (listen) or conversation turns (agent), bounded."""
+    """Collects final transcript segments (listen), Flux turns or conversation turns (agent), bounded."""
 
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
@@ -43,7 +43,18 @@ class TranscriptKeeper:
             if isinstance(text, str) and text:
                 self._add({"start": message.get("start"), "duration": message.get("duration"),
                            "transcript": text})
+        elif kind == "TurnInfo" and message.get("event") == "EndOfTurn":
+            text = message.get("transcript")
+            if isinstance(text, str) and text:
+                start, end = message.get("audio_window_start"), message.get("audio_window_end")
+                duration = round(end - start, 3) if _numbers(start, end) else None
+                self._add({"turn": message.get("turn_index"), "start": start, "duration": duration,
+                           "transcript": text, "end_of_turn_confidence":
+                           message.get("end_of_turn_confidence"), "trigger": message.get("trigger")})
 
+
+def _numbers(*values: Any) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
 def deepgram_latency(info: Any) -> dict[str, dict[str, float | int]]:

@@ -14,6 +14,10 @@ call_control: what a voice bot on the phone needs to *do* — marks, hanging up,
   ``TWILIO_AUTH_TOKEN``, through treq.
 - **DTMF**: each key press is injected as ``InjectUserMessage`` with ``dtmf_message`` (for
   example "The caller pressed 5."); a plugin placed before this one can take them instead.
+- **Flux barge-in**: in Flux mode Deepgram sends no agent audio, but a plugin may play audio to
+  the caller (its own TTS, a prompt); when Flux says the caller started a turn (``TurnInfo``
+  ``StartOfTurn``) and audio went to the caller since the last turn started, Twilio gets
+  ``clear`` so the caller is not talked over (a ``/client`` app gets the ``TurnInfo`` itself).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from zope.interface import implementer
 from gateway.config import GatewayConfig, Section
 from gateway.diagnostics import Diagnosis
 from gateway.errors import ConfigError
-from gateway.events import DeepgramEvent, Dtmf, MarkEchoed, SendMark, UpstreamMessage
+from gateway.events import Clear, DeepgramEvent, Dtmf, MarkEchoed, SendMark, UpstreamMessage
 from gateway.functions import FunctionSpec
 from gateway.plugin import IStreamPlugin, Routes, StageContext, cancel
 
@@ -78,6 +82,8 @@ class CallControlStage:
     _ending: bool = False
     _awaiting_speech: bool = False
     _timers: list[Any] = attrs.field(factory=list)
+    #: Audio frames sent to the caller when the last Flux turn started (see `_turn_started`).
+    _frames_at_turn: int = 0
 
     def routes(self) -> Routes:
         inbound: dict[type, Any] = {MarkEchoed: self.on_mark}
@@ -101,9 +107,23 @@ class CallControlStage:
         elif kind == "UserStartedSpeaking":
             # The call clears Twilio's queue: every pending mark comes back at once, unplayed.
             self._speaking = False
-            for name in self.pending:
-                self.pending[name] = "cleared"
+            self._marks_cleared()
+        elif kind == "TurnInfo" and event.message.get("event") == "StartOfTurn":
+            self._turn_started()
         return event
+
+    def _marks_cleared(self) -> None:
+        for name in self.pending:
+            self.pending[name] = "cleared"
+
+    def _turn_started(self) -> None:
+        """Flux barge-in: clear what a plugin was playing to the caller when the caller speaks."""
+        sent = self.ctx.call.frames_to_caller
+        if sent != self._frames_at_turn:
+            self._marks_cleared()
+            self.ctx.count("barge_ins", mode="flux")
+            self.ctx.emit_outbound(Clear())
+        self._frames_at_turn = sent
 
     def on_mark(self, event: MarkEchoed) -> Any:
         state = self.pending.pop(event.name, None)

@@ -8,6 +8,8 @@ keepalive: keep the Deepgram leg open through silence.
   KeepAlive alone prevents it is contradicted by Deepgram's own pages; so while the caller sends
   nothing this stage sends real silence in the declared encoding (as much as the gap lasted, so
   Deepgram's timeline stays in step with the call), which works under both readings.
+- Flux (``/v2/listen``): no KeepAlive message exists there (the SDK's Flux client messages are
+  ``CloseStream``, ``Configure`` and ``ForceEndTurn``), so silence too, as for ``/v1/listen``.
 
 Towards the caller: WebSocket pings (a caller that stops answering is dropped and the call
 ended) and an idle check (no caller audio for ``caller_idle_timeout_s`` ends the call:
@@ -31,6 +33,9 @@ from gateway.events import Audio, UpstreamMessage, UpstreamOpened, UpstreamRecon
 from gateway.plugin import IStreamPlugin, Routes, StageContext, cancel
 
 __all__ = ["plugin", "KeepaliveStage"]
+
+#: Modes whose Deepgram endpoint is kept open with silence (audio), not a KeepAlive message.
+_SILENCE_MODES = ("listen", "flux")
 
 
 @attrs.frozen
@@ -93,7 +98,7 @@ class KeepaliveStage:
         return event
 
     def _interval(self) -> float:
-        if self.ctx.call.mode == "listen":
+        if self.ctx.call.mode in _SILENCE_MODES:
             return self.options.silence_interval_s
         return self.options.interval_s
 
@@ -104,7 +109,7 @@ class KeepaliveStage:
         now = self.ctx.clock.seconds()
         frames = self.ctx.call.frames_to_upstream
         if frames == self._last_frames:
-            if self.ctx.call.mode == "listen":
+            if self.ctx.call.mode in _SILENCE_MODES:
                 gap_ms = int(min(now - self._last_tick, 2 * self._interval()) * 1000)
                 silence = self.ctx.call.upstream_input.silence(max(gap_ms, 20))
                 self.ctx.count("keepalive_sent", kind="silence")

@@ -8,14 +8,17 @@ settings: the Deepgram configuration of each call, sent before any audio.
   derived from the formats the transcoder sends and expects, never typed by hand.
 - ``/v1/listen``: the query string from ``[settings.listen]`` plus allowed parameters, with
   ``encoding`` and ``sample_rate`` derived the same way.
+- Flux (``/v2/listen``): the query string from ``[settings.flux]`` (``model``, ``eot_threshold``,
+  ``eager_eot_threshold``, ``eot_timeout_ms``, ``keyterm``...) plus allowed parameters, checked
+  as the SDK names Flux's options; the session is confirmed by Flux's ``Connected``.
 
 The stage opens the Deepgram leg (`OpenUpstream`) when an authenticated `StreamStarted` reaches
 it and, on the Voice Agent, sends ``Settings`` once Deepgram's ``Welcome`` has arrived. The call
 holds the caller's audio and every other message (bounded by ``hold_audio_ms``, counted when
-over) until the session is confirmed (``SettingsApplied``, or the open socket for listen), then
-releases it in order. A session that sends no ``Welcome`` within ``welcome_timeout_s`` or no
-``SettingsApplied`` within ``applied_timeout_s`` is given up and, within the call's reconnect
-budget, replaced.
+over) until the session is confirmed (``SettingsApplied``, Flux's ``Connected``, or the open
+socket for listen), then releases it in order. A session that sends no ``Welcome`` within
+``welcome_timeout_s`` or no ``SettingsApplied`` (Flux: ``Connected``) within
+``applied_timeout_s`` is given up and, within the call's reconnect budget, replaced.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from gateway.codecs.deepgram import (
+    DEFAULT_FLUX_PARAMS,
     DEFAULT_LISTEN_PARAMS,
     DEFAULT_SETTINGS,
+    build_flux_url,
     build_listen_url,
     build_settings,
     merge_template,
@@ -101,6 +106,8 @@ class SettingsOptions:
     applied_timeout_s: float
     hold_audio_ms: int
     welcome_timeout_s: float = 5.0
+    flux_url: str = ""
+    flux_params: Mapping[str, str | tuple[str, ...]] = attrs.field(factory=dict)
     #: Cached verdicts on the per-call variations of ``template`` (proved whole at start-up).
     checker: SettingsChecker = attrs.field(factory=SettingsChecker, eq=False, repr=False)
 
@@ -149,6 +156,10 @@ class SettingsStage:
                 _add_functions(self.settings, call.functions)
                 self.options.checker.check(self.settings, overrides, call.functions)
                 url = self.options.agent_url
+            elif self.options.mode == "flux":
+                params = dict(self.options.flux_params)
+                params.update(overrides)
+                url = build_flux_url(self.options.flux_url, params, call.upstream_input)
             else:
                 params = dict(self.options.listen_params)
                 params.update(overrides)
@@ -169,10 +180,10 @@ class SettingsStage:
                 value = custom[name]
                 if len(value) > 25_000:
                     raise SettingsError(f"customParameters.{name}", "longer than 25000 characters")
-                if self.options.mode == "listen":
+                if self.options.mode in _QUERY_VERSIONS:
                     # The same check as the configured value: language=english is refused here too.
                     try:
-                        check_listen_value(target, value)
+                        check_listen_value(target, value, _QUERY_VERSIONS[self.options.mode])
                     except SettingsError as e:
                         raise SettingsError(f"customParameters.{name}", f"for {e.field}: {e.message}")
                 values[target] = value
@@ -183,6 +194,9 @@ class SettingsStage:
         self._welcomed = self._applied = False
         if self.options.mode == "agent":
             self._wait(self.options.welcome_timeout_s, self._no_welcome)
+        elif self.options.mode == "flux":
+            # Flux confirms the session with Connected (the call goes live on it).
+            self._wait(self.options.applied_timeout_s, self._not_applied)
         return event
 
     def on_event(self, event: DeepgramEvent) -> Any:
@@ -190,7 +204,8 @@ class SettingsStage:
         if kind == "Welcome" and self.options.mode == "agent" and not self._welcomed:
             self._welcomed = True
             self._send_settings()
-        elif kind == "SettingsApplied" and not self._applied:
+        elif (kind == "SettingsApplied" or kind == "Connected" and self.options.mode == "flux") \
+                and not self._applied:
             self._applied = True
             self._cancel()
         elif kind in ("ConversationText", "History"):
@@ -255,7 +270,8 @@ class SettingsStage:
     def _not_applied(self) -> None:
         self._timer = None
         self.ctx.log.error(
-            "Deepgram sent no SettingsApplied within {timeout_s} s",
+            "Deepgram sent no {confirmation} within {timeout_s} s",
+            confirmation="Connected" if self.options.mode == "flux" else "SettingsApplied",
             timeout_s=self.options.applied_timeout_s,
         )
         self.ctx.upstream_failed(Diagnosis("DG_SETUP_TIMEOUT", leg="upstream", phase=self.ctx.call.phase))
@@ -285,8 +301,11 @@ class SettingsFactory:
         return SettingsStage(ctx, self.options)
 
 
-#: /v1/listen options derived from the transcoder's formats, never configured.
+#: /v1/listen and /v2/listen options derived from the transcoder's formats, never configured.
 _DERIVED = ("encoding", "sample_rate", "channels")
+
+#: The listen API version of each query-string mode.
+_QUERY_VERSIONS = {"listen": "v1", "flux": "v2"}
 
 
 def _add_functions(settings: dict[str, Any], functions: list[dict[str, Any]]) -> None:
@@ -315,6 +334,19 @@ def _listen_value(key: str, value: Any) -> str | tuple[str, ...]:
     if isinstance(value, (int, float, str)):
         return str(value)
     raise ConfigError(key, f"expected a string, number, boolean or a list of them, got {type(value).__name__}")
+
+
+def _query_options(section: Section, key: str, defaults: Mapping[str, str]) -> dict[str, Any]:
+    """``[settings.listen]`` or ``[settings.flux]`` over its defaults, in wire form."""
+    options: dict[str, Any] = dict(defaults)
+    for name, value in section.table(key, {}).items():
+        if name in _DERIVED:
+            raise ConfigError(
+                section.key(f"{key}.{name}"),
+                "must not be set: it is derived from the transcoder's formats",
+            )
+        options[name] = _listen_value(section.key(f"{key}.{name}"), value)
+    return options
 
 
 @implementer(IPlugin, IStreamPlugin)
@@ -350,18 +382,13 @@ class SettingsPlugin:
             validate_template(template, where)
         except SettingsError as e:
             raise ConfigError(e.field, e.message)
-        listen_raw = section.table("listen", {})
-        listen = dict(DEFAULT_LISTEN_PARAMS)
-        for key, value in listen_raw.items():
-            if key in _DERIVED:
-                raise ConfigError(
-                    section.key(f"listen.{key}"),
-                    "must not be set: it is derived from the transcoder's formats",
-                )
-            listen[key] = _listen_value(section.key(f"listen.{key}"), value)
-        if gateway.mode == "listen":
+        listen = _query_options(section, "listen", DEFAULT_LISTEN_PARAMS)
+        flux = _query_options(section, "flux", DEFAULT_FLUX_PARAMS)
+        if gateway.mode in _QUERY_VERSIONS:
+            # The section of the mode is checked as Deepgram will read it (the other is unused).
             try:
-                check_listen_options(listen, "v1", section.key("listen"))
+                check_listen_options({"listen": listen, "flux": flux}[gateway.mode],
+                                     _QUERY_VERSIONS[gateway.mode], section.key(gateway.mode))
             except SettingsError as e:
                 raise ConfigError(e.field, e.message)
         parameters = section.table("parameters", {})
@@ -371,8 +398,9 @@ class SettingsPlugin:
             if gateway.mode == "agent" and (target == "audio" or target.startswith("audio.")):
                 raise ConfigError(section.key(f"parameters.{name}"), "may not target the audio section")
             problem = _unknown_target(template, target) if gateway.mode == "agent" else None
-            if gateway.mode == "listen" and (target not in listen_parameters("v1") or target in _DERIVED):
-                problem = f"{target!r} is not a /v1/listen option a call may set"
+            version = _QUERY_VERSIONS.get(gateway.mode)
+            if version is not None and (target not in listen_parameters(version) or target in _DERIVED):
+                problem = f"{target!r} is not a /{version}/listen option a call may set"
             if problem is not None:
                 raise ConfigError(section.key(f"parameters.{name}"), problem)
         options = SettingsOptions(
@@ -381,6 +409,8 @@ class SettingsPlugin:
             listen_url=gateway.listen_url,
             template=template,
             listen_params=listen,
+            flux_url=gateway.flux_url,
+            flux_params=flux,
             parameters=parameters,
             applied_timeout_s=section.float("applied_timeout_s", 10.0, minimum=0.1),
             hold_audio_ms=section.int("hold_audio_ms", 10_000, minimum=20),

@@ -1,13 +1,14 @@
 """
 Deepgram's messages both ways through a call (issue 16): /client control messages judged by the
 SDK's types and routed through the gate, FunctionCallCancelled, LatencyReport figures, unknown
-server message types; fake legs and a Clock.
+server message types, and Flux as a third mode; fake legs and a Clock.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
@@ -45,6 +46,8 @@ def live(mode: str = "agent", config: dict | None = None) -> CallHarness:
     h.open_upstream()
     if mode == "agent":
         h.call.from_upstream(dg("SettingsApplied"))
+    elif mode == "flux":
+        h.call.from_upstream(dg("Connected", request_id="req-1", sequence_id=0))
     return h
 
 
@@ -125,6 +128,18 @@ class ControlMessageTests(SynchronousTestCase):
         control(h, {"type": "CloseStream"})
         self.assertEqual([m["type"] for m in sent(h)], ["Finalize", "Configure"])
         self.assertEqual([c for c, _ in h.caller.errors], ["UNKNOWN_MESSAGE", "UNKNOWN_MESSAGE"])
+
+    def test_flux_mode(self) -> None:
+        """On Flux an app may send Configure and ForceEndTurn; a bad threshold key is named."""
+        h = live("flux")
+        control(h, {"type": "Configure", "thresholds": {"eot_threshold": 0.8}, "keyterms": ["order"]})
+        control(h, {"type": "ForceEndTurn"})
+        control(h, {"type": "Configure", "thresholds": {"eot": 0.8}})
+        control(h, {"type": "KeepAlive"})
+        self.assertEqual([m["type"] for m in sent(h)], ["Configure", "ForceEndTurn"])
+        self.assertEqual(h.caller.errors[0][0], "INVALID_MESSAGE")
+        self.assertTrue(h.caller.errors[0][1].startswith("message.thresholds.eot:"))
+        self.assertEqual(h.caller.errors[1][0], "UNKNOWN_MESSAGE")
 
 
 class ServerMessageTests(SynchronousTestCase):
@@ -207,3 +222,89 @@ class FunctionCancelledTests(SynchronousTestCase):
         h.call.from_upstream(request({"id": "1", "name": "nope", "arguments": "{}", "client_side": True}))
         h.call.from_upstream(dg("FunctionCallCancelled", functions=[{"id": "1", "name": "nope"}]))
         self.assertEqual([r["id"] for r in responses(h)], ["1"])
+
+
+class FluxCallTests(SynchronousTestCase):
+    """Flux (/v2/listen) as the call's third mode."""
+
+    def test_lifecycle(self) -> None:
+        """The Flux URL and options; live on Connected; turns in the report; CloseStream at the end."""
+        h = harness({"settings": {"flux": {"eot_threshold": 0.8, "keyterm": ["order", "refund"]}}}, "flux")
+        h.start()
+        url, _, _, _ = h.connector.attempts[0]
+        parts = urlsplit(url)
+        self.assertEqual((parts.netloc, parts.path), ("api.deepgram.com", "/v2/listen"))
+        self.assertEqual(parse_qs(parts.query), {"model": ["flux-general-en"], "eot_threshold": ["0.8"],
+                                                 "keyterm": ["order", "refund"], "encoding": ["mulaw"],
+                                                 "sample_rate": ["8000"]})
+        h.open_upstream()
+        h.call.caller_audio(Audio(b"\x01" * 160))
+        self.assertEqual(h.call.phase, "configuring", "Flux is confirmed by Connected, not by the open")
+        self.assertEqual(h.upstream.audio(), b"")
+        h.call.from_upstream(dg("Connected", request_id="req-1", sequence_id=0))
+        self.assertEqual(h.call.phase, "live")
+        self.assertEqual(h.upstream.audio(), b"\x01" * 160)
+        turn = {"request_id": "req-1", "turn_index": 0, "audio_window_start": 0.5, "audio_window_end": 2.0,
+                "words": [], "end_of_turn_confidence": 0.9}
+        h.call.from_upstream(dg("TurnInfo", event="StartOfTurn", transcript="Hello", sequence_id=1, **turn))
+        h.call.from_upstream(dg("TurnInfo", event="EndOfTurn", transcript="Hello there.", trigger="model",
+                                sequence_id=2, **turn))
+        self.assertEqual(h.caller.sent[-1], ("event", "TurnInfo"))
+        h.call.from_caller(StreamStopped())
+        self.assertEqual(sent(h)[-1], {"type": "CloseStream"})
+        h.call.upstream_closed(UpstreamClosed(None, None, True))
+        h.call.caller_closed(1000, None, True)
+        self.assertEqual(h.call.transcript.items, [{"turn": 0, "start": 0.5, "duration": 1.5,
+                                                    "transcript": "Hello there.", "end_of_turn_confidence": 0.9,
+                                                    "trigger": "model"}])
+        self.assertEqual((h.call.report["mode"], h.call.diagnosis.code), ("flux", "CALLER_HANGUP"))
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_no_connected(self) -> None:
+        """A Flux session that never says Connected is replaced (DG_SETUP_TIMEOUT, retryable)."""
+        h = harness(mode="flux")
+        h.start()
+        h.open_upstream()
+        h.clock.advance(10)
+        self.assertEqual(h.upstream.closed_with, 1000)
+        self.assertEqual(h.call.phase, "reconnecting")
+        self.assertEqual(len(h.connector.attempts), 1)
+        h.clock.advance(1)
+        self.assertEqual(len(h.connector.attempts), 2)
+
+    def test_start_of_turn_clears_plugin_audio(self) -> None:
+        """StartOfTurn clears Twilio's queue only when audio went to the caller since the last turn."""
+        h = live("flux")
+        start = dg("TurnInfo", event="StartOfTurn", transcript="", turn_index=0)
+        h.call.from_upstream(start)
+        self.assertNotIn(("clear", None), h.caller.sent)
+        h.call._chain.outbound(Audio(b"\xff" * 160, "outbound"))  # a plugin's prompt to the caller
+        h.call.from_upstream(start)
+        self.assertEqual(h.caller.sent.count(("clear", None)), 1)
+        h.call.from_upstream(start)
+        self.assertEqual(h.caller.sent.count(("clear", None)), 1)
+        self.assertEqual(h.call.info.counters[("barge_ins", (("mode", "flux"),))], 1)
+
+    def test_flux_options_checked_at_start_up(self) -> None:
+        """[settings.flux] is judged by the SDK's /v2/listen options, naming the key."""
+        from gateway.errors import ConfigError
+        from gateway.testing import configure
+
+        with self.assertRaises(ConfigError) as cm:
+            configure({"gateway": {"mode": "flux"}, "settings": {"flux": {"utterance_end_ms": 1000}}})
+        self.assertEqual(cm.exception.key, "settings.flux.utterance_end_ms")
+        with self.assertRaises(ConfigError) as cm:
+            configure({"gateway": {"mode": "flux"}, "settings": {"flux": {"eot_timeout_ms": "soon"}}})
+        self.assertEqual(cm.exception.key, "settings.flux.eot_timeout_ms")
+        with self.assertRaises(ConfigError) as cm:
+            configure({"gateway": {"mode": "flux"}, "settings": {"parameters": {"x": "interim_results"}}})
+        self.assertEqual(cm.exception.key, "settings.parameters.x")
+
+    def test_flux_url_from_the_environment(self) -> None:
+        """DEEPGRAM_FLUX_URL points Flux elsewhere; [deepgram] flux_url too."""
+        from gateway.testing import configure
+
+        config = configure({"gateway": {"mode": "flux"}}, {"DEEPGRAM_FLUX_URL": "ws://127.0.0.1:9/v2/listen"}).config
+        self.assertEqual(config.upstream_url, "ws://127.0.0.1:9/v2/listen")
+        config = configure({"gateway": {"mode": "flux"}, "deepgram": {"flux_url": "wss://eu.example/v2/listen"}}).config
+        self.assertEqual(config.upstream_url, "wss://eu.example/v2/listen")

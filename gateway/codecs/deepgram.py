@@ -1,9 +1,10 @@
 """
-Deepgram messages: parse what the Voice Agent and ``/v1/listen`` send, build what we send.
+Deepgram messages: parse what the Voice Agent, ``/v1/listen`` and Flux (``/v2/listen``) send,
+build what we send.
 
 Sans-IO. Server JSON becomes `DeepgramEvent` (unknown types included: Deepgram adds message types
-and the gateway must not fail on them). ``Settings`` and the listen query string are built here
-from a template plus the audio formats the transcoder decided.
+and the gateway must not fail on them). ``Settings`` and the listen and Flux query strings are
+built here from a template plus the audio formats the transcoder decided.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ from gateway.events import DeepgramEvent
 __all__ = [
     "DEFAULT_AGENT_URL",
     "DEFAULT_LISTEN_URL",
+    "DEFAULT_FLUX_URL",
     "DEFAULT_SETTINGS",
     "DEFAULT_LISTEN_PARAMS",
     "merge_template",
+    "DEFAULT_FLUX_PARAMS",
     "parse_server_message",
     "build_settings",
     "build_listen_url",
+    "build_flux_url",
     "encode_message",
     "KEEPALIVE",
     "CLOSE_STREAM",
@@ -35,6 +39,7 @@ __all__ = [
 
 DEFAULT_AGENT_URL = "wss://agent.deepgram.com/v1/agent/converse"
 DEFAULT_LISTEN_URL = "wss://api.deepgram.com/v1/listen"
+DEFAULT_FLUX_URL = "wss://api.deepgram.com/v2/listen"
 
 #: The built-in Voice Agent template (protocols.md §2.3); ``audio`` is always derived.
 DEFAULT_SETTINGS: Mapping[str, Any] = {
@@ -61,6 +66,9 @@ DEFAULT_LISTEN_PARAMS: Mapping[str, str] = {
     "vad_events": "true",
     "utterance_end_ms": "1000",
 }
+
+#: The built-in Flux (``/v2/listen``) parameters; ``encoding`` and ``sample_rate`` are always derived.
+DEFAULT_FLUX_PARAMS: Mapping[str, str] = {"model": "flux-general-en"}
 
 KEEPALIVE: Mapping[str, Any] = {"type": "KeepAlive"}
 CLOSE_STREAM: Mapping[str, Any] = {"type": "CloseStream"}
@@ -181,6 +189,22 @@ def build_listen_url(
     query["encoding"] = input_format.encoding
     query["sample_rate"] = str(input_format.sample_rate_hz)
     query["channels"] = "1"
+    return urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
+
+
+def build_flux_url(
+    base_url: str, params: Mapping[str, str | Sequence[str]], input_format: AudioFormat
+) -> str:
+    """
+    The Flux (``/v2/listen``) URL for one call: ``params`` as the query string (lists as repeated
+    parameters), with ``encoding`` and ``sample_rate`` derived from the audio the transcoder
+    sends. Flux is mono and has no ``channels`` option.
+    """
+    parts = urlsplit(base_url)
+    query: dict[str, Any] = dict(parse_qsl(parts.query))
+    query.update(params)
+    query["encoding"] = input_format.encoding
+    query["sample_rate"] = str(input_format.sample_rate_hz)
     return urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
 
 

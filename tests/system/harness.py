@@ -45,6 +45,7 @@ def emulator_env(emulator: Any) -> dict[str, str]:
     return {
         "DEEPGRAM_AGENT_URL": emulator.url("agent"),
         "DEEPGRAM_LISTEN_URL": emulator.url("listen"),
+        "DEEPGRAM_FLUX_URL": emulator.url("flux"),
     }
 
 

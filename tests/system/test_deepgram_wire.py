@@ -1,8 +1,9 @@
 """
 Whole-gateway tests of issue 16: every message the gateway sends Deepgram, captured at the
-emulator, validates strictly against deepgram-sdk's types (Voice Agent, ``/v1/listen``); a
-``/client`` app updates the prompt and injects an agent message mid-call and sees the
-confirmations; a function Deepgram cancels is never answered.
+emulator, validates strictly against deepgram-sdk's types, in the three modes (Voice Agent,
+``/v1/listen``, Flux); a ``/client`` app updates the prompt and injects an agent message mid-call
+and sees the confirmations; a function Deepgram cancels is never answered; Flux turns reach the
+plugins, ``/client`` and the call report.
 """
 
 from __future__ import annotations
@@ -179,3 +180,53 @@ class WireTests(TestCase):
         self.assertEverythingValid(emulator)
         self.assertEqual([m["type"] for m in emulator.sessions[0].texts][:2], ["Configure", "Finalize"])
         self.assertEqual(emulator.sessions[0].texts[-1], {"type": "CloseStream"})
+
+    @defer.inlineCallbacks
+    def test_flux_twilio(self) -> None:
+        """Flux mode: /v2/listen with valid options; turns reach the plugins and the call report."""
+        emulator = yield start_emulator(self)
+        gateway = yield start_gateway(self, emulator, {
+            "gateway": {"mode": "flux", "dropin_dirs": [os.path.join(DROPINS, "recorder")],
+                        "chain": ["auth", "settings", "empty_frames", "transcoder", "keepalive",
+                                  "call_control", "close_codes", "recorder"]},
+            "settings": {"flux": {"eot_threshold": 0.75, "eager_eot_threshold": 0.5, "keyterm": ["order"]}}})
+        ended: list = []
+        closed = gateway.gateway._closed
+        gateway.gateway._closed = lambda call: (ended.append(call), closed(call))
+        call = TwilioCall(reactor, url=gateway.url + "/twilio", audio=ORDER, realtime=False, wait_s=2.0)
+        yield call.run().addTimeout(60, reactor)
+        session = emulator.sessions[0]
+        yield session.closed
+        self.assertEverythingValid(emulator)
+        self.assertEqual(session.path, "/v2/listen")
+        self.assertEqual((session.query["eot_threshold"], session.query["encoding"]), ("0.75", "mulaw"))
+        self.assertEqual(session.texts[-1], {"type": "CloseStream"})
+        from gateway.dropins import recorder
+
+        seen = [name for events in recorder.SEEN.values() for d, name in events if d == "out"]
+        self.assertIn("Connected", seen)
+        self.assertIn("TurnInfo", seen)
+        report = ended[0].report
+        self.assertEqual(report["mode"], "flux")
+        self.assertEqual([t["transcript"] for t in ended[0].transcript.items],
+                         ["Hello, I would like to check the status of my order."])
+        self.addCleanup(_forget_dropins)
+
+    @defer.inlineCallbacks
+    def test_flux_client_app(self) -> None:
+        """A /client app in Flux mode sees Connected and the turn's TurnInfo, and may Configure."""
+        emulator = yield start_emulator(self)
+        gateway = yield start_gateway(self, emulator, {"gateway": {"mode": "flux"}}, env=ENV)
+        audio = YES_16K.data + b"\x00" * 32000
+        events, code = yield client_app(
+            gateway.url + "/client", audio,
+            react={"Connected": [{"type": "Configure", "thresholds": {"eot_threshold": 0.8}}]},
+            done_when=lambda events: {"EndOfTurn", "ConfigureSuccess"} <= {e.get("event", e.get("type"))
+                                                                            for e in events})
+        yield emulator.sessions[0].closed
+        self.assertEverythingValid(emulator)
+        kinds = [e.get("type") for e in events]
+        self.assertEqual(kinds[0], "Connected")
+        self.assertIn("ConfigureSuccess", kinds)
+        turns = [e["event"] for e in events if e.get("type") == "TurnInfo"]
+        self.assertEqual((turns[0], turns[-1]), ("StartOfTurn", "EndOfTurn"))

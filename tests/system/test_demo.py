@@ -59,6 +59,14 @@ class DemoTests(TestCase):
         with open(wav, "rb") as f:
             self.assertEqual(f.read(), b"an earlier demo's audio")
 
+    def test_flux_demo(self) -> None:
+        """Flux (/v2/listen) on the emulator: the caller's turn printed when it ends; nothing saved."""
+        result, _ = self.run_demo("--mode", "flux")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("caller: Hello, I would like to check the status of my order.", result.stdout)
+        self.assertIn("closed by the gateway: 1000", result.stdout)
+        self.assertNotIn("saved", result.stdout)
+
     def test_bad_config(self) -> None:
         """A configuration error is the one line start-up prints, without --verbose; status 1."""
         bad = temp_path(self, "bad.toml")
