@@ -308,3 +308,24 @@ class FluxCallTests(SynchronousTestCase):
         self.assertEqual(config.upstream_url, "ws://127.0.0.1:9/v2/listen")
         config = configure({"gateway": {"mode": "flux"}, "deepgram": {"flux_url": "wss://eu.example/v2/listen"}}).config
         self.assertEqual(config.upstream_url, "wss://eu.example/v2/listen")
+
+
+class PluginMessageTests(SynchronousTestCase):
+    """A plugin's messages for Deepgram: an SDK model or a dict, checked as strictly."""
+
+    def test_client_message(self) -> None:
+        """An SDK model is dumped as the SDK sends it; a bad dict is refused naming the field."""
+        from deepgram.agent.v1.types.agent_v1inject_dynamic_agent_message import AgentV1InjectDynamicAgentMessage
+        from deepgram.agent.v1.types.agent_v1update_prompt import AgentV1UpdatePrompt
+
+        from gateway.codecs.deepgram_messages import client_message
+        from gateway.errors import SettingsError
+
+        self.assertEqual(client_message(AgentV1UpdatePrompt(prompt="Be kind."), "agent"),
+                         {"type": "UpdatePrompt", "prompt": "Be kind."})
+        self.assertEqual(client_message(AgentV1InjectDynamicAgentMessage(behavior="queue"), "agent"),
+                         {"type": "InjectAgentMessage", "is_dynamic": True, "behavior": "queue"})
+        self.assertEqual(client_message({"type": "Finalize"}, "listen"), {"type": "Finalize"})
+        with self.assertRaises(SettingsError) as cm:
+            client_message({"type": "InjectUserMessage", "text": "hi"}, "agent")
+        self.assertEqual(cm.exception.field, "message.text")
