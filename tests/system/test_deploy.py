@@ -150,7 +150,8 @@ def http_get(url: str) -> Any:
 class Deployment:
     """supervisord running deploy/supervisord.conf, with ``processes`` gateways on loopback."""
 
-    def __init__(self, test: TestCase, emulator: Any, processes: int = 3) -> None:
+    def __init__(self, test: TestCase, emulator: Any, processes: int = 3, extra_config: str = "",
+                 env: dict[str, str] | None = None) -> None:
         self.test = test
         self.processes = processes
         self.first_port = free_ports(processes)
@@ -162,7 +163,7 @@ class Deployment:
         os.mkdir(self.log_dir)
         config = os.path.join(self.dir, "gateway.toml")
         with open(config, "w") as f:
-            f.write(f"[gateway]\ndrain_deadline_s = {DRAIN_S}\n")
+            f.write(f"[gateway]\ndrain_deadline_s = {DRAIN_S}\n{extra_config}")
         # The one documented substitution step: the variables supervisord expands itself.
         self.env = clean_env({
             "GATEWAY_VENV": VENV,
@@ -176,6 +177,7 @@ class Deployment:
             "GATEWAY_API_KEY": API_KEY,
             "GATEWAY_TOKEN_SECRET": TOKEN_SECRET,
             **emulator_env(emulator),
+            **(env or {}),
         })
         self.conf = os.path.join(DEPLOY, "supervisord.conf")
         self.pids: set[int] = set()

@@ -1,0 +1,207 @@
+"""
+A whole Twilio phone call, as Twilio runs it: the voice webhook, the ``<Connect><Stream>`` it
+answers, and, when the gateway closes a stream whose ``<Connect>`` has an ``action``, the action
+request and whatever TwiML that answers (a new stream carrying a resume token after a handover,
+or the call's continuation).
+
+Twilio signs every request with ``X-Twilio-Signature`` over the *public* URL it dialled; the
+simulator does the same (``public_url``) while sending to ``base_url`` (the gateway, or the proxy
+in front of it), rewriting the public URLs in the TwiML onto it.
+
+The caller's clip goes on across streams: a new stream starts with the audio the previous one had
+not sent yet (what the caller says during the gap, while Twilio fetches the action URL, is lost,
+as on a real call; the gateway hands over at a quiet point so that little is said then). For each
+handover the result records when the old stream closed, when the new one opened, and the caller-
+heard gap: from the last agent audio before to the first agent audio after.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Any, Mapping
+from urllib.parse import urlencode, urlsplit
+
+import attrs
+from twisted.internet import defer
+
+from gateway.codecs.signatures import compute_signature
+from gateway.codecs.wav import WavAudio
+from gateway.simulator.twilio import new_sid
+from gateway.simulator.result import CallResult
+from gateway.simulator.twilio import TwilioCall
+
+__all__ = ["TwilioVoiceCall", "VoiceCallResult", "Handover", "parse_twiml"]
+
+
+@attrs.define
+class Handover:
+    """One stream replaced by the next (reactor times; gap in seconds, None if not measurable)."""
+
+    closed_at: float
+    opened_at: float | None
+    last_agent_audio_at: float | None
+    first_agent_audio_at: float | None = None
+
+    @property
+    def gap_s(self) -> float | None:
+        if self.last_agent_audio_at is None or self.first_agent_audio_at is None:
+            return None
+        return self.first_agent_audio_at - self.last_agent_audio_at
+
+    @property
+    def stream_gap_s(self) -> float | None:
+        return None if self.opened_at is None else self.opened_at - self.closed_at
+
+
+@attrs.define
+class VoiceCallResult:
+    """Every stream of the call, in order, and what came between them."""
+
+    call_sid: str
+    webhook_status: int | None = None
+    streams: list[CallResult] = attrs.field(factory=list)
+    handovers: list[Handover] = attrs.field(factory=list)
+    action_requests: int = 0
+    final_twiml: str = ""
+    error: str | None = None
+
+    @property
+    def sent_audio(self) -> bytes:
+        return b"".join(r.sent_audio for r in self.streams)
+
+
+@attrs.frozen
+class StreamStep:
+    """A ``<Connect [action]><Stream url>`` with its ``<Parameter>``s."""
+
+    url: str
+    parameters: Mapping[str, str]
+    action: str | None
+
+
+def parse_twiml(body: bytes) -> StreamStep | None:
+    """The ``<Connect><Stream>`` of a TwiML document (None: the call does something else)."""
+    root = ET.fromstring(body)
+    connect = root.find("Connect")
+    if connect is None or connect.find("Stream") is None:
+        return None
+    stream = connect.find("Stream")
+    parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+    return StreamStep(stream.get("url", ""), parameters, connect.get("action"))
+
+
+class TwilioVoiceCall:
+    """
+    One phone call against the gateway's voice webhook. ``form`` adds to (or overrides) the
+    webhook's standard parameters; ``stream_options`` go to each `TwilioCall`.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        base_url: str,
+        public_url: str,
+        audio: WavAudio,
+        auth_token: str | None = None,
+        form: Mapping[str, str] | None = None,
+        max_streams: int = 10,
+        **stream_options: Any,
+    ) -> None:
+        self.reactor = reactor
+        self.base_url = base_url.rstrip("/")
+        self.public_url = public_url.rstrip("/")
+        self.audio = audio
+        self.auth_token = auth_token
+        self.call_sid = new_sid("CA")
+        self.form = {
+            "CallSid": self.call_sid,
+            "AccountSid": new_sid("AC"),
+            "From": "+15005550006",
+            "To": "+15005550001",
+            "CallStatus": "in-progress",
+            "Direction": "inbound",
+            **dict(form or {}),
+        }
+        self.call_sid = self.form["CallSid"]
+        self.max_streams = max_streams
+        self.stream_options = stream_options
+        self.result = VoiceCallResult(self.call_sid)
+        #: The stream now running (tests may watch it).
+        self.current: TwilioCall | None = None
+
+    def _local(self, url: str) -> str:
+        """A public URL from the TwiML, onto ``base_url`` (ws for wss, http for https)."""
+        if not url.startswith(self.public_url.replace("https://", "wss://").replace("http://", "ws://")) \
+                and not url.startswith(self.public_url):
+            return url
+        path = url.split("://", 1)[1]
+        path = path[path.find("/"):] if "/" in path else ""
+        prefix = urlsplit(self.public_url).path.rstrip("/")
+        if prefix and path.startswith(prefix):
+            path = path[len(prefix):]
+        base = self.base_url
+        if url.startswith(("ws://", "wss://")):
+            base = base.replace("https://", "wss://").replace("http://", "ws://")
+        return base + path
+
+    @defer.inlineCallbacks
+    def _post(self, public: str, form: Mapping[str, str]) -> Any:
+        import treq
+
+        headers = {"Content-Type": ["application/x-www-form-urlencoded"]}
+        if self.auth_token is not None:
+            headers["X-Twilio-Signature"] = [compute_signature(self.auth_token, public, dict(form))]
+        response = yield treq.post(self._local(public), data=urlencode(form).encode(), headers=headers,
+                                   timeout=10, persistent=False)
+        body = yield response.content()
+        return response.code, body
+
+    @defer.inlineCallbacks
+    def run(self) -> Any:
+        """Fire with the `VoiceCallResult` once the call has no stream left."""
+        result = self.result
+        status, body = yield self._post(self.public_url + "/twilio/voice", self.form)
+        result.webhook_status = status
+        if status != 200:
+            result.error = f"voice webhook answered {status}"
+            return result
+        step = parse_twiml(body)
+        clip = self.audio
+        sent = 0
+        pending: Handover | None = None
+        while step is not None and len(result.streams) < self.max_streams:
+            rest = attrs.evolve(clip, data=clip.data[sent:]) if sent else clip
+            first = not result.streams
+            options = dict(self.stream_options)
+            if not first:
+                # A resumed call has no greeting to wait for.
+                options["after_greeting"] = False
+            call = TwilioCall(self.reactor, url=self._local(step.url), audio=rest, call_sid=self.call_sid,
+                              account_sid=self.form["AccountSid"], custom_parameters=step.parameters,
+                              auth_token=self.auth_token, signed_url=step.url, **options)
+            self.current = call
+            started = self.reactor.seconds()
+            stream = yield call.run()
+            result.streams.append(stream)
+            sent += len(stream.sent_audio)
+            agent = [t for t, kind, _ in stream.events if kind == "media"]  # agent audio (keep_media)
+            if pending is not None:
+                pending.opened_at = started if stream.opened else None
+                pending.first_agent_audio_at = started + agent[0] if agent else None
+                pending = None
+            if stream.closed_by != "gateway" or not step.action:
+                break
+            result.action_requests += 1
+            status, body = yield self._post(step.action, {**self.form, "StreamSid": stream.stream_sid or ""})
+            if status != 200:
+                result.error = f"action URL answered {status}"
+                break
+            step = parse_twiml(body)
+            if step is None:
+                result.final_twiml = body.decode("utf-8", "replace")
+                break
+            pending = Handover(closed_at=started + stream.duration_s, opened_at=None,
+                               last_agent_audio_at=started + agent[-1] if agent else None)
+            result.handovers.append(pending)
+        self.current = None
+        return result
