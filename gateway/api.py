@@ -99,6 +99,67 @@ class Tokens(resource.Resource):
             "token": token, "expires_in": TOKEN_TTL_S, "single_use": single_use})
 
 
+def _api_key_refusal(request: Any, config: Any) -> bytes | None:
+    """The 503/401 answer to a request without ``Authorization: Bearer $GATEWAY_API_KEY``, or None."""
+    if not config.gateway_api_key:
+        return json_response(request, 503, {
+            "error": "the operator API is disabled: set GATEWAY_API_KEY on the gateway"})
+    header = (request.getHeader(b"authorization") or b"").decode("latin-1")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                               config.gateway_api_key.encode()):
+        request.setHeader(b"www-authenticate", b'Bearer realm="gateway"')
+        return json_response(request, 401, {
+            "error": "missing or invalid Authorization: Bearer <GATEWAY_API_KEY>"})
+    return None
+
+
+class Calls(resource.Resource):
+    """
+    ``POST /v1/calls/<call_id>/handover`` with ``Authorization: Bearer $GATEWAY_API_KEY``: hand
+    one live call to another process at its next quiet point (``?deadline_s=N``, default the
+    handover's ``quiet_deadline_s``), as a drain does for every call. 202 ``{"call_id": ...,
+    "status": "requested"}``; 404 for a call this process does not have; 409 for a call that
+    cannot be handed over (not a Twilio stream started by this gateway's webhook); 503 when
+    handover is off. Only the process the call is on knows it: address it directly, not
+    through the proxy.
+    """
+
+    isLeaf = True
+
+    def __init__(self, gateway: Any) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def render_POST(self, request: Any) -> bytes:
+        refused = _api_key_refusal(request, self.gateway.config)
+        if refused is not None:
+            return refused
+        parts = [p for p in request.postpath if p]
+        if len(parts) != 2 or parts[1] != b"handover":
+            return json_response(request, 404, {"error": "expected POST /v1/calls/<call_id>/handover"})
+        call_id = parts[0].decode("utf-8", "replace")
+        handover = self.gateway.handover
+        if handover is None:
+            return json_response(request, 503, {"error": "handover is off ([handover] enabled = false)"})
+        call = next((c for c in self.gateway.calls if c.info.call_id == call_id), None)
+        if call is None or call.is_closed:
+            return json_response(request, 404, {"error": f"no live call {call_id!r} on this process"})
+        if call.info.leg != "twilio" or call.info.custom_parameters.get("gateway_handover") != "1":
+            return json_response(request, 409, {
+                "error": "this call cannot be handed over: its stream was not started by this "
+                         "gateway's voice webhook (no <Connect action>)"})
+        deadline = handover.options.quiet_deadline_s
+        raw = request.args.get(b"deadline_s")
+        if raw:
+            try:
+                deadline = max(0.0, min(float(raw[0]), 3600.0))
+            except ValueError:
+                return json_response(request, 400, {"error": "deadline_s must be a number of seconds"})
+        call.request_handover(deadline, reason="operator")
+        return json_response(request, 202, {"call_id": call_id, "status": "requested", "deadline_s": deadline})
+
+
 def _token_options(request: Any) -> tuple[bool, str | None]:
     """``single_use`` from the optional JSON body of ``POST /v1/tokens``, or a problem."""
     request.content.seek(0)
@@ -183,6 +244,7 @@ def make_site(gateway: Any, twilio_factory: Any, client_factory: Any,
     root.putChild(b"metrics", Metrics(gateway))
     v1 = resource.Resource()
     v1.putChild(b"tokens", Tokens(gateway))
+    v1.putChild(b"calls", Calls(gateway))
     root.putChild(b"v1", v1)
     if gateway.config.demo:
         # The browser demo and its credential-free token endpoint exist only while enabled.

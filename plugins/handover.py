@@ -151,7 +151,9 @@ class HandoverStage:
                           reason=event.reason, deadline_s=event.deadline_s)
         self._frames_seen = -1
         self._poll = self.ctx.clock.callLater(0, self._check)
-        self._deadline = self.ctx.clock.callLater(min(event.deadline_s, self.options.quiet_deadline_s),
+        wait = event.deadline_s if event.reason == "operator" else min(event.deadline_s,
+                                                                        self.options.quiet_deadline_s)
+        self._deadline = self.ctx.clock.callLater(wait,
                                                   self._save, "deadline")
         return None
 

@@ -175,3 +175,46 @@ class TakingUpTests(SynchronousTestCase):
         self.assertEqual(h.call.phase, "connecting")
         self.assertEqual(len(self.flushLoggedErrors()), 0)
         _ = FakeUpstreamLeg
+
+
+class OperatorEndpointTests(SynchronousTestCase):
+    """``POST /v1/calls/<call_id>/handover``: one call, on an operator's word."""
+
+    def setUp(self) -> None:
+        from treq.testing import StubTreq
+        from twisted.internet.task import Clock
+
+        from gateway.service import Gateway
+        from gateway.testing import configure
+
+        self.gateway = Gateway(configure(None, {"GATEWAY_API_KEY": "ops-key", "GATEWAY_TOKEN_SECRET": SECRET}),
+                               Clock())
+        self.stub = StubTreq(self.gateway.make_site().resource)
+        self.requests: list = []
+        self.call = harness()
+        start(self.call, {"gateway_handover": "1"})
+        self.call.call.request_handover = lambda deadline_s, reason: self.requests.append((deadline_s, reason))
+        self.gateway.calls.add(self.call.call)
+
+    def post(self, path: str, key: str | None = "ops-key") -> tuple[int, dict]:
+        import json
+
+        headers = {"Authorization": [f"Bearer {key}"]} if key else {}
+        response = self.successResultOf(self.stub.post("http://gw" + path, headers=headers))
+        return response.code, json.loads(self.successResultOf(response.content()))
+
+    def test_requested(self) -> None:
+        """202 and the call asked to hand over, with the operator's deadline."""
+        call_id = self.call.call.info.call_id
+        code, body = self.post(f"/v1/calls/{call_id}/handover?deadline_s=4")
+        self.assertEqual((code, body["status"]), (202, "requested"))
+        self.assertEqual(self.requests, [(4.0, "operator")])
+
+    def test_refusals(self) -> None:
+        """401 without the key, 404 for an unknown call, 409 for a call Twilio will not come back for."""
+        call_id = self.call.call.info.call_id
+        self.assertEqual(self.post(f"/v1/calls/{call_id}/handover", key="wrong")[0], 401)
+        self.assertEqual(self.post("/v1/calls/nope/handover")[0], 404)
+        self.call.call.info.custom_parameters = {}
+        self.assertEqual(self.post(f"/v1/calls/{call_id}/handover")[0], 409)
+        self.assertEqual(self.requests, [])
