@@ -609,14 +609,20 @@ class ManifestTests(TestCase):
         except ImportError:
             raise SkipTest("PyYAML is not installed; the project does not depend on it")
         docs = {}
+        named = {}
         for name, text in self.k8s_text().items():
             for doc in yaml.safe_load_all(text):
                 self.assertIn("apiVersion", doc, name)
-                docs[doc["kind"]] = doc
+                named[(doc["kind"], doc["metadata"]["name"])] = doc
+                if doc["metadata"]["name"] == "gateway" or doc["kind"] not in ("Deployment", "Service"):
+                    docs[doc["kind"]] = doc
+        # Each Service (the gateway's, the handover store's) selects its Deployment's pods.
+        for (kind, name), service in named.items():
+            if kind == "Service":
+                labels = named[("Deployment", name)]["spec"]["template"]["metadata"]["labels"]
+                for key, value in service["spec"]["selector"].items():
+                    self.assertEqual(labels.get(key), value, name)
         pod = docs["Deployment"]["spec"]["template"]
-        labels = pod["metadata"]["labels"]
-        for key, value in docs["Service"]["spec"]["selector"].items():
-            self.assertEqual(labels.get(key), value)
         container = pod["spec"]["containers"][0]
         self.assertEqual(container["readinessProbe"]["httpGet"]["path"], "/readyz")
         self.assertEqual(container["livenessProbe"]["httpGet"]["path"], "/healthz")
