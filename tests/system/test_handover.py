@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
@@ -57,8 +58,11 @@ class _HandoverScenario:
         raise NotImplementedError
 
     @defer.inlineCallbacks
-    def test_call_survives_sigterm(self) -> None:
-        """SIGTERM to the call's process: the call goes on in the other, remembered, one report."""
+    def call_then_sigterm(self, before_stop=None) -> Any:
+        """
+        Two processes behind HAProxy, a whole Twilio call, SIGTERM to the call's process once the
+        agent has answered: (emulator, deployment, port of the stopped process, the call's result).
+        """
         haproxy = require_tool("haproxy", ["haproxy", "/usr/sbin/haproxy"], "apt-get install haproxy")
         emulator = yield start_emulator(self, speed=1.0, latency_ms=self.latency_ms,
                                         jitter_ms=self.latency_ms / 4)
@@ -86,6 +90,8 @@ class _HandoverScenario:
             "the agent answering on the first process")
         per_port = yield dep.calls_per_port()
         [port_a] = [p for p, n in per_port.items() if n]
+        if before_stop is not None:
+            yield before_stop()
         stopped = dep.ctl("stop", f"gateway:gateway-{port_a}", timeout_s=DRAIN_S + 30)
         try:
             result = yield running.addTimeout(90, reactor)
@@ -93,6 +99,12 @@ class _HandoverScenario:
             raise AssertionError(f"the call did not end; streams so far {call.result}\n" + dep.all_logs()[-20000:])
         output, _ = yield stopped
         self.assertIn("stopped", output)
+        return emulator, dep, port_a, result
+
+    @defer.inlineCallbacks
+    def test_call_survives_sigterm(self) -> None:
+        """SIGTERM to the call's process: the call goes on in the other, remembered, one report."""
+        emulator, dep, port_a, result = yield self.call_then_sigterm()
 
         self.assertEqual(result.webhook_status, 200)
         self.assertEqual(len(result.streams), 2, result)
@@ -140,9 +152,30 @@ class RedisHandoverTests(_HandoverScenario, TestCase):
     """Several hosts: a real redis-server."""
 
     def store_config(self) -> str:
-        redis = RedisServer()
-        self.addCleanup(redis.stop)
-        return f"[handover]\nstore = \"{redis.url}\"\n"
+        self.redis = RedisServer()
+        self.addCleanup(self.redis.stop)
+        return f"[handover]\nstore = \"{self.redis.url}\"\n"
+
+    @defer.inlineCallbacks
+    def test_redis_down_drains_plainly(self) -> None:
+        """
+        Redis down when the drain starts: the call is not handed over but drains as before (1001
+        DRAINED at the deadline, Twilio's action request gets the continuation), with one
+        HANDOVER_FAILED line for it; nothing crashes.
+        """
+        def redis_down() -> None:
+            self.redis.stop()
+            self.redis.stop = lambda: None
+
+        emulator, dep, port_a, result = yield self.call_then_sigterm(before_stop=redis_down)
+        self.assertEqual(len(result.streams), 1, result)
+        [stream] = result.streams
+        self.assertEqual((stream.close_code, stream.close_reason, stream.was_clean), (1001, "DRAINED", True))
+        self.assertIn("<Hangup", result.final_twiml)
+        failed = [line for line in dep.log_lines(port_a) if "HANDOVER_FAILED" in line]
+        self.assertEqual(len(failed), 1, failed)
+        self.assertIn("redis://127.0.0.1", failed[0])
+        self.assertEqual(len(emulator.sessions), 1)
 
 
 class WanHandoverTests(_HandoverScenario, TestCase):
