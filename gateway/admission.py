@@ -46,9 +46,8 @@ __all__ = [
     "AUTH_TIMEOUT_MESSAGE",
 ]
 
-#: The diagnosis of a call refused when it authenticates, by reason. ("full" has no row of its
-#: own in the diagnosis table yet: the caller gets SESSION_SETUP_FAILED, 4500.)
-REFUSAL_DIAGNOSES = {"draining": "DRAINED", "full": "SESSION_SETUP_FAILED"}
+#: The diagnosis of a call refused when it authenticates, by reason.
+REFUSAL_DIAGNOSES = {"draining": "DRAINED", "full": "GATEWAY_FULL"}
 
 #: What a ``/client`` is told (JSON error) when its time to authenticate is over.
 AUTH_TIMEOUT_MESSAGE = 'no {"token": ...} message in time'

@@ -159,6 +159,9 @@ _ROWS = [
        "see the Deepgram diagnosis logged with it", False, SESSION_SETUP_FAILED),
     _e("PLUGIN_ERROR", "a plugin raised an unexpected exception; the call was ended",
        "read the traceback logged with the call id", False, INTERNAL_ERROR),
+    _e("GATEWAY_FULL", "the call authenticated when every max_calls slot was taken",
+       "retry the call (another process or later); raise [gateway] max_calls or add processes",
+       False, 1013),
     _e("DRAINED", "the gateway was shutting down and the drain deadline passed",
        "nothing: Twilio continues with the next TwiML verb", False, 1001),
 ]

@@ -207,9 +207,10 @@ class GatewayAdmissionTests(SynchronousTestCase):
         now = gateway.reactor.seconds()
         first.from_caller(ClientHello(mint_token(SECRET.encode(), now)))
         second.from_caller(ClientHello(mint_token(SECRET.encode(), now)))
-        self.assertEqual(second.diagnosis.code, "SESSION_SETUP_FAILED")
+        self.assertEqual(second.diagnosis.code, "GATEWAY_FULL")
         self.assertEqual(len(self.connector.attempts), 1)  # the first call only
-        self.assertEqual(leg.sent[0][0], "error")
+        self.assertEqual([kind for kind, _ in leg.sent], ["error"], "one Error, then the close")
+        self.assertEqual(leg.closed_with, (1013, "GATEWAY_FULL"))
         self.assertEqual(gateway.live_calls, 1)
         self.assertEqual(gateway.admission.refused["full"], 1)
 
