@@ -583,7 +583,7 @@ class ManifestTests(TestCase):
         self.assertRegex(deployment, r"readinessProbe:\s+httpGet:\s+path: /readyz")
         self.assertRegex(deployment, r"livenessProbe:\s+httpGet:\s+path: /healthz")
         self.assertIn("gateway.logs.json_observer", deployment)
-        self.assertIn("gateway_active_calls", texts["hpa.yaml"])
+        self.assertIn("gateway_admitted_calls", texts["hpa.yaml"])
 
     def test_kubernetes_config_loads(self) -> None:
         """The ConfigMap's gateway.toml is a valid gateway configuration (with the secrets set)."""
