@@ -52,6 +52,7 @@ from gateway.events import (
     CallerClosed,
     CallerControl,
     CallerError,
+    CallerHandover,
     Clear,
     DeepgramEvent,
     Handshake,
@@ -1113,6 +1114,9 @@ class Call:
         elif kind is CallerError:
             if caller is not None:
                 caller.send_error(event.code, event.message)
+        elif kind is CallerHandover:
+            if caller is not None:
+                caller.send_event(event)  # a JSON message to /client; Twilio's leg sends none
         elif kind is UpstreamClosed:
             if event.diagnosis is not None:
                 self._pending_diagnosis = event.diagnosis

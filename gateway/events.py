@@ -10,7 +10,7 @@ list ``Audio`` never sees the 20 ms frames. No behaviour lives here.
 from __future__ import annotations
 
 import enum
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import attrs
 
@@ -37,6 +37,7 @@ __all__ = [
     "Clear",
     "SendMark",
     "CallerError",
+    "CallerHandover",
 ]
 
 
@@ -88,13 +89,16 @@ class ClientHello:
     ``problem`` says why it is not one (not JSON, no token, binary first...); the auth stage
     answers that with 4002 INVALID_AUTH. ``reason`` is then the codec's stable label for it
     (``bad_json``, ``too_deep``, ``bad_unicode``, ``missing_field``...; see
-    `gateway.codecs.client.HELLO_REASONS`).
+    `gateway.codecs.client.HELLO_REASONS`). ``handover`` is the hello's ``"handover": true``: the
+    client follows a ``Handover`` message (`CallerHandover`), so a draining process may hand
+    its call over.
     """
 
     token: str = attrs.field(repr=False)
     parameters: Mapping[str, str] = attrs.field(converter=_frozen_dict, factory=dict)
     problem: str | None = None
     reason: str | None = None
+    handover: bool = False
 
 
 @attrs.frozen
@@ -285,3 +289,16 @@ class CallerError:
 
     code: str
     message: str
+
+
+@attrs.frozen
+class CallerHandover:
+    """
+    Tell a raw-audio client that its call goes on elsewhere: the ``Handover`` control message
+    (``message``, built by `gateway.codecs.client.handover_message`: the URL to reconnect to and
+    a resume token), sent just before the call ends with ``HANDED_OVER``. Legs send it as they
+    send a JSON event; the Twilio leg sends none (Twilio learns it from ``<Connect action>``).
+    """
+
+    message: Mapping[str, Any] = attrs.field(converter=_frozen_dict, repr=False)
+    type: ClassVar[str] = "Handover"
