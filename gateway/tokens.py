@@ -10,8 +10,12 @@ Every token has ``exp``, ``iat`` and a random ``jti`` (its identity). Two kinds 
 - **stream tokens** (``"typ": "stream"``): minted by the voice webhook into the TwiML as a
   ``<Parameter>`` and bound to the call's ``CallSid`` (``sid``); always single-use.
 - **resume tokens** (``"typ": "resume"``): minted by the handover action URL into the TwiML of a
-  call handed over by a draining process, bound to its ``CallSid``; single use comes from the
-  handover store, whose record is taken once (`gateway.handover.store`).
+  call handed over by a draining process, bound to its ``CallSid`` (``sid``); single use comes
+  from the handover store, whose record is taken once (`gateway.handover.store`). A ``/client``
+  call has no ``CallSid``: its resume token carries instead the random id of its handover record
+  (``hid``), is sent to the client in the ``Handover`` message and comes back as the token of the
+  new socket's hello (`verify_hello_token`). Both stay near 170 characters, far under Twilio's
+  500-character limit for a ``<Parameter>``.
 
 A token of one kind never verifies as the other. Expired, tampered and malformed tokens are
 refused with `AuthError` (``AUTH_FAILED``). Single use is remembered by `UsedTokens`, in the
@@ -37,6 +41,10 @@ __all__ = [
     "verify_stream_token",
     "mint_resume_token",
     "verify_resume_token",
+    "new_handover_id",
+    "mint_client_resume_token",
+    "verify_client_resume_token",
+    "verify_hello_token",
     "UsedTokens",
     "TOKEN_TTL_S",
     "STREAM_TOKEN_PARAMETER",
@@ -180,6 +188,63 @@ def verify_resume_token(secret: bytes, token: str, now: float, call_sid: str) ->
     claims = _claims(secret, token, now)
     if claims.get("typ") != "resume":
         raise AuthError("AUTH_FAILED", "not a resume token")
+    if "hid" in claims:
+        raise AuthError("AUTH_FAILED", "a /client resume token is not for a Twilio stream")
     if not call_sid or not hmac.compare_digest(str(claims.get("sid", "")).encode(), call_sid.encode()):
         raise AuthError("AUTH_FAILED", "the resume token belongs to another CallSid")
+    return claims
+
+
+#: The longest handover id a resume token may carry (`new_handover_id` makes 16 characters).
+_MAX_HANDOVER_ID = 64
+
+
+def new_handover_id() -> str:
+    """A random handover id (96 bits, base64url): the key of a ``/client`` call's handover record."""
+    return _b64(os.urandom(12))
+
+
+def mint_client_resume_token(secret: bytes, now: float, handover_id: str, ttl_s: float) -> str:
+    """
+    A resume token (``"typ": "resume"``) for a ``/client`` call handed over by a draining
+    process: it names the call's handover record by ``handover_id`` (``hid``), since a raw-audio
+    call has no ``CallSid``. The client sends it as the token of its next hello.
+    """
+    return _sign(secret, {
+        "typ": "resume",
+        "hid": handover_id,
+        "exp": int(now + ttl_s) + 1,
+        "iat": int(now),
+        "jti": _b64(os.urandom(9)),
+    })
+
+
+def verify_client_resume_token(secret: bytes, token: str, now: float) -> dict:
+    """A ``/client`` resume token's claims (its ``hid`` checked for shape); else `AuthError`."""
+    return _client_resume_claims(_claims(secret, token, now))
+
+
+def _client_resume_claims(claims: dict) -> dict:
+    if claims.get("typ") != "resume":
+        raise AuthError("AUTH_FAILED", "not a resume token")
+    handover_id = claims.get("hid")
+    if "sid" in claims:
+        raise AuthError("AUTH_FAILED", "a Twilio stream's resume token is not for /client")
+    if not isinstance(handover_id, str) or not 0 < len(handover_id) <= _MAX_HANDOVER_ID:
+        raise AuthError("AUTH_FAILED", "the resume token names no handover record")
+    return claims
+
+
+def verify_hello_token(secret: bytes, token: str, now: float) -> dict:
+    """
+    The claims of the token in a ``/client`` hello: a client token, or the resume token of a
+    ``/client`` call handed over by a draining process (``"typ": "resume"`` with ``hid``).
+    Stream tokens and Twilio resume tokens are refused with `AuthError`.
+    """
+    claims = _claims(secret, token, now)
+    kind = claims.get("typ", "client")
+    if kind == "resume":
+        return _client_resume_claims(claims)
+    if kind != "client":
+        raise AuthError("AUTH_FAILED", f"a {kind!r} token is not a client token")
     return claims

@@ -12,7 +12,14 @@ auth: no unauthenticated stream reaches Deepgram, and none holds a call slot.
 - Raw-audio clients (``/client``): the first message must be ``{"token": "..."}`` within
   ``client_timeout_s``; otherwise a JSON error and a close with 4001 ``AUTH_TIMEOUT``, 4002
   ``INVALID_AUTH`` or 4003 ``AUTH_FAILED``. A token minted single-use (``"use": "once"``), or
-  every token when ``single_use_tokens`` is on, is accepted once by this process.
+  every token when ``single_use_tokens`` is on, is accepted once by this process. The token may
+  instead be the resume token of a ``Handover`` message (a call handed over by a draining
+  process, plugins/handover.py): signed by the gateway, it authenticates the new socket in place
+  of a client token, is accepted once (by this process's memory, and everywhere by the handover
+  store, whose record the handover stage takes once) and is passed to the handover stage as the
+  ``gateway_resume`` parameter, the hello's own parameters ignored (the call's are restored).
+  ``"handover": true`` in a hello becomes the ``gateway_handover`` parameter that marks a call
+  a draining process may hand over, as the voice webhook's ``<Parameter>`` does for Twilio.
 
 A stream is authenticated at the signature (Twilio, when nothing is required in ``start``), at
 ``start`` (Twilio, when a token is required there) or at the hello (``/client``). Only then does
@@ -37,9 +44,16 @@ from gateway.config import GatewayConfig, Section
 from gateway.diagnostics import Diagnosis
 from gateway.errors import AuthError
 from gateway.events import CallerError, ClientHello, Handshake, HandshakeRefused, StreamStarted
+from gateway.handover import HANDOVER_PARAMETER, RESUME_PARAMETER
 from gateway.plugin import IStreamPlugin, Routes, StageContext, cancel
 from gateway.redact import remember_secret
-from gateway.tokens import STREAM_TOKEN_PARAMETER, UsedTokens, verify_stream_token, verify_token
+from gateway.tokens import (
+    STREAM_TOKEN_PARAMETER,
+    UsedTokens,
+    verify_hello_token,
+    verify_stream_token,
+    verify_token,
+)
 
 __all__ = ["plugin", "AuthOptions", "AuthStage", "AuthFactory"]
 
@@ -131,17 +145,27 @@ class AuthStage:
             return None
         now = self.ctx.clock.seconds()
         try:
-            claims = verify_token(self.options.token_secret, event.token, now)
-            self._use_once(claims, now, self.options.single_use_tokens or claims.get("use") == "once")
+            claims = verify_hello_token(self.options.token_secret, event.token, now)
+            resuming = claims.get("typ") == "resume"
+            self._use_once(claims, now, resuming or self.options.single_use_tokens
+                           or claims.get("use") == "once")
         except AuthError as e:
             self._fail("AUTH_FAILED", e.message)
             return None
         if not self._admitted():
             return None
+        if resuming:
+            # A call handed over: the handover stage takes its record and restores its parameters.
+            parameters = {RESUME_PARAMETER: event.token}
+        else:
+            parameters = dict(event.parameters)
+            parameters.pop(RESUME_PARAMETER, None)  # only a resume token in the hello resumes
+            if event.handover:
+                parameters[HANDOVER_PARAMETER] = "1"
         return StreamStarted(
             stream_sid=self.ctx.call.call_id,
             media_format=LINEAR16_16K,
-            custom_parameters=event.parameters,
+            custom_parameters=parameters,
         )
 
     def on_start(self, event: StreamStarted) -> Any:

@@ -23,6 +23,17 @@ restores the call before the settings stage sees it: the same call id, the same 
 parameters, the conversation (the settings stage sends it as ``agent.context.messages``, with no
 second greeting), one call report for the whole call. A missing or expired record makes it a
 fresh call, with a clear log line; never a crash.
+
+**Raw-audio clients** (``/client``) take part when their hello said ``"handover": true`` (the
+auth stage turns it into the ``gateway_handover`` parameter): a client that never heard of the
+``Handover`` message drains as before. Their quiet point has no marks to wait for: the agent's
+turn must be over and its audio played, which is reckoned from the bytes sent during the turn at
+the client's 16 kHz playback rate. The record is saved under a random handover id (there is no
+``CallSid``), and the client is sent the ``Handover`` message (`gateway.codecs.client
+.handover_message`: the public ``/client`` URL and a resume token naming that id) just before the
+close with 1000 ``HANDED_OVER``. Its next hello carries the resume token; the auth stage accepts
+it in place of a client token and this stage takes the record up as for Twilio. A resume token
+whose record is gone (already taken: a replay) is refused with 4003 ``AUTH_FAILED``.
 """
 
 from __future__ import annotations
@@ -36,19 +47,50 @@ import attrs
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
+from gateway.codecs.client import handover_message
 from gateway.config import GatewayConfig, Section
 from gateway.diagnostics import Diagnosis
 from gateway.errors import AuthError, ConfigError
-from gateway.events import DeepgramEvent, HandoverRequested, MarkEchoed, SendMark, StreamStarted
+from gateway.events import (
+    CallerError,
+    CallerHandover,
+    DeepgramEvent,
+    HandoverRequested,
+    MarkEchoed,
+    SendMark,
+    StreamStarted,
+)
 from gateway.handover import HANDOVER_PARAMETER, RESUME_PARAMETER
 from gateway.handover.store import DEFAULT_STORE, HandoverStore, open_store
 from gateway.plugin import IStreamPlugin, Routes, StageContext, cancel
-from gateway.tokens import verify_resume_token
+from gateway.tokens import (
+    mint_client_resume_token,
+    new_handover_id,
+    verify_client_resume_token,
+    verify_resume_token,
+)
 
 __all__ = ["plugin", "HandoverOptions", "HandoverStage", "HANDOVER_PARAMETER", "RESUME_PARAMETER"]
 
 #: How often the quiet point is looked for while a handover waits.
 _POLL_S = 0.05
+
+#: A /client caller plays the agent's audio at this rate (PCM s16le, 16 kHz, mono).
+_CLIENT_BYTES_PER_S = 32000
+
+#: Where a /client call's handover record is kept: a prefix and its handover id (never a CallSid).
+_CLIENT_KEY = "client:"
+
+
+def client_url(public_url: str | None) -> str | None:
+    """The public ``wss://`` URL of ``/client`` (None without a public URL)."""
+    if not public_url:
+        return None
+    base = public_url.rstrip("/")
+    for plain, secure in (("https://", "wss://"), ("http://", "ws://")):
+        if base.startswith(plain):
+            base = secure + base[len(plain):]
+    return base + "/client"
 
 
 @attrs.frozen
@@ -79,6 +121,11 @@ class HandoverStage:
     _saving: bool = False
     _resumed_at: float | None = None
     _frames_seen: int = -1
+    # /client: the agent's turn as the client hears it (when it began, the bytes sent by then,
+    # and when the audio sent in it will have played).
+    _turn_started_at: float = 0.0
+    _turn_bytes_from: int = 0
+    _played_by: float = 0.0
 
     def routes(self) -> Routes:
         return Routes(
@@ -89,26 +136,50 @@ class HandoverStage:
 
     # --- taking a call up ------------------------------------------------------------------------
 
+    @property
+    def _client(self) -> bool:
+        return self.ctx.call.leg == "client"
+
     def on_start(self, event: StreamStarted) -> Any:
         params = dict(event.custom_parameters)
         self._handover_capable = params.get(HANDOVER_PARAMETER) == "1"
         token = params.pop(RESUME_PARAMETER, None)
-        if token is None or not self.options.enabled:
+        if self._client:
+            # (A Twilio stream's parameters are the call's from its start; a client's from here.)
+            self.ctx.call.custom_parameters = dict(params)
+        if token is None:
             return event
         fresh = attrs.evolve(event, custom_parameters=params)
         self.ctx.call.custom_parameters = dict(params)  # the token is not the call's parameter
+        if not self.options.enabled:
+            return fresh
+        now = self.ctx.clock.seconds()
         try:
-            verify_resume_token(self.factory.secret, token, self.ctx.clock.seconds(), event.call_sid)
+            if self._client:
+                key = _CLIENT_KEY + verify_client_resume_token(self.factory.secret, token, now)["hid"]
+            else:
+                verify_resume_token(self.factory.secret, token, now, event.call_sid)
+                key = event.call_sid
         except AuthError as e:
             self.ctx.log.warn("HANDOVER_RESUME_REFUSED: resume token refused ({why}); a fresh call",
                               why=e.message, code="HANDOVER_RESUME_REFUSED")
             self.ctx.count("handovers_in", result="refused")
             return fresh
-        d = self.factory.get_store().take(event.call_sid)
+        d = self.factory.get_store().take(key)
         d.addCallbacks(self._resume, self._store_failed, callbackArgs=(fresh,), errbackArgs=(fresh,))
         return None  # the start goes on once the record is read (the call holds the audio)
 
     def _resume(self, record: dict[str, Any] | None, fresh: StreamStarted) -> None:
+        if record is None and self._client:
+            # The client's resume token was good, so its record was taken already: a replay.
+            self.ctx.log.warn("HANDOVER_RECORD_MISSING: no handover record for this /client resume "
+                              "token (already taken, or expired); refused",
+                              code="HANDOVER_RECORD_MISSING")
+            self.ctx.count("handovers_in", result="missing")
+            self.ctx.count("auth_failures", reason="auth_failed")
+            self.ctx.emit_outbound(CallerError("AUTH_FAILED", "the resume token was already used"))
+            self.ctx.end_call(Diagnosis("AUTH_FAILED", leg="caller", phase=self.ctx.call.phase))
+            return
         if record is None:
             self.ctx.log.warn("HANDOVER_RECORD_MISSING: no handover record for CallSid {call_sid} "
                               "(expired or already taken); a fresh call",
@@ -129,6 +200,10 @@ class HandoverStage:
         params.pop(RESUME_PARAMETER, None)
         self._handover_capable = params.get(HANDOVER_PARAMETER) == "1"
         self.ctx.call.custom_parameters = dict(params)
+        if self._client:
+            # A raw-audio call's stream id is its call id, which the record brought back.
+            fresh = attrs.evolve(fresh, stream_sid=self.ctx.call.call_id)
+            self.ctx.call.stream_sid = self.ctx.call.call_id
         self.ctx.emit_inbound(attrs.evolve(fresh, custom_parameters=params))
 
     def _store_failed(self, failure: Any, fresh: StreamStarted) -> None:
@@ -143,7 +218,12 @@ class HandoverStage:
         call = self.ctx.call
         if not self.options.enabled or self._poll is not None or self._saving:
             return None
-        if call.leg != "twilio" or not self._handover_capable or not call.call_sid:
+        if self._client and not self._handover_capable:
+            self.ctx.log.info("call not handed over: the /client caller did not say it follows a "
+                              "Handover message (\"handover\": true in its hello); the plain "
+                              "drain applies")
+            return None
+        if not self._client and (call.leg != "twilio" or not self._handover_capable or not call.call_sid):
             self.ctx.log.info("call not handed over: its stream was not started by this gateway's "
                               "voice webhook (no <Connect action>); the plain drain applies")
             return None
@@ -162,6 +242,9 @@ class HandoverStage:
         # was sent before plays out at Twilio until its mark is echoed.
         frames, self._frames_seen = self._frames_seen, self.ctx.call.frames_to_caller
         playing = frames != self._frames_seen
+        if self._client:
+            # No marks on /client: the audio of the last turn plays out at the client's rate.
+            playing = playing or self.ctx.clock.seconds() < self._played_by
         return not (self._caller_speaking or self._agent_turn or self._marks or playing)
 
     def _check(self) -> None:
@@ -181,13 +264,23 @@ class HandoverStage:
         record = self.ctx.snapshot()
         record.update(origin=self.factory.origin, handed_over_at=time.time(),
                       handovers=int(record.get("handovers", 0)) + 1, at=why)
-        call_sid = self.ctx.call.call_sid
-        d = self.factory.get_store().put(call_sid, record, self.options.record_ttl_s)
+        handover_id = new_handover_id() if self._client else ""
+        key = _CLIENT_KEY + handover_id if self._client else self.ctx.call.call_sid
+        d = self.factory.get_store().put(key, record, self.options.record_ttl_s)
 
         def saved(_: Any) -> None:
             self.ctx.count("handovers_out", result="saved")
-            self.ctx.log.info("HANDED_OVER: call state saved at its {why}; closing the stream for "
-                              "Twilio's <Connect action>", why=why, code="HANDED_OVER")
+            if self._client:
+                ttl = self.options.resume_ttl_s
+                token = mint_client_resume_token(self.factory.secret, self.ctx.clock.seconds(),
+                                                 handover_id, ttl)
+                self.ctx.emit_outbound(CallerHandover(handover_message(
+                    self.factory.client_url, token, int(ttl))))
+                self.ctx.log.info("HANDED_OVER: call state saved at its {why}; the /client caller "
+                                  "was told where to reconnect", why=why, code="HANDED_OVER")
+            else:
+                self.ctx.log.info("HANDED_OVER: call state saved at its {why}; closing the stream "
+                                  "for Twilio's <Connect action>", why=why, code="HANDED_OVER")
             self.ctx.end_call(Diagnosis("HANDED_OVER", leg="gateway", phase=self.ctx.call.phase))
 
         def failed(failure: Any) -> None:
@@ -210,12 +303,18 @@ class HandoverStage:
             self._caller_speaking = False
             if kind == "AgentStartedSpeaking":
                 self._agent_turn = True
+                self._turn_started_at = self.ctx.clock.seconds()
+                self._turn_bytes_from = self.ctx.call.bytes_to_caller
         elif kind == "AgentAudioDone":
             self._agent_turn = False
+            if self._client:
+                sent = self.ctx.call.bytes_to_caller - self._turn_bytes_from
+                self._played_by = self._turn_started_at + sent / _CLIENT_BYTES_PER_S
         return event
 
     def on_mark_sent(self, event: SendMark) -> Any:
-        self._marks.add(event.name)
+        if not self._client:  # a /client leg sends no marks, so none would come back
+            self._marks.add(event.name)
         return event
 
     def on_mark_echoed(self, event: MarkEchoed) -> Any:
@@ -234,6 +333,8 @@ class HandoverFactory:
 
     options: HandoverOptions
     secret: bytes
+    #: Where a /client caller reconnects (``wss://PUBLIC/client``; None: where it is connected).
+    client_url: str | None = None
     origin: str = attrs.field(factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     _store: HandoverStore | None = None
 
@@ -267,7 +368,7 @@ class HandoverPlugin:
             quiet_deadline_s=section.float("quiet_deadline_s", 10.0, minimum=0),
             resume_ttl_s=section.float("resume_ttl_s", 60.0, minimum=5),
         )
-        return HandoverFactory(options, gateway.token_secret)
+        return HandoverFactory(options, gateway.token_secret, client_url(gateway.public_url))
 
 
 plugin = HandoverPlugin()

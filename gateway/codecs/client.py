@@ -2,7 +2,8 @@
 The raw-audio client protocol (``/client``, CONTRACT.md): parse what a client sends, serialise
 what we send back.
 
-Sans-IO. A client's first message is a text frame ``{"token": "...", "parameters": {...}}``;
+Sans-IO. A client's first message is a text frame ``{"token": "...", "parameters": {...}}``
+(``"handover": true`` optional: the client follows a ``Handover`` message, `handover_message`);
 then binary frames are PCM audio and text frames are JSON control messages. Every text frame is
 decoded within `gateway.codecs.bounded_json`'s bounds, so a hostile one is refused with a stable
 reason and never raises anything else: the hello becomes a `ClientHello` with a ``problem`` (the
@@ -29,6 +30,7 @@ __all__ = [
     "parse_control",
     "event_message",
     "error_message",
+    "handover_message",
 ]
 
 #: The largest text frame read (Autobahn's caller limit is the same 64 KiB).
@@ -86,7 +88,10 @@ def parse_hello(payload: bytes | str, is_binary: bool) -> ClientHello:
         isinstance(k, str) and isinstance(v, str) for k, v in params.items()
     ):
         return _refused("wrong_type", "'parameters' must be an object of strings")
-    return ClientHello(token, params)
+    handover = message.get("handover", False)
+    if not isinstance(handover, bool):
+        return _refused("wrong_type", f"expected true or false for handover, got {type(handover).__name__}")
+    return ClientHello(token, params, handover=handover)
 
 
 def parse_control(payload: bytes | str) -> CallerControl:
@@ -125,3 +130,16 @@ def error_message(code: str, message: str) -> bytes:
     """
     return json.dumps({"type": "Error", "source": "gateway", "code": code, "description": message,
                        "message": message}).encode()
+
+
+def handover_message(url: str | None, token: str, expires_in_s: int, retry_after_ms: int = 0) -> dict[str, Any]:
+    """
+    The ``Handover`` control message that tells a ``/client`` caller its call goes on in another
+    gateway process: ``{"type": "Handover", "url": ..., "token": ..., "expires_in": ...,
+    "retry_after_ms": ...}``. The client opens ``url`` (``None``: the URL it is connected to,
+    when the gateway has no public URL) after ``retry_after_ms`` and sends ``{"token": token}``
+    as its hello; the token is a resume token, accepted once within ``expires_in`` seconds. The
+    gateway then closes the socket with 1000 ``HANDED_OVER``.
+    """
+    return {"type": "Handover", "url": url, "token": token, "expires_in": expires_in_s,
+            "retry_after_ms": retry_after_ms}
