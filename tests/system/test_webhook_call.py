@@ -66,8 +66,12 @@ class SignedWebhookCallTests(TestCase):
         stream_url = stream.get("url")
         self.assertEqual(stream_url, "wss://gw.example.test/prefix/twilio")
         parameters = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+        # gateway_handover marks a stream Twilio will come back for (<Connect action>: handover).
         self.assertEqual(parameters, {"From": form["From"], "To": form["To"], "CallSid": form["CallSid"],
-                                      "greeting": "Thanks for calling the order line."})
+                                      "greeting": "Thanks for calling the order line.",
+                                      "gateway_handover": "1"})
+        self.assertEqual(ET.fromstring(body).find("Connect").get("action"),
+                         "https://gw.example.test/prefix/twilio/handover")
 
         call = TwilioCall(reactor, url=self.to_local(stream_url, local), audio=ORDER,
                           call_sid=form["CallSid"], account_sid=form["AccountSid"],
