@@ -2,9 +2,9 @@
 The built-in stream plugins, one module each, and the registry of them.
 
 The default chain is ``auth -> handover -> settings -> empty_frames -> transcoder -> keepalive ->
-call_control -> close_codes`` (inbound events in that order, outbound in reverse); ``coalesce``
-and ``redact`` are built in but off unless a chain names them. Drop-in plugins are not found
-here: they live in a configured directory (see `gateway.plugin`).
+call_control -> close_codes`` (inbound events in that order, outbound in reverse); ``coalesce``,
+``live_events`` and ``redact`` are built in but off unless a chain names them. Drop-in plugins
+are not found here: they live in a configured directory (see `gateway.plugin`).
 """
 
 from plugins.auth import plugin as auth
@@ -14,12 +14,13 @@ from plugins.coalesce import plugin as coalesce
 from plugins.empty_frames import plugin as empty_frames
 from plugins.handover import plugin as handover
 from plugins.keepalive import plugin as keepalive
+from plugins.live_events import plugin as live_events
 from plugins.redact import plugin as redact
 from plugins.settings import plugin as settings
 from plugins.transcoder import plugin as transcoder
 
 __all__ = ["BUILTINS"]
 
-#: Every built-in plugin, in the default chain's order (``coalesce``, not in it, where it would go).
+#: Every built-in plugin, in the default chain's order (those not in it where they would go).
 BUILTINS = (auth, handover, settings, empty_frames, transcoder, keepalive, coalesce, call_control, close_codes,
-            redact)
+            live_events, redact)
