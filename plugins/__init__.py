@@ -3,8 +3,8 @@ The built-in stream plugins, one module each, and the registry of them.
 
 The default chain is ``auth -> handover -> settings -> empty_frames -> transcoder -> keepalive ->
 call_control -> close_codes`` (inbound events in that order, outbound in reverse); ``coalesce``,
-``live_events`` and ``redact`` are built in but off unless a chain names them. Drop-in plugins
-are not found here: they live in a configured directory (see `gateway.plugin`).
+``record``, ``live_events`` and ``redact`` are built in but off unless a chain names them. Drop-in
+plugins are not found here: they live in a configured directory (see `gateway.plugin`).
 """
 
 from plugins.auth import plugin as auth
@@ -15,6 +15,7 @@ from plugins.empty_frames import plugin as empty_frames
 from plugins.handover import plugin as handover
 from plugins.keepalive import plugin as keepalive
 from plugins.live_events import plugin as live_events
+from plugins.record import plugin as record
 from plugins.redact import plugin as redact
 from plugins.settings import plugin as settings
 from plugins.transcoder import plugin as transcoder
@@ -22,5 +23,5 @@ from plugins.transcoder import plugin as transcoder
 __all__ = ["BUILTINS"]
 
 #: Every built-in plugin, in the default chain's order (those not in it where they would go).
-BUILTINS = (auth, handover, settings, empty_frames, transcoder, keepalive, coalesce, call_control, close_codes,
-            live_events, redact)
+BUILTINS = (auth, handover, settings, empty_frames, record, transcoder, keepalive, coalesce, call_control,
+            close_codes, live_events, redact)
