@@ -4,6 +4,12 @@
     gateway-bench --mode relay --steps 50,100,150,200 --window-s 20 --json out.json
     gateway-bench --smoke --json smoke.json        # 3 calls, 3 s, relay + transcode + tls
 
+Every run of the gateway is paired with a run of the floor (`gateway.bench.floor`, a minimal
+pure-Python relay) on the same traffic, alternating which goes first, so that each figure comes
+with its ratio to the floor from the same minutes (``--no-floor`` to skip it). The traffic is
+real-shaped by default: random 32-bit masks per frame, Twilio's ``start``, the gateway's default
+configuration; ``--burst`` makes the calls' frames arrive in ten 2 ms slots.
+
 Exit status: 0 when every step ran and nothing was lost, duplicated, reordered or misrouted;
 1 otherwise; 2 on a usage error. (Speed is never a failure: saturation is flagged, not fatal.)
 """
@@ -18,7 +24,7 @@ from typing import Any
 
 from gateway.bench import report
 from gateway.bench import sampling
-from gateway.bench.orchestrate import MODES, Bench, median_step
+from gateway.bench.orchestrate import MODES, Bench, median_step, versus_floor
 
 __all__ = ["main"]
 
@@ -49,6 +55,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reuse-gateway", action="store_true",
                    help="one gateway per mode for all its steps (faster; memory per call then "
                         "includes what earlier steps left); --profile implies it")
+    p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the floor relay on the same traffic after (or before) every gateway "
+                        "run and report the ratio gateway/floor (default on)")
+    p.add_argument("--mask", choices=("random", "zero"), default="random",
+                   help="the load generator's masking keys: a random 32-bit key per frame, as "
+                        "real clients (the default), or the all-zero key (before issue 21)")
+    p.add_argument("--burst", action="store_true",
+                   help="the calls' frames arrive in ten 2 ms slots of the 20 ms period (a tenth "
+                        "of the calls at once) instead of spread evenly; both directions")
+    p.add_argument("--legacy-config", action="store_true",
+                   help="the gateway config used before issue 21 (caller_idle_timeout_s = 0, the "
+                        "greeting parameter in every mode, a 5 s drain) instead of the default one")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -92,60 +110,89 @@ def main(argv: list[str] | None = None) -> int:
                                 "settings": {"steps": steps, "window_s": args.window_s,
                                              "warmup_s": args.warmup_s, "ramp_rate": args.ramp_rate,
                                              "repeat": args.repeat, "pin": args.pin,
-                                             "coalesce_ms": args.coalesce_ms},
+                                             "coalesce_ms": args.coalesce_ms,
+                                             "floor": args.floor, "mask": args.mask,
+                                             "burst": args.burst,
+                                             "config": "legacy" if args.legacy_config else "default"},
                                 "runs": [], "steps": []}
+    if args.floor:
+        document["floor_runs"] = []
+        document["floor_steps"] = []
+    targets = ["gateway", "floor"] if args.floor else ["gateway"]
     ok = True
     # A fresh gateway per run (the default): memory per call is then that run's own, not the
     # high-water mark an earlier, larger step left in the process (Python keeps its arenas).
     fresh = not args.reuse_gateway and not args.profile
     for mode in modes:
-        bench: Bench | None = None
-        shutdowns: list[dict] = []
+        benches: dict[str, Bench] = {}
+        shutdowns: dict[str, list[dict]] = {target: [] for target in targets}
 
-        def started() -> Bench:
-            made = Bench(mode, pin=args.pin, profile=args.profile, say=say,
-                         coalesce_ms=args.coalesce_ms, sample_dir=args.sample, py_spy=py_spy)
+        def started(target: str) -> Bench:
+            made = Bench(mode, pin=args.pin, profile=args.profile if target == "gateway" else None,
+                         say=say, coalesce_ms=args.coalesce_ms, sample_dir=args.sample,
+                         py_spy=py_spy, target=target, mask=args.mask, burst=args.burst,
+                         legacy_config=args.legacy_config)
             made.start()
-            document.setdefault("baseline_rss_kb", {}).setdefault(mode, []).append(made.baseline_rss_kb)
+            key = "baseline_rss_kb" if target == "gateway" else "floor_baseline_rss_kb"
+            document.setdefault(key, {}).setdefault(mode, []).append(made.baseline_rss_kb)
             return made
 
         try:
             for calls in steps:
-                runs = []
+                runs: dict[str, list] = {target: [] for target in targets}
                 for rep in range(args.repeat):
-                    if bench is None:
-                        bench = started()
-                    result = bench.run_step(calls, warmup_s=args.warmup_s, window_s=args.window_s,
-                                            ramp_rate=args.ramp_rate)
-                    result["repeat"] = rep + 1
-                    runs.append(result)
-                    say(f"[{mode}] {calls} calls run {rep + 1}: gw {result['gateway_cpu_pct']}% CPU, "
-                        f"{result['cpu_ms_per_call_s']} ms/call-s, {result['rss_kb_per_call']} KB/call, "
-                        f"in p99 {result['latency_in_ms']['p99']} ms, "
-                        f"out p99 {result['latency_out_ms']['p99']} ms, load {result['load_cpu_pct']['total']}% "
-                        f"{'; '.join(result['flags'])}")
-                    if fresh:
-                        shutdowns.append(bench.close())
-                        bench = None
-                document["runs"].extend(runs)
-                document["steps"].append(median_step(runs))
+                    # Alternate which goes first, so that a drift in the machine's load over the
+                    # minutes of a step falls on both alike.
+                    for target in (targets if rep % 2 == 0 else targets[::-1]):
+                        bench = benches.get(target)
+                        if bench is None:
+                            bench = benches[target] = started(target)
+                        result = bench.run_step(calls, warmup_s=args.warmup_s,
+                                                window_s=args.window_s, ramp_rate=args.ramp_rate)
+                        result["repeat"] = rep + 1
+                        runs[target].append(result)
+                        say(f"[{mode}] {target} {calls} calls run {rep + 1}: "
+                            f"{result['gateway_cpu_pct']}% CPU, "
+                            f"{result['cpu_ms_per_call_s']} ms/call-s, {result['rss_kb_per_call']} KB/call, "
+                            f"in p99 {result['latency_in_ms']['p99']} ms, "
+                            f"out p99 {result['latency_out_ms']['p99']} ms, load {result['load_cpu_pct']['total']}% "
+                            f"{'; '.join(result['flags'])}")
+                        if fresh:
+                            shutdowns[target].append(bench.close())
+                            del benches[target]
+                document["runs"].extend(runs["gateway"])
+                step = median_step(runs["gateway"])
+                if args.floor:
+                    floor_step = median_step(runs["floor"])
+                    document["floor_runs"].extend(runs["floor"])
+                    document["floor_steps"].append(floor_step)
+                    step["floor"] = floor_step
+                    step["vs_floor"] = versus_floor(runs["gateway"], runs["floor"], step, floor_step)
+                    say(f"[{mode}] {calls} calls: gateway/floor CPU per call "
+                        f"{step['vs_floor']['cpu_ms_per_call_s']}")
+                document["steps"].append(step)
         except Exception as e:  # report what ran, then fail
             say(f"[{mode}] failed: {e}")
             document.setdefault("failures", []).append(f"{mode}: {e}")
             ok = False
         finally:
-            if bench is not None:
-                shutdowns.append(bench.close())
+            for target, bench in benches.items():
+                shutdowns[target].append(bench.close())
             document.setdefault("shutdown", {})[mode] = {
-                "gateway_exit": [s.get("gateway_exit") for s in shutdowns],
-                "gateway_tracebacks": sum(s["gateway_tracebacks"] for s in shutdowns),
+                "gateway_exit": [s.get("gateway_exit") for s in shutdowns["gateway"]],
+                "gateway_tracebacks": sum(s["gateway_tracebacks"] for s in shutdowns["gateway"]),
             }
+            if args.floor:
+                document["shutdown"][mode]["floor_exit"] = [s.get("gateway_exit")
+                                                            for s in shutdowns["floor"]]
+                document["shutdown"][mode]["floor_tracebacks"] = sum(
+                    s["gateway_tracebacks"] for s in shutdowns["floor"])
         if args.profile and os.path.exists(args.profile):
             summary = report.profile_summary(args.profile)
             with open(args.profile + ".txt", "w") as f:
                 f.write(summary)
             say(f"[{mode}] profile written to {args.profile} (top entries in {args.profile}.txt)")
-    for step in document["steps"]:
+    for step in document["steps"] + document.get("floor_steps", []):
         for direction in ("inbound", "outbound"):
             d = step[direction]
             if d["lost"] or d["duplicated"] or d["reordered"] or d["misrouted"] or not d["sent"]:

@@ -2,9 +2,10 @@
 Lean RFC 6455 framing and opening handshakes for the load side (perf-notes §4.1).
 
 Only what the benchmark needs: whole (FIN) text and binary frames, close, ping and pong;
-continuation frames are reassembled. Client frames are masked with the all-zero key, which RFC
-6455 allows (the key is then a no-op, so masking costs nothing here); the gateway still runs its
-unmasker.
+continuation frames are reassembled. Client frames are masked with the key given, or the all-zero
+key (RFC 6455 allows any key; the zero key makes masking a no-op for the sender, but a receiver
+that skips work for it would be measured on traffic no real client sends, so the load generator
+uses a fresh random key per frame unless told otherwise).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import struct
 __all__ = [
     "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG",
     "encode_frame", "FrameParser", "client_handshake", "accept_key", "server_handshake_response",
-    "parse_http_head",
+    "parse_http_head", "mask",
 ]
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
@@ -27,8 +28,8 @@ _H64 = struct.Struct("!BBQ")
 _ZERO_KEY = b"\0\0\0\0"
 
 
-def encode_frame(opcode: int, payload: bytes, masked: bool = False) -> bytes:
-    """One FIN frame; ``masked`` (client to server) uses the all-zero key."""
+def encode_frame(opcode: int, payload: bytes, masked: bool = False, key: bytes | None = None) -> bytes:
+    """One FIN frame; ``masked`` (client to server) uses ``key`` (4 bytes), else the all-zero key."""
     n = len(payload)
     b0 = 0x80 | opcode
     m = 0x80 if masked else 0
@@ -39,8 +40,15 @@ def encode_frame(opcode: int, payload: bytes, masked: bool = False) -> bytes:
     else:
         head = _H64.pack(b0, m | 127, n)
     if masked:
-        return b"".join((head, _ZERO_KEY, payload))
+        if key is None or key == _ZERO_KEY:
+            return b"".join((head, _ZERO_KEY, payload))
+        return b"".join((head, key, _unmask(key, payload)))
     return head + payload
+
+
+def mask(key: bytes, data: bytes) -> bytes:
+    """``data`` XOR the 4-byte ``key`` repeated (RFC 6455 §5.3): masking and unmasking alike."""
+    return _unmask(key, data)
 
 
 def _unmask(key: bytes, data: bytes) -> bytes:

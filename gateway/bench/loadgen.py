@@ -1,12 +1,17 @@
 """
 The Twilio side of the benchmark: K paced calls to the gateway's ``/twilio`` WebSocket.
 
-Each call sends ``connected``, ``start`` (with ``customParameters.greeting = "bench-<index>"``,
-which the benchmark's config maps to the Settings ``agent.greeting`` so that the peer learns which
-call a Deepgram connection belongs to), then one ``media`` message every 20 ms at its own phase of
-the period, and decodes the ``media`` messages the gateway sends back. Relay modes stamp each
-160-byte payload (`gateway.bench.tracking.STAMP`) and check the peer's stamps; transcoding modes
-record send and arrival times per frame index for the orchestrator to join.
+Each call sends ``connected``, ``start`` shaped as Twilio's (random 34-character SIDs, the
+tracks and media format, and the custom parameters the gateway's own voice webhook puts in its
+TwiML: ``From``, ``To``, ``CallSid``, ``gateway_handover``; plus ``greeting = "bench-<index>"``,
+which a configuration that maps it to the Settings ``agent.greeting`` uses to tell the peer which
+call a Deepgram connection is; in relay modes the peer learns it from the first stamped frame),
+then one ``media`` message every 20 ms at its own phase of the period (spread evenly, or with
+``burst`` in ten 2 ms slots), each masked with a fresh random 32-bit key as a real client's are
+(``mask: "zero"`` for the all-zero key), and decodes the ``media`` messages the gateway sends
+back. Relay modes stamp each 160-byte payload (`gateway.bench.tracking.STAMP`) and check the
+peer's stamps; transcoding modes record send and arrival times per frame index for the
+orchestrator to join.
 
 Run by the orchestrator as ``python -m gateway.bench.loadgen``; commands arrive as JSON lines on
 stdin.
@@ -16,9 +21,11 @@ from __future__ import annotations
 
 import binascii
 import json
+import os
 import pickle
 import time
 from array import array
+from random import getrandbits
 from typing import Any
 
 from gateway.bench.framing import (OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameParser,
@@ -26,7 +33,7 @@ from gateway.bench.framing import (OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEX
 from gateway.bench.loop import FRAME_NS, Conn, Loop, connect_nonblocking, percentiles, phase_ns
 from gateway.bench.tracking import SeqTrack, stamp, unstamp
 
-ACCOUNT = "AC" + "0" * 32
+ACCOUNT = "AC" + os.urandom(16).hex()
 _MEDIA = (b'{"event":"media","sequenceNumber":"%d","media":{"track":"inbound","chunk":"%d",'
           b'"timestamp":"%d","payload":"%s"},"streamSid":"%s"}')
 _PAYLOAD_KEY = b'"payload":"'
@@ -36,8 +43,8 @@ class Call(Conn):
     def __init__(self, gen: "LoadGen", index: int) -> None:
         self.gen = gen
         self.index = index
-        self.sid = f"MZ{index:032d}".encode()
-        self.call_sid = f"CA{index:032d}"
+        self.sid = ("MZ" + os.urandom(16).hex()).encode()
+        self.call_sid = "CA" + os.urandom(16).hex()
         self.state = "connecting"
         self.head = b""
         self.parser = FrameParser()
@@ -57,24 +64,34 @@ class Call(Conn):
         self.state = "upgrading"
         self.write(request)
 
+    def _key(self) -> bytes | None:
+        return getrandbits(32).to_bytes(4, "big") if self.gen.random_masks else None
+
     def _send_json(self, obj: dict) -> None:
-        self.write(encode_frame(OP_TEXT, json.dumps(obj, separators=(",", ":")).encode(), True))
+        self.write(encode_frame(OP_TEXT, json.dumps(obj, separators=(",", ":")).encode(), True,
+                                self._key()))
 
     def _opened(self) -> None:
         self.state = "open"
         sid = self.sid.decode()
         self._send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         self.seq = 1
+        # As Twilio sends it (its documentation's example, field for field), with the parameters
+        # of the gateway's own TwiML (the [twiml] forward fields and handover's parameter).
         self._send_json({
-            "event": "start", "sequenceNumber": "1", "streamSid": sid,
+            "event": "start", "sequenceNumber": "1",
             "start": {"accountSid": ACCOUNT, "streamSid": sid, "callSid": self.call_sid,
                       "tracks": ["inbound"],
-                      "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                      "customParameters": {"greeting": f"bench-{self.index}"}},
+                      "customParameters": {"From": f"+1415555{self.index % 10000:04d}",
+                                           "To": "+14155550100", "CallSid": self.call_sid,
+                                           "gateway_handover": "1",
+                                           "greeting": f"bench-{self.index}"},
+                      "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}},
+            "streamSid": sid,
         })
         self.sending = True
         now = time.monotonic_ns()
-        base = (now // FRAME_NS + 1) * FRAME_NS + phase_ns(self.index)
+        base = (now // FRAME_NS + 1) * FRAME_NS + phase_ns(self.index, burst=self.gen.burst)
         self.loop.call_at(base, self.tick)
 
     def tick(self, now: int, due: int) -> int | None:
@@ -88,7 +105,8 @@ class Call(Conn):
         payload = stamp(b"BI", self.index, n, t, 160, b"\xff")
         self.seq += 1
         msg = _MEDIA % (self.seq, n + 1, n * 20, binascii.b2a_base64(payload, newline=False), self.sid)
-        self.write(encode_frame(OP_TEXT, msg, True))
+        self.write(encode_frame(OP_TEXT, msg, True,
+                                getrandbits(32).to_bytes(4, "big") if gen.random_masks else None))
         if self.in_send is not None:
             self.in_send.append(t)
         self.frames = n + 1
@@ -129,10 +147,10 @@ class Call(Conn):
                 else:
                     self.other += 1
             elif op == OP_PING:
-                self.write(encode_frame(OP_PONG, payload, True))
+                self.write(encode_frame(OP_PONG, payload, True, self._key()))
             elif op == OP_CLOSE:
                 if self.state != "closing":
-                    self.write(encode_frame(OP_CLOSE, payload[:2], True))
+                    self.write(encode_frame(OP_CLOSE, payload[:2], True, self._key()))
                 self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
                 self.state = "closing"
             elif op == OP_BINARY:
@@ -179,6 +197,8 @@ class LoadGen:
         self.host = cmd.get("host", "127.0.0.1")
         self.port = cmd.get("port", 0)
         self.joined = cmd.get("joined", False)
+        self.random_masks = cmd.get("mask", "random") != "zero"
+        self.burst = bool(cmd.get("burst", False))
         self.calls = []
         self.errors: list[str] = []
         self.closed_calls = 0

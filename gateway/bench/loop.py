@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Callable
 
-__all__ = ["Loop", "Conn", "percentiles", "FRAME_NS", "phase_ns"]
+__all__ = ["Loop", "Conn", "percentiles", "FRAME_NS", "BURST_SLOTS", "phase_ns"]
 
 FRAME_NS = 20_000_000
 _IN = select.EPOLLIN
@@ -27,8 +27,19 @@ _GOLDEN = 0.6180339887498949
 _WANT = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError, InterruptedError)
 
 
-def phase_ns(index: int, offset: float = 0.0) -> int:
-    """Where in the 20 ms period call ``index`` sends: a golden-ratio spread, even for any count."""
+#: ``--burst``: the calls' frames leave in this many slots of the 20 ms period (2 ms apart).
+BURST_SLOTS = 10
+
+
+def phase_ns(index: int, offset: float = 0.0, burst: bool = False) -> int:
+    """
+    Where in the 20 ms period call ``index`` sends: a golden-ratio spread, even for any count;
+    with ``burst``, one of `BURST_SLOTS` slots 2 ms apart (call ``index`` in slot ``index % 10``),
+    so that the frames of a tenth of the calls leave together. ``offset`` is a fraction of the
+    period (of a slot with ``burst``), so the peer's slots fall between the load generator's.
+    """
+    if burst:
+        return int(((index % BURST_SLOTS + offset) % BURST_SLOTS) * FRAME_NS / BURST_SLOTS)
     return int(((index * _GOLDEN + offset) % 1.0) * FRAME_NS)
 
 

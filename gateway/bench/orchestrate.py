@@ -1,6 +1,6 @@
 """
-Running a benchmark: the gateway (a real ``twistd``), the peer and the load generator as
-processes; steps of K calls; the figures of each step.
+Running a benchmark: the gateway (a real ``twistd``) or the floor (`gateway.bench.floor`), the
+peer and the load generator as processes; steps of K calls; the figures of each step.
 
 One step: reset the peer, open K calls at ``ramp_rate`` calls/s, wait until every call receives
 agent audio, warm up, then measure a fixed window (gateway CPU from /proc, the load side's own CPU
@@ -29,14 +29,17 @@ from typing import Any
 from gateway.bench import procstat
 from gateway.bench import sampling
 from gateway.bench.loop import percentiles
+from gateway.config import DEFAULT_CHAIN
 
-__all__ = ["Bench", "MODES", "StepResult"]
+__all__ = ["Bench", "MODES", "TARGETS", "StepResult", "gateway_config"]
 
 #: mode -> (transcoding?, TLS on the Deepgram leg?)
 MODES = {"relay": (False, False), "transcode": (True, False), "tls": (False, True),
          "tls-transcode": (True, True)}
 LISTENING = re.compile(r"gateway listening on [0-9.]+:(\d+)")
 GATEWAY_CPU, LOAD_CPU = 0, 1
+#: What a run measures on the gateway's CPU: the gateway, or the floor relay on the same traffic.
+TARGETS = ("gateway", "floor")
 SATURATED_CPU_PCT = 85.0
 SATURATED_LATENESS_MS = 4.0
 GATEWAY_SATURATED_PCT = 97.0
@@ -66,10 +69,12 @@ def _env() -> dict[str, str]:
 class Worker:
     """A load-side process spoken to in JSON lines."""
 
-    def __init__(self, name: str, argv: list[str], cpu: int | None) -> None:
+    def __init__(self, name: str, argv: list[str], cpu: int | None, stderr: Any = None,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     env=_env(), preexec_fn=_child_setup(cpu))
+                                     stderr=stderr, env={**_env(), **(env or {})},
+                                     preexec_fn=_child_setup(cpu))
         self._buf = b""
         self.hello = self.read(30)
 
@@ -158,22 +163,41 @@ def make_certificates(directory: str) -> tuple[str, str, str]:
     return paths[0], paths[1], paths[2]
 
 
+#: The gateway's configuration in the bench: the default one (idle timer, caller pings, every
+#: default stage), with only ``max_calls`` raised so that admission never refuses a step.
 CONFIG = """\
-# written by gateway-bench
+# written by gateway-bench: the default configuration, max_calls raised
 [gateway]
 max_calls = 100000
-drain_deadline_s = 5.0
-{chain}
+{gateway_extra}{chain}
+"""
+
+#: Transcoding modes: Deepgram's side in linear16 16 kHz. Transcoded audio carries no stamps, so
+#: the peer learns which call a connection is from the Settings greeting, which the load
+#: generator's ``customParameters.greeting`` ("bench-<index>") sets (once per call, at start).
+TRANSCODE = """
 [settings]
-# the load generator's customParameters.greeting ("bench-<index>") tells the peer which call it is
-parameters = {{ greeting = "agent.greeting" }}
+parameters = { greeting = "agent.greeting" }
+
+[transcoder]
+deepgram_input = "linear16/16000"
+deepgram_output = "linear16/16000"
+"""
+
+#: ``--legacy-config``: the bench's configuration before issue 21 (issue 8's and 15's figures):
+#: no caller idle timer, the greeting mapped in every mode, a 5 s drain.
+LEGACY_GATEWAY = "drain_deadline_s = 5.0\n"
+LEGACY = """
+[settings]
+parameters = { greeting = "agent.greeting" }
 
 [keepalive]
 caller_idle_timeout_s = 0
-
+"""
+LEGACY_TRANSCODE = """
 [transcoder]
-deepgram_input = "{fmt}"
-deepgram_output = "{fmt}"
+deepgram_input = "linear16/16000"
+deepgram_output = "linear16/16000"
 """
 
 #: Appended with --coalesce-ms: the coalesce stage after keepalive (see plugins/coalesce.py).
@@ -181,17 +205,43 @@ COALESCE = """
 [coalesce]
 ms = {ms}
 """
-CHAIN_WITH_COALESCE = ('chain = ["auth", "settings", "empty_frames", "transcoder", "keepalive", '
-                       '"coalesce", "call_control", "close_codes"]\n')
+_CHAIN = list(DEFAULT_CHAIN)
+CHAIN_WITH_COALESCE = "chain = {}\n".format(json.dumps(
+    _CHAIN[:_CHAIN.index("keepalive") + 1] + ["coalesce"] + _CHAIN[_CHAIN.index("keepalive") + 1:]))
+
+
+def gateway_config(transcode: bool, legacy: bool = False, coalesce_ms: int = 0) -> str:
+    """The TOML the bench's gateway runs with (see `CONFIG`)."""
+    text = CONFIG.format(gateway_extra=LEGACY_GATEWAY if legacy else "",
+                         chain=CHAIN_WITH_COALESCE if coalesce_ms else "")
+    if legacy:
+        text += LEGACY + (LEGACY_TRANSCODE if transcode else "")
+    elif transcode:
+        text += TRANSCODE
+    if coalesce_ms:
+        text += COALESCE.format(ms=coalesce_ms)
+    return text
 
 
 class Bench:
-    """One mode: a gateway, a peer and a load generator, kept up across that mode's steps."""
+    """
+    One mode: a gateway (or, with ``target="floor"``, the floor relay), a peer and a load
+    generator, kept up across that mode's steps. ``mask`` ("random" or "zero") and ``burst`` shape
+    the load generator's traffic; ``legacy_config`` runs the gateway with the bench's old config.
+    """
 
     def __init__(self, mode: str, pin: bool = False, profile: str | None = None,
                  workdir: str | None = None, say: Any = None, coalesce_ms: int = 0,
-                 sample_dir: str | None = None, py_spy: str | None = None) -> None:
+                 sample_dir: str | None = None, py_spy: str | None = None,
+                 target: str = "gateway", mask: str = "random", burst: bool = False,
+                 legacy_config: bool = False) -> None:
         self.mode = mode
+        self.target = target
+        self.mask = mask
+        self.burst = burst
+        self.legacy_config = legacy_config
+        self.floor: Worker | None = None
+        self._floor_errors = 0
         self.coalesce_ms = coalesce_ms
         self.sample_dir = sample_dir
         self.py_spy = py_spy
@@ -222,12 +272,12 @@ class Bench:
         self.peer = Worker("peer", peer_argv, load_cpu)
         port = self.peer.hello["port"]
         scheme = "wss" if self.tls else "ws"
+        if self.target == "floor":
+            self._start_floor(f"{scheme}://127.0.0.1:{port}/v1/agent/converse", env)
+            return
         config = os.path.join(self.dir, f"gateway-{self.mode}.toml")
         with open(config, "w") as f:
-            f.write(CONFIG.format(fmt="linear16/16000" if self.transcode else "caller",
-                                  chain=CHAIN_WITH_COALESCE if self.coalesce_ms else ""))
-            if self.coalesce_ms:
-                f.write(COALESCE.format(ms=self.coalesce_ms))
+            f.write(gateway_config(self.transcode, self.legacy_config, self.coalesce_ms))
         env.update(DEEPGRAM_API_KEY="bench-key",
                    DEEPGRAM_AGENT_URL=f"{scheme}://127.0.0.1:{port}/v1/agent/converse",
                    DEEPGRAM_LISTEN_URL=f"{scheme}://127.0.0.1:{port}/v1/listen")
@@ -252,14 +302,31 @@ class Bench:
             if self.gateway.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the gateway did not start:\n" + self.gateway_log()[-3000:])
             time.sleep(0.1)
-        self.loadgen = Worker("loadgen", [py, "-m", "gateway.bench.loadgen"], load_cpu)
+        self._prime()
+
+    def _start_floor(self, upstream: str, env: dict[str, str]) -> None:
+        """The floor relay where the gateway would run (same CPU, same peer, same load)."""
+        argv = [sys.executable, "-m", "gateway.bench.floor", "--upstream", upstream]
+        if self.transcode:
+            argv.append("--transcode")
+        self.log_path = os.path.join(self.dir, f"floor-{self.mode}.log")
+        with open(self.log_path, "wb") as log:
+            self.floor = Worker("floor", argv, GATEWAY_CPU if self.pin else None, stderr=log,
+                                env=env)
+        self.gateway = self.floor.proc
+        self.gateway_port = self.floor.hello["port"]
+        self._prime()
+
+    def _prime(self) -> None:
+        self.loadgen = Worker("loadgen", [sys.executable, "-m", "gateway.bench.loadgen"],
+                              LOAD_CPU if self.pin else None)
         # A primer call pair, so that what the first call imports or builds is in the baseline.
         primer = self.run_step(2, warmup_s=0.5, window_s=0.5, primer=True)
         if primer["failed"] or primer["ready"] < 2:
             raise RuntimeError(f"primer calls failed: {primer['errors']}\n" + self.gateway_log()[-3000:])
         time.sleep(1.0)
         self.baseline_rss_kb = procstat.rss_kb(self.gateway.pid)
-        self.say(f"[{self.mode}] gateway pid {self.gateway.pid} on port {self.gateway_port}, "
+        self.say(f"[{self.mode}] {self.target} pid {self.gateway.pid} on port {self.gateway_port}, "
                  f"idle RSS {self.baseline_rss_kb} kB")
 
     def gateway_log(self) -> str:
@@ -272,9 +339,11 @@ class Bench:
     def close(self) -> dict:
         """Stop everything; returns what the gateway's shutdown left (exit code, log errors)."""
         out: dict = {}
-        for worker in (self.loadgen, self.peer):
+        for worker in (self.loadgen, self.peer, self.floor):
             if worker is not None:
                 worker.stop()
+        if self.floor is not None:
+            out["gateway_exit"] = self.floor.proc.returncode
         if self.gateway is not None and self.gateway.poll() is None:
             self.gateway.send_signal(signal.SIGTERM)
             try:
@@ -295,19 +364,22 @@ class Bench:
         pid = self.gateway.pid
         first = self._next_index
         self._next_index += calls
-        self.peer.ask({"cmd": "reset", "joined": joined, "in_unit": 640, "out_unit": 640})
+        self.peer.ask({"cmd": "reset", "joined": joined, "in_unit": 640, "out_unit": 640,
+                       "burst": self.burst})
         self.loadgen.send({"cmd": "start", "calls": calls, "host": "127.0.0.1",
                            "port": self.gateway_port, "joined": joined, "ramp_rate": ramp_rate,
-                           "first_index": first, "timeout_s": calls / ramp_rate + 20})
+                           "first_index": first, "timeout_s": calls / ramp_rate + 20,
+                           "mask": self.mask, "burst": self.burst})
         ready = self.loadgen.read(calls / ramp_rate + 40)
-        result: StepResult = {"mode": self.mode, "calls": calls, "ready": ready["ready"],
-                              "failed": ready["failed"], "errors": list(ready["errors"])}
+        result: StepResult = {"mode": self.mode, "target": self.target, "calls": calls,
+                              "ready": ready["ready"], "failed": ready["failed"],
+                              "errors": list(ready["errors"])}
         time.sleep(warmup_s)
         cpu0, sched0, w0 = procstat.cpu_seconds(pid), procstat.schedstat_seconds(pid), time.monotonic_ns()
         self.loadgen.ask({"cmd": "mark"})
         self.peer.ask({"cmd": "mark"})
         sampler = None
-        if self.sample_dir and self.py_spy and not primer:
+        if self.sample_dir and self.py_spy and not primer and self.target == "gateway":
             self._samples += 1
             name = os.path.join(self.sample_dir, f"{self.mode}-{calls}-{self._samples}")
             sampler = sampling.Sampler(self.py_spy, pid, window_s, name + ".raw",
@@ -374,9 +446,16 @@ class Bench:
                          "peer_open_after": status["open"]},
         })
         errors = result["errors"] + lt["errors"] + pt["errors"] + closed.get("errors", [])
-        result["errors"] = errors[:20]
         result["error_count"] = (lt["error_count"] + pt["error_count"] + closed.get("error_count", 0)
                                  + len(ready["errors"]))
+        if self.floor is not None:
+            fs = self.floor.ask({"cmd": "status"})
+            new = fs["error_count"] - self._floor_errors
+            if new:
+                errors += fs["errors"][-new:]
+            result["error_count"] += new
+            self._floor_errors = fs["error_count"]
+        result["errors"] = errors[:20]
         self.peer.ask({"cmd": "reset"})
         per_core = SATURATED_CPU_PCT if self.pin else SATURATED_CPU_PCT * 2
         flags = []
@@ -489,4 +568,27 @@ def median_step(runs: list[StepResult]) -> StepResult:
     out["valid"] = all(r["valid"] for r in runs)
     out["gateway_saturated"] = any(r.get("gateway_saturated") for r in runs)
     out["error_count"] = sum(r["error_count"] for r in runs)
+    return out
+
+
+#: The figures compared with the floor's (step medians).
+_VERSUS = ("cpu_ms_per_call_s", "rss_kb_per_call", "in_p50_ms", "in_p99_ms", "out_p50_ms",
+           "out_p99_ms")
+
+
+def versus_floor(runs: list[StepResult], floor_runs: list[StepResult], step: dict,
+                 floor_step: dict) -> dict:
+    """
+    The gateway's figures over the floor's, from the same minutes: the ratio of the medians, and
+    CPU per call run by run (each gateway run with the floor run next to it). A saturated gateway
+    (or floor) shows only 1 core / K as its CPU per call: the ratio is then not its cost
+    (``saturated``).
+    """
+    def ratio(a: Any, b: Any) -> Any:
+        return round(a / b, 2) if a is not None and b else None
+
+    out: dict[str, Any] = {key: ratio(step[key], floor_step[key]) for key in _VERSUS}
+    out["cpu_ms_per_call_s_runs"] = [ratio(g["cpu_ms_per_call_s"], f["cpu_ms_per_call_s"])
+                                     for g, f in zip(runs, floor_runs)]
+    out["saturated"] = bool(step.get("gateway_saturated") or floor_step.get("gateway_saturated"))
     return out

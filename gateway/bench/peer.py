@@ -3,10 +3,12 @@ The Deepgram side of the benchmark: a lean Voice Agent peer (perf-notes §4.1's 
 
 It accepts the gateway's WebSocket (``ws://`` or, with a certificate, ``wss://``), checks
 ``Authorization: Token``, answers the JSON ``Settings`` with ``SettingsApplied`` and learns the
-call's index from ``agent.greeting`` (``bench-<index>``). From then on it sends one binary frame of
-agent audio every 20 ms at the call's own phase (160 bytes of stamped mu-law in relay modes, 640
-bytes of linear16 16 kHz when transcoding) and accounts for the caller audio it receives. On the
-gateway's close it answers the close and closes the TCP connection (the server side closes first).
+call's index from ``agent.greeting`` (``bench-<index>``) when the configuration put it there, or
+else (relay modes, the gateway's default configuration) from the first stamped caller frame. From
+then on it sends one binary frame of agent audio every 20 ms at the call's own phase (160 bytes of
+stamped mu-law in relay modes, 640 bytes of linear16 16 kHz when transcoding) and accounts for the
+caller audio it receives. On the gateway's close it answers the close and closes the TCP
+connection (the server side closes first).
 
 Run by the orchestrator as ``python -m gateway.bench.peer [--cert PEM --key PEM]``.
 """
@@ -102,17 +104,28 @@ class PeerConn(Conn):
             return
         if message.get("type") != "Settings":
             return
-        greeting = str(message.get("agent", {}).get("greeting", ""))
-        try:
-            self.index = int(greeting.rsplit("-", 1)[1])
-        except (IndexError, ValueError):
-            self.peer.errors.append(f"Settings without a bench greeting: {greeting!r:.40}")
-        self.peer.by_index[self.index] = self
+        agent = message.get("agent")
+        greeting = str(agent.get("greeting", "")) if isinstance(agent, dict) else ""
         self.write(_APPLIED)
         self.state = "open"
+        if greeting.startswith("bench-"):
+            try:
+                self._start(int(greeting[6:]))
+                return
+            except ValueError:
+                pass
+        if self.peer.joined:
+            # Transcoded audio carries no stamps: the configuration must map the greeting.
+            self.peer.errors.append(f"Settings without a bench greeting: {greeting!r:.40}")
+        # Relay: the first stamped caller frame says which call this is (`_audio`).
+
+    def _start(self, index: int) -> None:
+        """This connection is call ``index``: account for it, and start the agent audio."""
+        self.index = index
+        self.peer.by_index[index] = self
         self.sending = True
         now = time.monotonic_ns()
-        base = (now // FRAME_NS + 1) * FRAME_NS + phase_ns(self.index, 0.5)
+        base = (now // FRAME_NS + 1) * FRAME_NS + phase_ns(index, 0.5, self.peer.burst)
         self.peer.loop.call_at(base, self.tick)
 
     def tick(self, now: int, due: int) -> int | None:
@@ -140,6 +153,12 @@ class PeerConn(Conn):
                 self.in_recv.append(now)
             return
         track = self.inbound
+        if self.index < 0 and len(payload) >= 160:
+            magic, call, _, _ = unstamp(payload[:18])
+            if magic != b"BI":
+                self.peer.errors.append(f"an unstamped first caller frame: {payload[:18]!r}")
+                return
+            self._start(call)
         for k in range(0, len(payload) - 159, 160):
             magic, call, seq, t = unstamp(payload[k:k + 18])
             if magic != b"BI":
@@ -189,6 +208,7 @@ class Peer:
 
     def reset(self, cmd: dict) -> None:
         self.joined = cmd.get("joined", False)
+        self.burst = bool(cmd.get("burst", False))
         # transcoding: Deepgram receives (and sends) linear16 16 kHz, 640 bytes per 20 ms
         self.in_unit = cmd.get("in_unit", 640)
         self.out_frame_lin16 = encode_frame(OP_BINARY, bytes(cmd.get("out_unit", 640)))

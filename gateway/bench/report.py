@@ -25,17 +25,28 @@ def _lost(direction: dict) -> str:
 
 
 def table(steps: list[dict]) -> str:
-    """One row per (mode, calls): medians over the repeats."""
-    head = ("mode", "calls", "rep", "gw CPU%", "ms CPU/call-s", "KB/call", "in p50", "in p99",
-            "out p50", "out p99", "in lost/dup/reord", "out lost/dup/reord", "load CPU%", "flags")
+    """
+    One row per (mode, calls): medians over the repeats; under it, when the floor ran, the
+    floor's row on the same traffic, and the gateway's CPU per call over the floor's (``x floor``).
+    """
+    head = ("mode", "target", "calls", "rep", "CPU%", "ms CPU/call-s", "x floor", "KB/call",
+            "in p50", "in p99", "out p50", "out p99", "in lost/dup/reord", "out lost/dup/reord",
+            "load CPU%", "flags")
     rows = [head]
+
+    def row(s: dict, target: str, versus: str) -> tuple:
+        return (s["mode"], target, str(s["calls"]), str(s["repeats"]), _f(s["gateway_cpu_pct"], 1),
+                _f(s["cpu_ms_per_call_s"]), versus, _f(s["rss_kb_per_call"], 1),
+                _f(s["in_p50_ms"]), _f(s["in_p99_ms"]), _f(s["out_p50_ms"]), _f(s["out_p99_ms"]),
+                _lost(s["inbound"]), _lost(s["outbound"]), _f(s["load_cpu_pct"], 1),
+                "; ".join(s["flags"] + ([f"{target[:5]} saturated"] if s.get("gateway_saturated") else []))
+                or "ok")
+
     for s in steps:
-        rows.append((s["mode"], str(s["calls"]), str(s["repeats"]), _f(s["gateway_cpu_pct"], 1),
-                     _f(s["cpu_ms_per_call_s"]), _f(s["rss_kb_per_call"], 1),
-                     _f(s["in_p50_ms"]), _f(s["in_p99_ms"]), _f(s["out_p50_ms"]), _f(s["out_p99_ms"]),
-                     _lost(s["inbound"]), _lost(s["outbound"]), _f(s["load_cpu_pct"], 1),
-                     "; ".join(s["flags"] + (["gw saturated"] if s.get("gateway_saturated") else []))
-                     or "ok"))
+        versus = s.get("vs_floor")
+        rows.append(row(s, "gw", _f(versus["cpu_ms_per_call_s"]) if versus else "-"))
+        if s.get("floor"):
+            rows.append(row(s["floor"], "floor", "1"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in rows]

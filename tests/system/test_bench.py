@@ -1,8 +1,9 @@
 """
 The benchmark's smoke run (issue 8): ``gateway-bench --smoke`` drives 3 paced calls for 3 s in
-each mode (mu-law relay, transcoding, TLS on the Deepgram leg) through a real ``twistd`` gateway,
-and its counters must be sane with nothing lost, duplicated, reordered or misrouted. No speed
-threshold: the figures themselves are never asserted.
+each mode (mu-law relay, transcoding, TLS on the Deepgram leg) through a real ``twistd`` gateway
+and, on the same traffic, through the floor relay (issue 21), and the counters of both must be
+sane with nothing lost, duplicated, reordered or misrouted. No speed threshold: the figures
+themselves (and the ratio gateway/floor) are never asserted, only that they exist.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ def run_bench(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess:
 class BenchSmokeTests(TestCase):
     """``gateway-bench --smoke``: one short run of every mode, checked for sanity and zero loss."""
 
-    timeout = 150
+    timeout = 270
 
-    #: One smoke run serves every test of the class (it takes ~25 s); each test that finds no
+    #: One smoke run serves every test of the class (~60 s, gateway and floor); each test that finds no
     #: earlier run makes its own.
     _result: tuple[subprocess.CompletedProcess, dict] | None = None
 
@@ -54,7 +55,7 @@ class BenchSmokeTests(TestCase):
             self.completed, self.document = BenchSmokeTests._result
             return None
         json_path = temp_path(self, "smoke.json")
-        d = threads.deferToThread(run_bench, ["--smoke", "--quiet", "--json", json_path], 120)
+        d = threads.deferToThread(run_bench, ["--smoke", "--quiet", "--json", json_path], 240)
 
         def ran(completed: subprocess.CompletedProcess) -> None:
             self.completed = completed
@@ -81,17 +82,17 @@ class BenchSmokeTests(TestCase):
         """Each mode ran one step of 3 calls, all of them up, with a window of about 3 s."""
         self.assertEqual([(s["mode"], s["calls"]) for s in self.document["steps"]],
                          [("relay", CALLS), ("transcode", CALLS), ("tls", CALLS)], self.explain())
-        for run in self.document["runs"]:
+        for run in self.document["runs"] + self.document["floor_runs"]:
             self.assertEqual((run["ready"], run["failed"], run["error_count"]), (CALLS, 0, 0),
                              f"{run['mode']}: {run['errors']}")
             self.assertTrue(abs(run["window_s"] - WINDOW_S) <= 1.0, run["window_s"])
 
     def test_nothing_lost_duplicated_or_reordered(self) -> None:
         """Every frame sent either way arrived exactly once, in order, on its own call."""
-        for run in self.document["runs"]:
+        for run in self.document["runs"] + self.document["floor_runs"]:
             for direction in ("inbound", "outbound"):
                 counts = run[direction]
-                where = f"{run['mode']} {direction}: {counts}"
+                where = f"{run['mode']} {run['target']} {direction}: {counts}"
                 # 3 calls at 50 frames/s for at least warm-up + window (4 s): >= 600 frames.
                 self.assertGreaterEqual(counts["sent"], CALLS * 50 * 4, where)
                 self.assertEqual(counts["received"], counts["sent"], where)
@@ -101,9 +102,27 @@ class BenchSmokeTests(TestCase):
                 else:
                     self.assertEqual(counts["reordered"], 0, where)
 
+    def test_floor_beside_every_step(self) -> None:
+        """
+        The floor ran on the same traffic (the default: random masks, the gateway's default
+        configuration) and each step carries the ratio of the gateway's figures to the floor's.
+        """
+        settings = self.document["settings"]
+        self.assertEqual((settings["floor"], settings["mask"], settings["burst"], settings["config"]),
+                         (True, "random", False, "default"))
+        self.assertEqual([r["target"] for r in self.document["runs"]], ["gateway"] * 3)
+        self.assertEqual([r["target"] for r in self.document["floor_runs"]], ["floor"] * 3)
+        for step in self.document["steps"]:
+            self.assertEqual(step["floor"]["mode"], step["mode"])
+            versus = step["vs_floor"]
+            self.assertGreater(versus["cpu_ms_per_call_s"], 0, versus)
+            self.assertEqual(len(versus["cpu_ms_per_call_s_runs"]), 1, versus)
+        for mode, shutdown in self.document["shutdown"].items():
+            self.assertEqual((shutdown["floor_exit"], shutdown["floor_tracebacks"]), ([0], 0), mode)
+
     def test_counters_sane(self) -> None:
         """CPU, memory and latency figures exist and are physically plausible (never a speed bound)."""
-        for run in self.document["runs"]:
+        for run in self.document["runs"] + self.document["floor_runs"]:
             mode = run["mode"]
             self.assertGreater(run["gateway_cpu_s"], 0, mode)
             self.assertGreater(run["cpu_ms_per_call_s"], 0, mode)
@@ -131,7 +150,7 @@ class CoalescedSmokeTests(TestCase):
     def test_coalesced_relay_loses_nothing(self) -> None:
         """Caller audio joined in 40 ms messages: every frame arrives once, in order, delayed."""
         json_path = temp_path(self, "coalesced.json")
-        d = threads.deferToThread(run_bench, ["--smoke", "--quiet", "--mode", "relay",
+        d = threads.deferToThread(run_bench, ["--smoke", "--quiet", "--mode", "relay", "--no-floor",
                                               "--coalesce-ms", "40", "--json", json_path], 60)
 
         def ran(completed: subprocess.CompletedProcess) -> None:
