@@ -355,3 +355,18 @@ class OptionsTests(SynchronousTestCase):
                        "live_events": {"url": "http://x"}})
         self.assertEqual(caught.exception.key, "gateway.chain")
         configure({"gateway": {"chain": self.chain + ["live_events", "redact"]}, "live_events": {"url": "http://x"}})
+
+
+class ExampleConfigTests(SynchronousTestCase):
+    """deploy/gateway.example.toml documents every [live_events] key, and they load."""
+
+    def test_every_key_documented(self) -> None:
+        import re
+
+        from tests.test_record import example_keys_read
+
+        seen, text = example_keys_read(self, "live_events")
+        self.assertGreaterEqual(len(seen["live_events"]), 12)
+        for key in seen["live_events"]:
+            self.assertTrue(re.search(rf"^#? ?{re.escape(key)} =", text, re.M),
+                            f"live_events.{key} is not documented in the example")

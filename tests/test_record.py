@@ -391,3 +391,55 @@ class OptionsTests(SynchronousTestCase):
         after = [c for c in self.chain if c != "record"] + ["record"]
         factory = dict(configure({"gateway": {"chain": after}, "record": {"directory": directory}}).stages)["record"]
         self.assertTrue(factory.options.after_transcoder)
+
+
+def example_keys_read(test: Any, plugin: str, uncomment: str = "") -> tuple[dict[str, set], str]:
+    """
+    Load deploy/gateway.example.toml with ``plugin`` added to its chain (and the commented-out
+    table ``uncomment`` turned on); returns the keys each section's reader asked for and the file.
+    """
+    import re
+
+    from gateway.config import Section, load_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "deploy", "gateway.example.toml")) as f:
+        text = f.read()
+    edited = re.sub(r'^chain = \[(.*)\]$', lambda m: f'chain = [{m.group(1)}, "{plugin}", "redact"]',
+                    text, count=1, flags=re.M)
+    if uncomment:
+        block = text[text.index(f"# [{uncomment}]"):]
+        block = block[:block.index("\n\n")]
+        edited = edited.replace(block, re.sub(r"^# ", "", block, flags=re.M))
+    path = temp_path(test, "gateway.toml")
+    with open(path, "w") as f:
+        f.write(edited.replace('directory = "recordings"', f'directory = "{os.path.dirname(path)}/rec"'))
+    seen: dict[str, set] = {}
+    original = Section._get
+
+    def recording(self: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        seen.setdefault(self.path, set()).add(name)
+        return original(self, name, *args, **kwargs)
+
+    Section._get = recording
+    try:
+        load_config(path, {"DEEPGRAM_API_KEY": "k", "TWILIO_AUTH_TOKEN": "t",
+                           "GATEWAY_PUBLIC_URL": "https://gw.example.com"})
+    finally:
+        Section._get = original
+    return seen, text
+
+
+class ExampleConfigTests(SynchronousTestCase):
+    """deploy/gateway.example.toml documents every [record] and [record.s3] key."""
+
+    def test_every_key_documented(self) -> None:
+        import re
+
+        seen, text = example_keys_read(self, "record", uncomment="record.s3")
+        self.assertTrue(seen.get("record.s3"))
+        for section in ("record", "record.s3"):
+            for key in seen[section]:
+                self.assertTrue(re.search(rf"^#? ?{re.escape(key)} =", text, re.M)
+                                or f"[{section}.{key}]" in text,
+                                f"{section}.{key} is not documented in the example")
