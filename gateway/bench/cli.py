@@ -24,7 +24,7 @@ from typing import Any
 
 from gateway.bench import report
 from gateway.bench import sampling
-from gateway.bench.orchestrate import MODES, Bench, median_step, versus_floor
+from gateway.bench.orchestrate import CHAIN_EXTRAS, MODES, Bench, median_step, versus_floor
 
 __all__ = ["main"]
 
@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--coalesce-ms", type=int, default=0, metavar="MS",
                    help="put the coalesce stage in the gateway's chain (caller audio sent to the "
                         "peer in messages of MS ms, 20-200); 0 = off, the default")
+    p.add_argument("--chain-extra", default="", metavar="NAMES",
+                   help="comma-separated built-in plugins added to the gateway's chain, each where "
+                        "the registry puts it: record (writing under the bench's directory), "
+                        "redact; default none")
     p.add_argument("--reuse-gateway", action="store_true",
                    help="one gateway per mode for all its steps (faster; memory per call then "
                         "includes what earlier steps left); --profile implies it")
@@ -91,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         print("gateway-bench: need at least one step of 1+ calls, --repeat >= 1, --window-s > 0",
               file=sys.stderr)
         return 2
+    chain_extra = [n.strip() for n in args.chain_extra.split(",") if n.strip()]
+    for name in chain_extra:
+        if name not in CHAIN_EXTRAS:
+            print(f"gateway-bench: --chain-extra takes {', '.join(CHAIN_EXTRAS)}, got {name!r}",
+                  file=sys.stderr)
+            return 2
     if args.coalesce_ms and not 20 <= args.coalesce_ms <= 200:
         print("gateway-bench: --coalesce-ms must be 0 (off) or 20-200", file=sys.stderr)
         return 2
@@ -111,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "warmup_s": args.warmup_s, "ramp_rate": args.ramp_rate,
                                              "repeat": args.repeat, "pin": args.pin,
                                              "coalesce_ms": args.coalesce_ms,
+                                             "chain_extra": chain_extra,
                                              "floor": args.floor, "mask": args.mask,
                                              "burst": args.burst,
                                              "config": "legacy" if args.legacy_config else "default"},
@@ -131,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             made = Bench(mode, pin=args.pin, profile=args.profile if target == "gateway" else None,
                          say=say, coalesce_ms=args.coalesce_ms, sample_dir=args.sample,
                          py_spy=py_spy, target=target, mask=args.mask, burst=args.burst,
-                         legacy_config=args.legacy_config)
+                         legacy_config=args.legacy_config, chain_extra=chain_extra)
             made.start()
             key = "baseline_rss_kb" if target == "gateway" else "floor_baseline_rss_kb"
             document.setdefault(key, {}).setdefault(mode, []).append(made.baseline_rss_kb)

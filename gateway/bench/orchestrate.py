@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from gateway.bench import procstat
 from gateway.bench import sampling
@@ -210,10 +210,29 @@ CHAIN_WITH_COALESCE = "chain = {}\n".format(json.dumps(
     _CHAIN[:_CHAIN.index("keepalive") + 1] + ["coalesce"] + _CHAIN[_CHAIN.index("keepalive") + 1:]))
 
 
-def gateway_config(transcode: bool, legacy: bool = False, coalesce_ms: int = 0) -> str:
+#: ``--chain-extra``: the built-in plugins, off by default, that the bench can add to the chain,
+#: and the section each gets (record writes into the bench's directory).
+CHAIN_EXTRAS = {"record": '\n[record]\ndirectory = "{dir}/recordings"\n', "redact": ""}
+
+
+def _chain_line(coalesce_ms: int, chain_extra: Sequence[str]) -> str:
+    """The ``chain =`` line: the default chain plus coalesce and the extras, each where the
+    built-in registry (``plugins.BUILTINS``, in chain order) puts it; "" for the default."""
+    if not chain_extra:
+        return CHAIN_WITH_COALESCE if coalesce_ms else ""
+    from plugins import BUILTINS
+
+    wanted = set(DEFAULT_CHAIN) | set(chain_extra) | ({"coalesce"} if coalesce_ms else set())
+    return "chain = {}\n".format(json.dumps([p.name for p in BUILTINS if p.name in wanted]))
+
+
+def gateway_config(transcode: bool, legacy: bool = False, coalesce_ms: int = 0,
+                   chain_extra: Sequence[str] = (), directory: str = ".") -> str:
     """The TOML the bench's gateway runs with (see `CONFIG`)."""
     text = CONFIG.format(gateway_extra=LEGACY_GATEWAY if legacy else "",
-                         chain=CHAIN_WITH_COALESCE if coalesce_ms else "")
+                         chain=_chain_line(coalesce_ms, chain_extra))
+    for name in chain_extra:
+        text += CHAIN_EXTRAS[name].format(dir=directory)
     if legacy:
         text += LEGACY + (LEGACY_TRANSCODE if transcode else "")
     elif transcode:
@@ -227,15 +246,17 @@ class Bench:
     """
     One mode: a gateway (or, with ``target="floor"``, the floor relay), a peer and a load
     generator, kept up across that mode's steps. ``mask`` ("random" or "zero") and ``burst`` shape
-    the load generator's traffic; ``legacy_config`` runs the gateway with the bench's old config.
+    the load generator's traffic; ``legacy_config`` runs the gateway with the bench's old config;
+    ``chain_extra`` adds plugins to its chain (`CHAIN_EXTRAS`).
     """
 
     def __init__(self, mode: str, pin: bool = False, profile: str | None = None,
                  workdir: str | None = None, say: Any = None, coalesce_ms: int = 0,
                  sample_dir: str | None = None, py_spy: str | None = None,
                  target: str = "gateway", mask: str = "random", burst: bool = False,
-                 legacy_config: bool = False) -> None:
+                 legacy_config: bool = False, chain_extra: Sequence[str] = ()) -> None:
         self.mode = mode
+        self.chain_extra = tuple(chain_extra)
         self.target = target
         self.mask = mask
         self.burst = burst
@@ -277,7 +298,8 @@ class Bench:
             return
         config = os.path.join(self.dir, f"gateway-{self.mode}.toml")
         with open(config, "w") as f:
-            f.write(gateway_config(self.transcode, self.legacy_config, self.coalesce_ms))
+            f.write(gateway_config(self.transcode, self.legacy_config, self.coalesce_ms,
+                                   self.chain_extra, self.dir))
         env.update(DEEPGRAM_API_KEY="bench-key",
                    DEEPGRAM_AGENT_URL=f"{scheme}://127.0.0.1:{port}/v1/agent/converse",
                    DEEPGRAM_LISTEN_URL=f"{scheme}://127.0.0.1:{port}/v1/listen")
