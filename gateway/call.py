@@ -882,12 +882,13 @@ class Call:
         self._ending_timer = self.clock.callLater(self.config.end_timeout_s, self._deadline)
         cancel(self._retry_timer)
         self._retry_timer = None
-        if self._held:
-            self.count("frames_dropped", amount=sum(1 for a, _ in self._held if a),
-                       reason="call_ending")
-            self._held.clear()
-            self._held_bytes = self._held_messages = 0
-        if self._port is not None and self.upstream is None:
+        # A caller who hangs up on a transcription (listen, Flux) still wants what they said
+        # transcribed: the held audio goes to the session (once it is open) before CloseStream.
+        # A voice bot's caller who has gone needs no answer: what is held is dropped.
+        finish_transcript = self._finishing_transcript() and self._port is not None
+        if self._held and not finish_transcript:
+            self._drop_held()
+        if self._port is not None and self.upstream is None and not finish_transcript:
             # Still connecting: abandon the attempt.
             self._detach_upstream()
         if self._port is None:
@@ -899,13 +900,27 @@ class Call:
         elif initiator != "caller" or self._port is None:
             self._close_caller()
 
+    def _finishing_transcript(self) -> bool:
+        return self.info.mode in ("listen", "flux") and self._initiator == "caller"
+
+    def _drop_held(self) -> None:
+        self.count("frames_dropped", amount=sum(1 for a, _ in self._held if a), reason="call_ending")
+        self._held.clear()
+        self._held_bytes = self._held_messages = 0
+
     def _close_upstream(self) -> None:
         leg = self.upstream
         if leg is None or leg.state != _OPEN:
             return
-        if self.info.mode in ("listen", "flux") and self._initiator == "caller":
-            # Let Deepgram finish: last Results, Metadata, then its own 1000 close (Flux: the
-            # last turn, then a close without a status code).
+        if self._finishing_transcript():
+            # The audio held for this session first (it is all the caller said), then: let
+            # Deepgram finish: last Results, Metadata, then its own 1000 close (Flux: the last
+            # turn, then a close without a status code).
+            while self._held and leg.state == _OPEN:
+                is_audio, item = self._held.popleft()
+                if is_audio:
+                    self._send_audio(leg, item)
+            self._drop_held()
             leg.send_message(CLOSE_STREAM)
         else:
             leg.close(1000)

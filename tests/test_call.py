@@ -594,3 +594,31 @@ class PrivacyTests(SynchronousTestCase):
         self.assertEqual(h.call.transcript.items, [{"role": "user", "content": "My order number is #####."}])
         self.assertTrue([line for line in lines if "#####" in line])
         self.assertFalse([line for line in lines if "12345" in line])
+
+
+class TranscriptEndTests(SynchronousTestCase):
+    """A transcription call the caller ends before Deepgram is ready still gets transcribed."""
+
+    def test_held_audio_reaches_deepgram_before_close_stream(self) -> None:
+        """listen: audio held while connecting, then Twilio's stop: the session opens, gets it, then CloseStream."""
+        h = CallHarness({"gateway": {"mode": "listen"}})
+        h.start()
+        frames = [bytes([i]) * 160 for i in range(1, 4)]
+        for f in frames:
+            h.call.caller_audio(Audio(f))
+        h.call.from_caller(StreamStopped())
+        self.assertEqual(h.call.phase, "ending")
+        h.open_upstream()
+        self.assertEqual(h.upstream.audio(), b"".join(frames))
+        self.assertEqual(h.upstream.messages(), [{"type": "CloseStream"}])
+        h.call.upstream_closed(UpstreamClosed(1000, None, True))
+        self.assertEqual(h.caller.closed_with, (1000, "CALLER_HANGUP"))
+
+    def test_voice_bot_drops_what_is_held(self) -> None:
+        """agent: a caller who hung up needs no answer; the attempt is abandoned, nothing sent."""
+        h = CallHarness()
+        h.start()
+        h.call.caller_audio(Audio(b"\x01" * 160))
+        h.call.from_caller(StreamStopped())
+        self.assertEqual(h.call.info.counters[("frames_dropped", (("reason", "call_ending"),))], 1)
+        self.assertEqual(h.call.phase, "ending")
