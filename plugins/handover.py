@@ -345,6 +345,12 @@ class HandoverFactory:
             self._store = open_store(self.options.store, reactor, self.options.store_timeout_s)
         return self._store
 
+    def close_store(self) -> None:
+        """Close the store if it was opened (its threads stop; the next use opens it again)."""
+        store, self._store = self._store, None
+        if store is not None:
+            store.close()
+
     def __call__(self, ctx: StageContext) -> HandoverStage:
         return HandoverStage(ctx, self.options, self)
 

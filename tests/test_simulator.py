@@ -636,7 +636,8 @@ class ClientCallTests(TestCase):
         result = yield place(call, server)
         session = server.session
         first = session.received[0]
-        self.assertEqual((first[1], first[2]), (False, {"token": "tok", "parameters": {"voice": "a"}}))
+        self.assertEqual((first[1], first[2]), (False, {"token": "tok", "parameters": {"voice": "a"},
+                                                        "handover": True}))
         binaries = session.binaries()
         clip_frames = frames(YES_16K.data, 640)
         self.assertEqual(binaries[: len(clip_frames)], clip_frames)

@@ -111,6 +111,10 @@ class SimulatedCall:
         self._close_call: IDelayedCall | None = None
         self._ending = False
         self._connector: Any = None
+        # Moving to a new socket (a /client handover): sending paused, the next open resumes.
+        self._paused = False
+        self._resuming = False
+        self._reconnect_call: IDelayedCall | None = None
         self.after_greeting = after_greeting
         self.greeting_timeout_s = greeting_timeout_s
         self.until_answered = until_answered
@@ -178,6 +182,9 @@ class SimulatedCall:
     def _start_stream(self) -> None:
         """Send what goes before the first frame."""
 
+    def _resume_stream(self) -> None:
+        """Send what goes before the first frame on a new socket after a handover."""
+
     def _send_frame(self, index: int, chunk: bytes) -> None:
         """Send frame ``index`` (0-based) carrying ``chunk``."""
         raise NotImplementedError
@@ -208,7 +215,7 @@ class SimulatedCall:
     def _hold_tick(self) -> None:
         """Before the clip (``after_greeting``): silence in real time until the greeting is over."""
         self._tick_call = None
-        if self._ending:
+        if self._ending or self._paused:
             return
         now = self.reactor.seconds()
         while self._hold_started + self._lead * self._frame_s <= now + _EPSILON_S:
@@ -253,7 +260,7 @@ class SimulatedCall:
 
     def _tick(self) -> None:
         self._tick_call = None
-        if self._ending:
+        if self._ending or self._paused:
             return
         now = self.reactor.seconds()
         total = self._total_frames()
@@ -293,7 +300,36 @@ class SimulatedCall:
 
     # -- from the protocol ---------------------------------------------------------------------
 
+    # -- moving to another socket (a handover) ---------------------------------------------
+
+    def _pause(self) -> None:
+        """Stop sending caller audio: this socket is about to close (what is unsent goes on later)."""
+        self._paused = True
+        if self._tick_call is not None and self._tick_call.active():
+            self._tick_call.cancel()
+        self._tick_call = None
+
+    def _reconnect(self, url: str, delay_s: float = 0.0) -> None:
+        """After ``delay_s``, open a new WebSocket to ``url`` and go on where the call was."""
+        self._proto = None
+        self._resuming = True
+
+        def connect_now() -> None:
+            self._reconnect_call = None
+            self.url = url
+            try:
+                factory = SimulatorFactory(self, url, self._headers, self.reactor)
+            except ValueError as e:  # not a usable WebSocket URL
+                self._connect_failed(str(e))
+                return
+            self._connector = connect(factory)
+
+        self._reconnect_call = self.reactor.callLater(max(0.0, delay_s), connect_now)
+
     def _opened(self, proto: SimulatorProtocol) -> None:
+        if self._resuming:
+            self._reopened(proto)
+            return
         self._proto = proto
         self.result.opened = True
         now = self.reactor.seconds()
@@ -305,6 +341,19 @@ class SimulatedCall:
             self._hold_tick()
         else:
             self._tick()
+
+    def _reopened(self, proto: SimulatorProtocol) -> None:
+        """The new socket after a handover is open: the clip (or the wait) goes on from where it was."""
+        self._resuming = False
+        self._paused = False
+        self._proto = proto
+        now = self.reactor.seconds()
+        self.record("sim.open", {"url": self.url, "resumed": True})
+        self._resume_stream()
+        # No second greeting comes on a resumed call: stop holding the clip for one.
+        self._holding = False
+        self._base_time, self._base_index = now, self._next
+        self._tick()
 
     def _received(self, payload: bytes, is_binary: bool) -> None:
         t = self.now_s()
@@ -367,7 +416,7 @@ class SimulatedCall:
     # -- the end -------------------------------------------------------------------------------
 
     def _stop_timers(self) -> None:
-        for name in ("_tick_call", "_close_call"):
+        for name in ("_tick_call", "_close_call", "_reconnect_call"):
             call = getattr(self, name)
             if call is not None and call.active():
                 call.cancel()

@@ -9,6 +9,7 @@ never applies the factory's ``tcpNoDelay``, hence the class attribute.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
+from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from twisted.internet.interfaces import IConnector
@@ -17,7 +18,31 @@ from twisted.python.failure import Failure
 if TYPE_CHECKING:
     from gateway.simulator.call import SimulatedCall
 
-__all__ = ["SimulatorProtocol", "SimulatorFactory", "connect"]
+__all__ = ["SimulatorProtocol", "SimulatorFactory", "connect", "local_url"]
+
+
+def local_url(url: str, public_url: str | None, base_url: str | None) -> str:
+    """
+    A public URL (from TwiML, or a ``Handover`` message) moved onto ``base_url``: the gateway
+    or the proxy in front of it, where the public name does not resolve (tests, demos). The
+    path after the public URL's own prefix is kept; ``wss``/``ws`` URLs get ``ws(s)`` on the
+    base, ``http(s)`` URLs ``http(s)``. Without both URLs, or for a URL elsewhere, ``url`` as is.
+    """
+    if not public_url or not base_url:
+        return url
+    public = public_url.rstrip("/")
+    public_ws = public.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+    if not (url.startswith(public_ws) or url.startswith(public)):
+        return url
+    path = url.split("://", 1)[1]
+    path = path[path.find("/"):] if "/" in path else ""
+    prefix = urlsplit(public).path.rstrip("/")
+    if prefix and path.startswith(prefix):
+        path = path[len(prefix):]
+    base = base_url.rstrip("/")
+    if url.startswith(("ws://", "wss://")):
+        base = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+    return base + path
 
 
 class SimulatorProtocol(WebSocketClientProtocol):

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["CallResult", "Stats", "close_code_words", "MAX_VIOLATIONS"]
+__all__ = ["CallResult", "Handover", "Stats", "close_code_words", "MAX_VIOLATIONS"]
 
 #: Violations recorded one by one; past this many only their number grows.
 MAX_VIOLATIONS = 100
@@ -79,11 +79,41 @@ class Stats:
         return cls(n, sum(ordered) / n * 1000.0, at(0.5), at(0.99), ordered[-1] * 1000.0)
 
 
+@attrs.define
+class Handover:
+    """
+    One WebSocket replaced by the next after a handover (a Twilio ``<Connect action>``, a
+    ``/client`` ``Handover`` message): when the old one closed, when the new one opened, and the
+    caller-heard gap, from the last agent audio before to the first agent audio after (in the
+    call's own time; ``None`` where not measurable).
+    """
+
+    closed_at: float
+    opened_at: float | None
+    last_agent_audio_at: float | None
+    first_agent_audio_at: float | None = None
+
+    @property
+    def gap_s(self) -> float | None:
+        if self.last_agent_audio_at is None or self.first_agent_audio_at is None:
+            return None
+        return self.first_agent_audio_at - self.last_agent_audio_at
+
+    @property
+    def stream_gap_s(self) -> float | None:
+        return None if self.opened_at is None else self.opened_at - self.closed_at
+
+    def to_json(self) -> dict[str, Any]:
+        return {**attrs.asdict(self), "gap_s": self.gap_s, "stream_gap_s": self.stream_gap_s}
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray)):
         return {"base64": base64.b64encode(bytes(value)).decode("ascii"), "bytes": len(value)}
     if isinstance(value, Stats):
         return attrs.asdict(value)
+    if isinstance(value, Handover):
+        return value.to_json()
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -102,6 +132,8 @@ class CallResult:
     ``played`` or ``cleared``. ``violations`` lists what Twilio would reject (31950 binary frames,
     31951 invalid messages) or, for clients, what breaks the /client protocol. ``handshake_status``
     is the HTTP status of a refused upgrade; ``connect_error`` says why no TCP connection was made.
+    ``handovers`` lists the sockets a ``/client`` call moved across when the gateway handed it
+    over (the close fields then describe the last socket).
     """
 
     mode: str = "twilio"
@@ -139,6 +171,7 @@ class CallResult:
     send_lateness: Stats | None = None
     agent_media_gaps: Stats | None = None
     duration_s: float = 0.0
+    handovers: list = attrs.field(factory=list)
 
     @property
     def agent_audio_s(self) -> float:

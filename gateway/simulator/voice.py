@@ -19,38 +19,19 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from typing import Any, Mapping
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import attrs
 from twisted.internet import defer
 
 from gateway.codecs.signatures import compute_signature
 from gateway.codecs.wav import WavAudio
+from gateway.simulator.connection import local_url
 from gateway.simulator.twilio import new_sid
-from gateway.simulator.result import CallResult
+from gateway.simulator.result import CallResult, Handover
 from gateway.simulator.twilio import TwilioCall
 
 __all__ = ["TwilioVoiceCall", "VoiceCallResult", "Handover", "parse_twiml"]
-
-
-@attrs.define
-class Handover:
-    """One stream replaced by the next (reactor times; gap in seconds, None if not measurable)."""
-
-    closed_at: float
-    opened_at: float | None
-    last_agent_audio_at: float | None
-    first_agent_audio_at: float | None = None
-
-    @property
-    def gap_s(self) -> float | None:
-        if self.last_agent_audio_at is None or self.first_agent_audio_at is None:
-            return None
-        return self.first_agent_audio_at - self.last_agent_audio_at
-
-    @property
-    def stream_gap_s(self) -> float | None:
-        return None if self.opened_at is None else self.opened_at - self.closed_at
 
 
 @attrs.define
@@ -131,18 +112,7 @@ class TwilioVoiceCall:
 
     def _local(self, url: str) -> str:
         """A public URL from the TwiML, onto ``base_url`` (ws for wss, http for https)."""
-        if not url.startswith(self.public_url.replace("https://", "wss://").replace("http://", "ws://")) \
-                and not url.startswith(self.public_url):
-            return url
-        path = url.split("://", 1)[1]
-        path = path[path.find("/"):] if "/" in path else ""
-        prefix = urlsplit(self.public_url).path.rstrip("/")
-        if prefix and path.startswith(prefix):
-            path = path[len(prefix):]
-        base = self.base_url
-        if url.startswith(("ws://", "wss://")):
-            base = base.replace("https://", "wss://").replace("http://", "ws://")
-        return base + path
+        return local_url(url, self.public_url, self.base_url)
 
     @defer.inlineCallbacks
     def _post(self, public: str, form: Mapping[str, str]) -> Any:
