@@ -8,6 +8,15 @@ as JSON instead. Exit status 0 only for a call that ended with a normal close (1
 protocol violation; otherwise 1, with one line on stderr saying why; 2 for a usage error (a bad
 argument, a URL that is not ``ws://``/``wss://``, an unreadable clip, a ``--save-audio`` path in
 a folder that does not exist), reported in one line before anything is sent.
+
+``--webhook https://PUBLIC`` runs a whole Twilio phone call instead of one stream
+(`gateway.simulator.voice.TwilioVoiceCall`): the signed voice webhook, the ``<Connect><Stream>``
+it answers, and, each time the gateway closes a stream whose ``<Connect>`` has an ``action``,
+Twilio's signed request of that URL and the TwiML it answers (a new stream with a resume token
+after a handover). Each stream's events are printed in the call's time, then the handovers' gaps.
+``--via http://HOST:PORT`` sends the requests and streams there (the gateway or its proxy, where
+the public name does not resolve) while signing the public URLs, as Twilio does. The exit status
+is 0 when every stream but the last was handed over with 1000 and the last ended normally.
 """
 
 from __future__ import annotations
@@ -32,9 +41,10 @@ from twisted.logger import (
 from gateway.codecs.wav import WavAudio, read_wav, write_wav
 from gateway.simulator.audio import default_clip_path
 from gateway.simulator.client import ClientCall
-from gateway.simulator.report import format_event, summary_lines
+from gateway.simulator.report import format_event, summary_lines, voice_summary_lines
 from gateway.simulator.result import CallResult
 from gateway.simulator.twilio import TwilioCall
+from gateway.simulator.voice import TwilioVoiceCall, VoiceCallResult
 
 __all__ = ["main", "build_parser"]
 
@@ -67,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--url", help="WebSocket URL to connect to (default ws://127.0.0.1:8080/twilio or /client)")
     p.add_argument("--mode", choices=("twilio", "client"), default="twilio")
+    p.add_argument("--webhook", metavar="https://PUBLIC",
+                   help="run a whole Twilio call: the voice webhook at PUBLIC/twilio/voice, its stream, "
+                        "and Twilio's <Connect action> requests (a handover's new stream); signed with "
+                        "--auth-token over the public URLs")
+    p.add_argument("--via", metavar="http://HOST:PORT",
+                   help="with --webhook: send the requests and streams here (the gateway or its proxy) "
+                        "instead of the public address; the public URLs in the TwiML are moved onto it")
     p.add_argument("--audio", metavar="PATH", help="WAV clip to play (default: the packaged caller clip)")
     p.add_argument("--token", help="client mode: the token sent first; twilio mode: customParameters.token")
     p.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN"),
@@ -74,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--signed-url", metavar="URL",
                    help="the public wss:// URL to sign (default: --url); differs behind a proxy")
     p.add_argument("--param", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-                   help="a custom parameter (twilio: customParameters; client: parameters); repeatable")
+                   help="a custom parameter (twilio: customParameters; client: parameters; with --webhook: "
+                        "a field of the webhook's form, such as From=+15005550006); repeatable")
     p.add_argument("--dtmf", action="append", type=_dtmf, default=[], metavar="DIGIT@SECONDS",
                    help="send a DTMF digit at this stream time (twilio mode); repeatable")
     p.add_argument("--fast", action="store_true", help="send the clip as fast as possible, not in real time")
@@ -98,8 +116,24 @@ def _load_audio(args: argparse.Namespace) -> WavAudio:
     return read_wav(args.audio or default_clip_path(args.mode))
 
 
+def _http_problem(option: str, url: str) -> str | None:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
+        return f"{option}: expected an http:// or https:// URL, got {url!r}"
+    return None
+
+
 def usage_problem(args: argparse.Namespace) -> str | None:
     """What makes these arguments unusable before any connection, in one line (``None``: fine)."""
+    if args.webhook is not None:
+        if args.mode != "twilio" or args.url:
+            return "--webhook: a whole Twilio call; --mode client and --url do not apply"
+        problem = _http_problem("--webhook", args.webhook) or (
+            _http_problem("--via", args.via) if args.via is not None else None)
+        if problem is not None:
+            return problem
+    elif args.via is not None:
+        return "--via: only with --webhook"
     url = args.url or _DEFAULT_URLS[args.mode]
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in ("ws", "wss") or not rest.strip("/"):
@@ -132,6 +166,11 @@ def _make_call(reactor: Any, args: argparse.Namespace, audio: WavAudio, on_event
     params = dict(args.param)
     polite = dict(after_greeting=args.after_greeting, greeting_timeout_s=args.greeting_timeout_s,
                   until_answered=args.until_answered)
+    if args.webhook is not None:
+        return TwilioVoiceCall(reactor, args.via or args.webhook, args.webhook, audio,
+                               auth_token=args.auth_token or None, form=params, on_event=on_event,
+                               realtime=not args.fast, dtmf=args.dtmf, wait_s=wait_s,
+                               send_stop=not args.no_stop, **polite)
     if args.mode == "client":
         return ClientCall(reactor, url=url, audio=audio, token=args.token, parameters=params,
                           realtime=not args.fast, wait_s=wait_s, on_event=on_event, **polite)
@@ -160,12 +199,19 @@ def _save_audio(result: CallResult, path: str) -> tuple[bool, str]:
     return True, f"agent audio saved to {path} ({result.agent_audio_s:.2f} s)"
 
 
-def _report(result: CallResult, args: argparse.Namespace) -> int:
-    saved, save_line = _save_audio(result, args.save_audio) if args.save_audio else (True, "")
+def _voice_audio(result: VoiceCallResult) -> CallResult:
+    """The agent audio of a whole call's streams, as one result for `_save_audio`."""
+    return CallResult(agent_audio=result.agent_audio)
+
+
+def _report(result: CallResult | VoiceCallResult, args: argparse.Namespace) -> int:
+    voice = isinstance(result, VoiceCallResult)
+    audio = _voice_audio(result) if voice else result
+    saved, save_line = _save_audio(audio, args.save_audio) if args.save_audio else (True, "")
     if args.json:
         print(json.dumps(result.to_json()), flush=True)
     else:
-        print("\n".join(summary_lines(result)), flush=True)
+        print("\n".join(voice_summary_lines(result) if voice else summary_lines(result)), flush=True)
         if save_line and saved:
             print(save_line, flush=True)
     if save_line and not saved:
@@ -174,7 +220,7 @@ def _report(result: CallResult, args: argparse.Namespace) -> int:
     if failure is not None:
         print(f"gateway-call: {failure}", file=sys.stderr, flush=True)
         return 1
-    if save_line and not saved and result.agent_audio:
+    if save_line and not saved and audio.agent_audio:
         return 1
     return 0
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway.simulator.result import CallResult, Stats, close_code_words
 
-__all__ = ["describe_event", "format_event", "summary_lines", "TWILIO_NO_TEXT"]
+__all__ = ["describe_event", "format_event", "summary_lines", "voice_summary_lines", "TWILIO_NO_TEXT"]
 
 #: What a Twilio-mode call says about the conversation: a Media Stream carries audio, marks and
 #: clears to Twilio, never text, so the words are only in the gateway's log.
@@ -37,7 +37,29 @@ def describe_event(kind: str, message: Any) -> str | None:
     """The words for one event, without its timestamp; ``None`` to print nothing."""
     m = message if isinstance(message, dict) else {}
     if kind == "sim.open":
+        if m.get("resumed"):
+            return f"connected to {m.get('url')} (resume token sent as the hello)"
         return f"connected to {m.get('url')}"
+    if kind == "Handover":
+        where = m.get("url") or "the same URL"
+        return (f"the gateway hands the call over: reconnect to {where} with a resume token "
+                f"(valid {m.get('expires_in')} s)")
+    if kind == "sim.handover":
+        return f"handed over: reconnecting to {m.get('url')}"
+    if kind == "sim.reconnect_failed":
+        why = f"HTTP {m.get('status')}" if m.get("status") else m.get("why")
+        return f"reconnect attempt {m.get('attempt')} failed: {why}"
+    if kind == "sim.webhook":
+        return f"voice webhook {m.get('url')}: HTTP {m.get('status')}"
+    if kind == "sim.stream":
+        action = " action" if m.get("action") else ""
+        resume = ", carrying a resume token" if m.get("resume") else ""
+        return f"stream {m.get('number')}: <Connect{action}><Stream url={m.get('url')}>{resume}"
+    if kind == "sim.action":
+        answer = m.get("answer")
+        said = ("a new <Connect><Stream>" if answer == "stream"
+                else "no TwiML" if answer is None else f"TwiML {str(answer)[:120]}")
+        return f"the stream ended; Twilio requests the <Connect action> URL: HTTP {m.get('status')}, {said}"
     if kind == "sim.agent_started":
         return "agent speaking"
     if kind == "sim.agent_stopped":
@@ -146,5 +168,34 @@ def summary_lines(result: CallResult) -> list[str]:
     if result.violation_count:
         lines.append(f"  protocol violations: {result.violation_count}")
         lines.extend(f"    {v}" for v in result.violations[:10])
+    lines.extend(_handover_lines(result.handovers))
     lines.append(f"  duration: {result.duration_s:.2f} s")
+    return lines
+
+
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def _handover_lines(handovers: list) -> list[str]:
+    lines = []
+    for number, h in enumerate(handovers, 1):
+        lines.append(f"  handover {number}: new socket {_ms(h.stream_gap_s)} after the close; caller-heard "
+                     f"gap {_ms(h.gap_s)} (last agent audio before to first after)")
+    return lines
+
+
+def voice_summary_lines(result: Any) -> list[str]:
+    """A short human summary of a whole Twilio call (`gateway.simulator.voice.VoiceCallResult`)."""
+    lines = ["summary:", f"  call {result.call_sid}: voice webhook HTTP {result.webhook_status}, "
+                         f"{len(result.streams)} stream(s), {result.action_requests} action request(s)"]
+    for number, stream in enumerate(result.streams, 1):
+        reason = f" {stream.close_reason!r}" if stream.close_reason else ""
+        lines.append(f"  stream {number}: {stream.frames_sent} frames sent, {stream.agent_audio_s:.2f} s of "
+                     f"agent audio, closed {stream.close_code} ({close_code_words(stream.close_code)}){reason} "
+                     f"by the {stream.closed_by}")
+    lines.extend(_handover_lines(result.handovers))
+    if result.final_twiml:
+        lines.append(f"  then: {result.final_twiml[:200]}")
+    lines.append(f"  conversation: {TWILIO_NO_TEXT}")
     return lines

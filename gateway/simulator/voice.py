@@ -26,6 +26,8 @@ from twisted.internet import defer
 
 from gateway.codecs.signatures import compute_signature
 from gateway.codecs.wav import WavAudio
+from gateway.handover import RESUME_PARAMETER
+from gateway.simulator.call import EventSink
 from gateway.simulator.connection import local_url
 from gateway.simulator.twilio import new_sid
 from gateway.simulator.result import CallResult, Handover
@@ -49,6 +51,42 @@ class VoiceCallResult:
     @property
     def sent_audio(self) -> bytes:
         return b"".join(r.sent_audio for r in self.streams)
+
+    @property
+    def agent_audio(self) -> bytes:
+        """The agent audio of every stream, in order (mu-law 8 kHz)."""
+        return b"".join(r.agent_audio for r in self.streams)
+
+    def failure(self) -> str | None:
+        """
+        One line saying why this call is not a success, or ``None``: the webhook answered a
+        stream, every stream but the last was closed by the gateway with 1000 (handed over) and
+        broke nothing, and the last one is a success as `CallResult.failure` has it.
+        """
+        if self.error is not None:
+            return self.error
+        if not self.streams:
+            return "the voice webhook's TwiML has no <Connect><Stream>"
+        for number, stream in enumerate(self.streams[:-1], 1):
+            problem = stream.failure()
+            if problem is not None:
+                return f"stream {number}: {problem}"
+        problem = self.streams[-1].failure()
+        return None if problem is None else f"stream {len(self.streams)}: {problem}"
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (each stream as `CallResult.to_json` gives it)."""
+        return {
+            "call_sid": self.call_sid,
+            "webhook_status": self.webhook_status,
+            "streams": [s.to_json() for s in self.streams],
+            "handovers": [h.to_json() for h in self.handovers],
+            "action_requests": self.action_requests,
+            "final_twiml": self.final_twiml,
+            "error": self.error,
+            "ok": self.failure() is None,
+            "failure": self.failure(),
+        }
 
 
 @attrs.frozen
@@ -74,7 +112,10 @@ def parse_twiml(body: bytes) -> StreamStep | None:
 class TwilioVoiceCall:
     """
     One phone call against the gateway's voice webhook. ``form`` adds to (or overrides) the
-    webhook's standard parameters; ``stream_options`` go to each `TwilioCall`.
+    webhook's standard parameters; ``stream_options`` go to each `TwilioCall`. ``on_event`` is
+    told every stream's events (in the call's time, seconds since `run`) and the call's own:
+    ``sim.webhook``, ``sim.stream`` (a stream begins) and ``sim.action`` (Twilio's request of the
+    ``<Connect action>`` URL).
     """
 
     def __init__(
@@ -86,9 +127,12 @@ class TwilioVoiceCall:
         auth_token: str | None = None,
         form: Mapping[str, str] | None = None,
         max_streams: int = 10,
+        on_event: EventSink | None = None,
         **stream_options: Any,
     ) -> None:
         self.reactor = reactor
+        self.on_event = on_event
+        self._t0 = 0.0
         self.base_url = base_url.rstrip("/")
         self.public_url = public_url.rstrip("/")
         self.audio = audio
@@ -126,12 +170,27 @@ class TwilioVoiceCall:
         body = yield response.content()
         return response.code, body
 
+    def _emit(self, kind: str, message: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(self.reactor.seconds() - self._t0, kind, message)
+
+    def _stream_sink(self, started: float) -> EventSink | None:
+        """The ``on_event`` of one stream: its times moved onto the call's."""
+        sink = self.on_event
+        if sink is None:
+            return None
+        offset = started - self._t0
+        return lambda t, kind, message: sink(offset + t, kind, message)
+
     @defer.inlineCallbacks
     def run(self) -> Any:
         """Fire with the `VoiceCallResult` once the call has no stream left."""
         result = self.result
-        status, body = yield self._post(self.public_url + "/twilio/voice", self.form)
+        self._t0 = self.reactor.seconds()
+        webhook = self.public_url + "/twilio/voice"
+        status, body = yield self._post(webhook, self.form)
         result.webhook_status = status
+        self._emit("sim.webhook", {"url": webhook, "status": status})
         if status != 200:
             result.error = f"voice webhook answered {status}"
             return result
@@ -146,11 +205,14 @@ class TwilioVoiceCall:
             if not first:
                 # A resumed call has no greeting to wait for.
                 options["after_greeting"] = False
+            started = self.reactor.seconds()
+            self._emit("sim.stream", {"number": len(result.streams) + 1, "url": step.url,
+                                      "action": step.action, "resume": RESUME_PARAMETER in step.parameters})
             call = TwilioCall(self.reactor, url=self._local(step.url), audio=rest, call_sid=self.call_sid,
                               account_sid=self.form["AccountSid"], custom_parameters=step.parameters,
-                              auth_token=self.auth_token, signed_url=step.url, **options)
+                              auth_token=self.auth_token, signed_url=step.url,
+                              on_event=self._stream_sink(started), **options)
             self.current = call
-            started = self.reactor.seconds()
             stream = yield call.run()
             result.streams.append(stream)
             sent += len(stream.sent_audio)
@@ -159,14 +221,19 @@ class TwilioVoiceCall:
                 pending.opened_at = started if stream.opened else None
                 pending.first_agent_audio_at = started + agent[0] if agent else None
                 pending = None
-            if stream.closed_by != "gateway" or not step.action:
+            if stream.closed_by != "gateway" or stream.stop_sent or not step.action:
+                # The caller hung up (the simulator's stop), or no <Connect action>: the call is over.
                 break
             result.action_requests += 1
-            status, body = yield self._post(step.action, {**self.form, "StreamSid": stream.stream_sid or ""})
+            action = step.action
+            status, body = yield self._post(action, {**self.form, "StreamSid": stream.stream_sid or ""})
             if status != 200:
+                self._emit("sim.action", {"url": action, "status": status, "answer": None})
                 result.error = f"action URL answered {status}"
                 break
             step = parse_twiml(body)
+            self._emit("sim.action", {"url": action, "status": status,
+                                      "answer": "stream" if step is not None else body.decode("utf-8", "replace")})
             if step is None:
                 result.final_twiml = body.decode("utf-8", "replace")
                 break
