@@ -83,6 +83,28 @@ class AgentConversationTests(EmulatorTestCase):
         self.assertEqual(self.emu.sessions[0].audio, ORDER + SILENCE)
 
     @defer.inlineCallbacks
+    def test_context_continues_the_script(self) -> None:
+        """A Settings carrying a conversation (a call taken up elsewhere): the next lines, not the first."""
+        carried = settings()
+        carried["agent"]["context"] = {"messages": [
+            {"type": "History", "role": "assistant", "content": "Hello! How can I help?"},
+            {"type": "History", "role": "user", "content": "Hello, I would like to check the status of my order."},
+            {"type": "History", "role": "assistant", "content": "Sure, I can help with that."},
+        ]}
+
+        def script(client: Client) -> None:
+            client.send_json(carried)
+            client.until("SettingsApplied")
+            speak(client)
+            client.until("AgentAudioDone")
+
+        outcome = yield run_client(self.emu.url("agent"), script)
+        texts = [m for m in outcome.texts if m["type"] == "ConversationText"]
+        self.assertEqual([(t["role"], t["content"]) for t in texts],
+                         [("user", "The number is four five six seven."),
+                          ("assistant", "Thanks, let me look that up for you.")])
+
+    @defer.inlineCallbacks
     def test_linear16_input(self) -> None:
         """Speech is detected in linear16 16 kHz input too (decoded in the declared encoding)."""
         audio = clip("caller-yes-16k-s16le.wav")

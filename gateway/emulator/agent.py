@@ -193,6 +193,14 @@ class AgentProtocol(EmulatorProtocol):
             return self._fail("INVALID_SETTINGS", f"Invalid Settings: {problem}")
         self._settings = settings
         self.session.settings = settings
+        # A conversation carried over (agent.context.messages: a reconnect, or a call taken up
+        # after a handover): the script goes on from where it was, as a model given the history
+        # would, one reply per user turn.
+        context = (settings.get("agent") or {}).get("context") or {}
+        turns = sum(1 for m in context.get("messages") or () if isinstance(m, dict) and m.get("role") == "user")
+        for _ in range(turns):
+            self._users.next()
+            self._replies.next()
         audio_in, output = _audio(settings)
         self._audio_in = audio_in
         if audio_in["encoding"] in DECODABLE:
