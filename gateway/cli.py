@@ -1,5 +1,6 @@
 """
-The ``gateway`` command: ``gateway demo`` (the whole thing on the local emulator),
+The ``gateway`` command: ``gateway demo`` (the whole thing on the local emulator; ``--handover``:
+a conversation surviving a restart of the process it started on),
 ``gateway doctor`` (check a configuration, the key and a real Deepgram session) and
 ``gateway check-config`` (validate a configuration and its plugins, as start-up would;
 ``--print`` shows the effective Settings or listen URL).
@@ -42,9 +43,10 @@ class _Child:
 
     def __init__(
         self, name: str, argv: list[str], env: dict[str, str], echo: bool,
-        show: re.Pattern[str] | None = None,
+        show: re.Pattern[str] | None = None, label: str = "",
     ) -> None:
         self.name = name
+        self.label = f"[{label}] " if label else ""
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.proc = subprocess.Popen(
             argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
@@ -63,7 +65,7 @@ class _Child:
             elif self.show is not None:
                 match = self.show.search(line)
                 if match:
-                    sys.stdout.write(f"  {match.group(1)}\n")
+                    sys.stdout.write(f"  {self.label}{match.group(1)}\n")
             self.lines.put(line)
         self.lines.put(None)
 
@@ -97,6 +99,9 @@ class _Child:
 
 def _demo_problem(args: argparse.Namespace, env: dict[str, str]) -> str | None:
     """What stops the demo before anything starts, in one line: the configuration or the WAV path."""
+    if args.handover and (args.mode != "agent" or args.config):
+        return ("demo: --handover shows the Voice Agent remembering across a restart with its own "
+                "configuration; --mode listen/flux and --config do not apply")
     if args.config:
         from gateway.config import load_config
         from gateway.errors import ConfigError, PluginLoadError
@@ -127,6 +132,8 @@ def demo(args: argparse.Namespace) -> int:
     if problem is not None:
         print(problem, file=sys.stderr)
         return 1 if problem.startswith("gateway:") else 2
+    if args.handover:
+        return demo_handover(args, env, key)
     children: list[_Child] = []
     try:
         emulator = _Child(
@@ -181,6 +188,117 @@ def demo(args: argparse.Namespace) -> int:
     finally:
         for child in reversed(children):
             child.stop()
+
+
+#: What the handover demo shows of each gateway's log: the conversation and the handover.
+_HANDOVER_LINES = re.compile(
+    r"\] ((?:caller|agent): .*|(?:HANDED_OVER|HANDOVER_RESUMED): .*|draining: .*|drain done: .*)$")
+
+
+def _agent_answered(child: _Child, timeout_s: float) -> bool:
+    """Whether ``child`` logs an ``agent:`` line after a ``caller:`` one within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    heard = False
+    while time.monotonic() < deadline:
+        try:
+            line = child.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return False
+        if line is None:
+            return False
+        heard = heard or "] caller: " in line
+        if heard and "] agent: " in line:
+            return True
+    return False
+
+
+def demo_handover(args: argparse.Namespace, env: dict[str, str], key: str) -> int:
+    """
+    ``gateway demo --handover``: a conversation survives a restart of the process it started on.
+
+    The emulator; two ``twistd gateway`` processes, A and B, sharing a temporary SQLite handover
+    store and ``GATEWAY_TOKEN_SECRET``; and a tiny local front (`gateway.front.LocalFront`: each
+    connection to the first process whose ``/readyz`` says 200, the proxy's part in a
+    deployment) whose address is the gateways' ``GATEWAY_PUBLIC_URL``. A whole Twilio call
+    (``gateway-call --webhook``: the webhook, the stream, Twilio's ``<Connect action>`` request)
+    starts on A; the caller asks a question, and once A's agent has answered, A gets SIGTERM as in
+    a rolling restart. A hands the call over at its next quiet point; the action request and the
+    new stream go through the front to B, which takes the call up with the conversation so far:
+    no second greeting, and the caller's next question is answered as the next turn of the same
+    conversation. The caller speaks in real time (``--fast`` does not apply).
+    """
+    import secrets
+    import shutil
+
+    from gateway.codecs.wav import WavAudio, read_wav, write_wav
+    from gateway.front import LocalFront
+    from gateway.simulator.audio import default_clip_path
+
+    workdir = tempfile.mkdtemp(prefix="gateway-demo-handover-")
+    front = LocalFront()
+    children: list[_Child] = []
+    try:
+        emulator = _Child("emulator", _python_entry("gateway.emulator.cli")
+                          + ["--port", "tcp:0:interface=127.0.0.1", "--key", key], env, args.verbose)
+        children.append(emulator)
+        dg_port = emulator.wait_for_port(30)
+        config = os.path.join(workdir, "demo.toml")
+        with open(config, "w") as f:
+            f.write('[gateway]\nmode = "agent"\nlog_conversation = true\n'
+                    f'[handover]\nstore = "sqlite:{os.path.join(workdir, "handover.sqlite")}"\n')
+        gw_env = dict(env, DEEPGRAM_API_KEY=key,
+                      DEEPGRAM_AGENT_URL=f"ws://127.0.0.1:{dg_port}/v1/agent/converse",
+                      GATEWAY_PUBLIC_URL=front.url, GATEWAY_TOKEN_SECRET=secrets.token_hex(32))
+        argv = _twistd() + ["-n", "--pidfile=", "gateway", "--port", "tcp:0:interface=127.0.0.1",
+                            "--config", config]
+        gateway_a = _Child("gateway A", argv, gw_env, args.verbose, show=_HANDOVER_LINES, label="A")
+        children.append(gateway_a)
+        port_a = gateway_a.wait_for_port(60)
+        gateway_b = _Child("gateway B", argv, gw_env, args.verbose, show=_HANDOVER_LINES, label="B")
+        children.append(gateway_b)
+        port_b = gateway_b.wait_for_port(60)
+        front.backends = [port_a, port_b]
+        print(f"demo: emulator on port {dg_port}; gateway A on port {port_a} and B on port {port_b}, "
+              f"sharing a handover store, behind a local front at {front.url} (their "
+              "GATEWAY_PUBLIC_URL); placing a call, which lands on A")
+        # The caller asks, waits for the answer (and the restart), then asks again.
+        order = read_wav(default_clip_path("twilio"))
+        clip = os.path.join(workdir, "caller.wav")
+        write_wav(clip, WavAudio("mulaw", 8000, 1, order.data + b"\xff" * 8000 * 8 + order.data))
+        wait_s = args.wait_s if args.wait_s is not None else 15.0
+        caller = subprocess.Popen(
+            [*_python_entry("gateway.simulator.cli"), "--webhook", front.url, "--audio", clip,
+             "--after-greeting", "--until-answered", "--wait-s", str(wait_s),
+             "--save-audio", args.save_audio], env=env)
+        try:
+            if _agent_answered(gateway_a, 60):
+                print("demo: the agent has answered on A; SIGTERM to A, as in a rolling restart: A "
+                      "hands the call over at its next quiet point", flush=True)
+                gateway_a.proc.send_signal(signal.SIGTERM)
+            else:
+                print("demo: the agent did not answer on A in time; A is not restarted", flush=True)
+            status = caller.wait(timeout=120)
+        except BaseException:
+            caller.kill()
+            raise
+        try:
+            code = gateway_a.proc.wait(timeout=40)
+            # twistd ends a drain by re-raising SIGTERM (status 143 in a shell).
+            a_status = "after its drain, on SIGTERM" if code == -signal.SIGTERM else f"with status {code}"
+        except subprocess.TimeoutExpired:
+            a_status = "not yet: still draining"
+        print(f"demo: the call ended with status {status}; gateway A exited {a_status}, having handed "
+              "the call over, and B carried the conversation on"
+              + (f"; agent audio saved to {args.save_audio}" if status == 0 else ""))
+        return status
+    except RuntimeError as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for child in reversed(children):
+            child.stop()
+        front.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def effective_upstream(configured: Any, leg: str = "twilio") -> tuple[str, Any]:
@@ -288,7 +406,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="the longest the caller stays after speaking (default: 15 s for the agent's "
                         "answer to play out, 3 s in listen mode)")
     p.add_argument("--fast", action="store_true",
-                   help="send the caller's clip at once instead of in real time")
+                   help="send the caller's clip at once instead of in real time (not with --handover)")
+    p.add_argument("--handover", action="store_true",
+                   help="two gateway processes behind a local front; the one the call starts on is "
+                        "restarted mid-call and the conversation goes on in the other")
     p.add_argument("--verbose", "-v", action="store_true", help="show the emulator's and gateway's logs")
     p.set_defaults(func=demo)
     p = sub.add_parser("doctor", help="check the configuration, the Deepgram key and a real session")
