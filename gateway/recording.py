@@ -28,15 +28,21 @@ import json
 import os
 import time
 import wave
-from typing import Any, Iterable
+from array import array
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
 
 from gateway.codecs.formats import AudioFormat
 from gateway.codecs.g711 import audioop
 from gateway.codecs.transcode import make_transcoder
 
-__all__ = ["Mixer", "CallRecording", "CALLER", "AGENT", "CLEAR", "sweep", "S3Target", "upload"]
+__all__ = [
+    "Mixer", "FrameLog", "CallRecording", "CALLER", "AGENT", "CLEAR", "write_chunks", "finish_recording",
+    "sweep", "S3Target", "upload",
+]
 
-#: The sides of a timed frame: ``(t_s, side, payload)``; a ``CLEAR`` frame has no payload.
+#: What a `FrameLog` entry is: caller audio, agent audio, or a clear of the caller's queue.
 CALLER, AGENT, CLEAR = 0, 1, 2
 
 #: Peak (16-bit) under which a caller frame counts as silence when catching up.
@@ -51,11 +57,15 @@ class _Channel:
         self.cursor = 0  # in samples, absolute
 
     def write(self, base: int, at: int, pcm: bytes) -> None:
+        buf = self.buf
         offset = (at - base) * 2
-        end = offset + len(pcm)
-        if end > len(self.buf):
-            self.buf.extend(bytes(end - len(self.buf)))
-        self.buf[offset:end] = pcm
+        held = len(buf)
+        if offset >= held:  # the usual case: right after what is there, or after silence
+            if offset > held:
+                buf += bytes(offset - held)
+            buf += pcm
+        else:
+            buf[offset:offset + len(pcm)] = pcm
         self.cursor = at + len(pcm) // 2
 
     def truncate(self, base: int, at: int) -> None:
@@ -125,9 +135,80 @@ class Mixer:
         n = until - self.base
         if n <= 0:
             return b""
-        left, right = self._caller.take(n), self._agent.take(n)
+        stereo = np.empty(2 * n, dtype="<i2")
+        stereo[0::2] = np.frombuffer(self._caller.take(n), dtype="<i2")
+        stereo[1::2] = np.frombuffer(self._agent.take(n), dtype="<i2")
         self.base = until
-        return audioop.add(audioop.tostereo(left, 2, 1, 0), audioop.tostereo(right, 2, 0, 1), 2)
+        return stereo.tobytes()
+
+
+class _Pairs:
+    """linear16 as it comes, whole samples only: an odd trailing byte waits for the next frame."""
+
+    def __init__(self) -> None:
+        self._carry = b""
+
+    def __call__(self, data: Any) -> Any:
+        if self._carry:
+            data, self._carry = bytes(self._carry) + data, b""
+        if len(data) & 1:
+            data, self._carry = data[:-1], data[-1:]
+        return data
+
+
+def _decoder(source: AudioFormat, rate_hz: int) -> Callable[[bytes], bytes]:
+    """Frames of ``source`` to linear16 at ``rate_hz``: one C call for mu-law at that rate."""
+    if source.sample_rate_hz == rate_hz:
+        if source.encoding == "mulaw":
+            return lambda payload: audioop.ulaw2lin(payload, 2)
+        return _Pairs()
+    convert = make_transcoder(source, AudioFormat("linear16", rate_hz)).convert
+    return lambda payload: convert(bytes(payload))
+
+
+class FrameLog:
+    """
+    A call's frames since the last chunk, as the reactor appends them: each side's audio in one
+    bytearray, each frame's arrival time and size in arrays (no object kept per frame), and each
+    clear with its time and how many agent frames came before it (the order that matters).
+    """
+
+    __slots__ = ("caller_audio", "caller_times", "caller_sizes", "agent_audio", "agent_times",
+                 "agent_sizes", "clears")
+
+    def __init__(self) -> None:
+        self.caller_audio = bytearray()
+        self.caller_times = array("d")
+        self.caller_sizes = array("I")
+        self.agent_audio = bytearray()
+        self.agent_times = array("d")
+        self.agent_sizes = array("I")
+        self.clears: list[tuple[float, int]] = []
+
+    def __len__(self) -> int:
+        """Frames held, both sides."""
+        return len(self.caller_times) + len(self.agent_times)
+
+    def add(self, t_s: float, side: int, payload: bytes = b"") -> None:
+        """Append one frame (or a ``CLEAR``); the stage inlines this on its hot path."""
+        if side == CALLER:
+            self.caller_audio += payload
+            self.caller_times.append(t_s)
+            self.caller_sizes.append(len(payload))
+        elif side == AGENT:
+            self.agent_audio += payload
+            self.agent_times.append(t_s)
+            self.agent_sizes.append(len(payload))
+        else:
+            self.clears.append((t_s, len(self.agent_times)))
+
+
+def _frames(audio: bytearray, times: array, sizes: array) -> Iterator[tuple[float, memoryview]]:
+    view = memoryview(audio)
+    at = 0
+    for t, n in zip(times, sizes):
+        yield t, view[at:at + n]
+        at += n
 
 
 class CallRecording:
@@ -147,8 +228,7 @@ class CallRecording:
         self.json_path = base + ".json"
         self.rate_hz = rate_hz
         self.mixer = Mixer(rate_hz, start_s)
-        target = AudioFormat("linear16", rate_hz)
-        self._decode = {CALLER: make_transcoder(caller_format, target), AGENT: make_transcoder(agent_format, target)}
+        self._decode = {CALLER: _decoder(caller_format, rate_hz), AGENT: _decoder(agent_format, rate_hz)}
         self._file: Any = None
         self._wav: Any = None
         self.frames_written = 0
@@ -174,16 +254,27 @@ class CallRecording:
         self._wav.setsampwidth(2)
         self._wav.setframerate(self.rate_hz)
 
-    def write(self, frames: Iterable[tuple[float, int, bytes | None]], until_s: float | None) -> None:
-        """Place ``frames`` and append the audio up to ``until_s`` (None: everything placed)."""
+    def write(self, log: FrameLog, until_s: float | None) -> None:
+        """Place the frames of ``log`` and append the audio up to ``until_s`` (None: everything placed)."""
         mixer = self.mixer
-        for t, side, payload in frames:
-            if side == CLEAR:
-                mixer.clear(t)
-                continue
-            pcm = self._decode[side].convert(payload or b"")
+        decode = self._decode[CALLER]
+        for t, payload in _frames(log.caller_audio, log.caller_times, log.caller_sizes):
+            pcm = decode(payload)
             if pcm:
-                (mixer.caller if side == CALLER else mixer.agent)(t, pcm)
+                mixer.caller(t, pcm)
+        decode = self._decode[AGENT]
+        clears = iter(log.clears)
+        clear = next(clears, None)
+        for index, (t, payload) in enumerate(_frames(log.agent_audio, log.agent_times, log.agent_sizes)):
+            while clear is not None and clear[1] <= index:
+                mixer.clear(clear[0])
+                clear = next(clears, None)
+            pcm = decode(payload)
+            if pcm:
+                mixer.agent(t, pcm)
+        while clear is not None:
+            mixer.clear(clear[0])
+            clear = next(clears, None)
         data = mixer.take(until_s)
         if self._wav is None:
             self._open_wav()
@@ -273,3 +364,51 @@ def upload(target: S3Target, directory: str, paths: Iterable[str]) -> list[str]:
         target.client().upload_file(path, target.bucket, key, ExtraArgs={"ContentType": content_type})
         keys.append(key)
     return keys
+
+
+def write_chunks(
+    batch: list[tuple[CallRecording, FrameLog, float, dict[str, Any] | None]],
+) -> list[tuple[int, str]]:
+    """
+    In a thread: each recording's chunk (and its first side file, once); returns the failures
+    as ``(index, problem)``, one recording's failure never stopping the others.
+    """
+    failures = []
+    for index, (recording, log, until_s, side_file) in enumerate(batch):
+        try:
+            if side_file is not None:
+                recording.write_side_file(side_file)
+            recording.write(log, until_s)
+        except Exception as e:  # noqa: BLE001 - a full disk, a removed directory: that call stops
+            failures.append((index, f"{type(e).__name__}: {e}"))
+    return failures
+
+
+def finish_recording(recording: CallRecording, log: FrameLog, document: dict[str, Any],
+                     end_s: float | None, directory: str, target: S3Target | None = None,
+                     delete_local: bool = False) -> dict[str, Any]:
+    """
+    In a thread, at the call's end: the last frames up to ``end_s`` (agent audio queued beyond it
+    was never played), the WAV closed, the side file (``duration_s``, and ``s3`` with the keys
+    when uploading), then the upload to ``target``. Returns ``path``, ``duration_s`` and
+    ``keys`` or ``upload_error`` (a failed upload keeps the local files).
+    """
+    recording.write(log, end_s)
+    duration = recording.close()
+    document["duration_s"] = round(duration, 3)
+    paths = [recording.wav_path, recording.json_path]
+    if target is not None:
+        document["s3"] = {"bucket": target.bucket,
+                          "keys": [target.key(os.path.relpath(p, directory)) for p in paths]}
+    recording.write_side_file(document)
+    result: dict[str, Any] = {"path": recording.wav_path, "duration_s": round(duration, 3)}
+    if target is not None:
+        try:
+            result["keys"] = upload(target, directory, paths)
+        except Exception as e:  # noqa: BLE001 - any storage failure keeps the local files
+            result["upload_error"] = f"{type(e).__name__}: {e}"
+        else:
+            if delete_local:
+                for path in paths:
+                    os.remove(path)
+    return result

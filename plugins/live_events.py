@@ -143,8 +143,13 @@ class LiveEventsStage:
 
     ctx: StageContext
     factory: LiveEventsFactory
+    #: This stage's queue in the sender (the call id it started with: a call taken up from
+    #: another process changes its id).
+    key: str = ""
     seq: int = 0
     dropped: int = 0
+    #: The stream's id as the StreamStarted said (a /client call's is its call id).
+    stream_sid: str = ""
     _started: bool = False
     _closed: bool = False
 
@@ -157,6 +162,7 @@ class LiveEventsStage:
     def on_started(self, event: StreamStarted) -> Any:
         if not self._started:
             self._started = True
+            self.stream_sid = event.stream_sid
             call = self.ctx.call
             self.publish("call.started", {"leg": call.leg, "mode": call.mode, "call_sid": call.call_sid,
                                           "account_sid": call.account_sid, "started_at": call.started_at})
@@ -190,10 +196,10 @@ class LiveEventsStage:
             "type": kind,
             "at": round(now, 3),
             "offset_s": round(now - call.started_at, 3),
-            "stream_sid": call.stream_sid,
+            "stream_sid": call.stream_sid or self.stream_sid,
             "data": data,
         }
-        self.factory.put(call.call_id, item, self.ctx.clock)
+        self.factory.put(self.key, item, self.ctx.clock)
 
     def was_dropped(self, reason: str) -> None:
         """One of this call's waiting events was dropped (the queue was full)."""
@@ -209,7 +215,7 @@ class LiveEventsStage:
                 "dropped": self.dropped,
             })
         self._closed = True
-        self.factory.call_closed(self.ctx.call.call_id)
+        self.factory.call_closed(self.key)
 
 
 @attrs.define(eq=False)
@@ -245,25 +251,25 @@ class LiveEventsFactory:
             "events": events,
         }
 
-    def put(self, call_id: str, item: dict[str, Any], clock: Any) -> None:
-        dropped = self._sender(clock).put(call_id, item)
+    def put(self, key: str, item: dict[str, Any], clock: Any) -> None:
+        dropped = self._sender(clock).put(key, item)
         if dropped is not None:
             source, reason = dropped
             stage = self._stages.get(source)
             if stage is not None:
                 stage.was_dropped(reason)
 
-    def call_closed(self, call_id: str) -> None:
-        self._stages.pop(call_id, None)
+    def call_closed(self, key: str) -> None:
+        self._stages.pop(key, None)
         if self.sender is not None:
             self.sender.flush_soon()
 
     def __call__(self, ctx: StageContext) -> LiveEventsStage:
-        stage = LiveEventsStage(ctx, self)
-        self._stages[ctx.call.call_id] = stage
+        stage = LiveEventsStage(ctx, self, key=f"{ctx.call.call_id}#{id(ctx)}")
+        self._stages[stage.key] = stage
         return stage
 
-    def stop(self) -> Any:
+    def stop_service(self) -> Any:
         """Send what waits and stop (for the service, when the process stops)."""
         from twisted.internet import defer
 

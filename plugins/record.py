@@ -10,11 +10,13 @@ Beside it a JSON side file: ids, times, consent and retention, the Deepgram requ
 transcript only with ``transcript = true`` (what the chain left of it: masked when ``redact`` is
 in the chain; ``record`` must then come before ``redact``).
 
-Never on the hot path's critical section: a frame costs one append of ``(time, side, payload)``
-to a list. Every ``chunk_s`` the list is handed to a thread (``deferToThread``) that decodes,
-places and appends the chunk to the file; at the call's end the rest, the side file and the
-optional upload to S3-compatible storage (boto3) happen there too. When the writer falls behind
-by more than ``max_pending_s``, the oldest frames are dropped (silence in the file) and counted.
+Never on the hot path's critical section: a frame costs appending its bytes to the side's
+bytearray and its time and size to two arrays (`gateway.recording.FrameLog`). Every ``chunk_s``
+the process's writer (the factory) hands every recorded call's log to one job in a thread
+(``deferToThread``) that decodes, places and appends each chunk to its file: one thread hop per
+chunk for the whole process, not one per call. At a call's end the rest, the side file and the
+optional upload to S3-compatible storage (boto3) happen in a thread too. When the writer falls
+behind by more than ``max_pending_s``, what waits is dropped (silence in the file) and counted.
 
 Consent: with ``require_parameter`` set, only calls whose Twilio ``customParameters`` (or
 ``/client`` ``parameters``) give that parameter a true value (``true``, ``yes``, ``1``, ``on``)
@@ -39,15 +41,15 @@ from zope.interface import implementer
 from gateway.config import ConfigError, GatewayConfig, Section
 from gateway.events import Audio, Clear, DeepgramEvent, StreamStarted
 from gateway.plugin import IStreamPlugin, Routes, StageContext, cancel
-from gateway.recording import AGENT, CALLER, CLEAR, CallRecording, S3Target, sweep, upload
+from gateway.recording import CallRecording, FrameLog, S3Target, finish_recording, sweep, write_chunks
 from gateway.report import TranscriptKeeper
 
 __all__ = ["plugin", "RecordStage", "RecordFactory", "RecordOptions", "S3Options"]
 
 SIDE_FILE_VERSION = 1
-#: Audio newer than this stays in memory at each chunk: agent audio queued for later can still be
-#: cut by a barge-in, and a caller frame a little late still lands in place.
-_LAG_S = 1.0
+#: Audio newer than this stays in memory at each chunk, so that a caller frame a little late still
+#: lands in place (agent audio queued beyond the present always stays, for a barge-in to cut).
+_LAG_S = 0.5
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _DAY_S = 86400.0
 
@@ -71,7 +73,7 @@ class RecordOptions:
     require_parameter: str = ""
     retention_days: float = 0.0
     transcript: bool = False
-    chunk_s: float = 5.0
+    chunk_s: float = 1.0
     max_duration_s: float = 4 * 3600.0
     max_pending_s: float = 60.0
     after_transcoder: bool = False
@@ -94,16 +96,18 @@ class RecordStage:
         self.factory = factory
         self.options = factory.options
         self._now = ctx.clock.seconds
-        #: ``(t_s, side, payload)`` since the last chunk went to the writer.
-        self._frames: list[tuple[float, int, bytes | None]] = []
+        #: The frames since the last chunk went to the writer.
+        self._log = FrameLog()
         self._decided = False
         self.recording: CallRecording | None = None
         self.consent: dict[str, Any] | None = None
         self.transcript = TranscriptKeeper() if self.options.transcript else None
+        #: The stream's id as the StreamStarted said (a /client call's is its call id).
+        self.stream_sid = ""
         self.stopped = ""
+        self._stopped_at: float | None = None
         self.frames_dropped = 0
-        self._timer: Any = None
-        self._busy: defer.Deferred | None = None
+        self._first_side_file: dict[str, Any] | None = None
         info = ctx.call
         after = self.options.after_transcoder
         self._formats = (info.upstream_input if after else info.caller_format,
@@ -117,26 +121,43 @@ class RecordStage:
             outbound={Audio: self.on_agent, Clear: self.on_clear, DeepgramEvent: self.on_event},
         )
 
-    # --- the hot path: one append per frame ----------------------------------------------------
+    # --- the hot path: appends to memory, nothing else (FrameLog.add, inlined) ------------------
 
     def on_caller(self, event: Audio) -> Any:
-        self._frames.append((self._now(), CALLER, event.payload))
+        log = self._log
+        payload = event.payload
+        log.caller_audio += payload
+        log.caller_times.append(self._now())
+        log.caller_sizes.append(len(payload))
         return event
 
     def on_agent(self, event: Audio) -> Any:
-        self._frames.append((self._now(), AGENT, event.payload))
+        log = self._log
+        payload = event.payload
+        log.agent_audio += payload
+        log.agent_times.append(self._now())
+        log.agent_sizes.append(len(payload))
         return event
+
+    @property
+    def pending_frames(self) -> int:
+        """Frames waiting for the writer."""
+        return len(self._log)
 
     # --- control -------------------------------------------------------------------------------
 
+    def _clear(self) -> None:
+        log = self._log
+        log.clears.append((self._now(), len(log.agent_times)))
+
     def on_clear(self, event: Clear) -> Any:
-        self._frames.append((self._now(), CLEAR, None))
+        self._clear()
         return event
 
     def on_event(self, event: DeepgramEvent) -> Any:
         if event.type == "UserStartedSpeaking":
             # The call clears Twilio's queue on it (a /client app drops its own): a barge-in.
-            self._frames.append((self._now(), CLEAR, None))
+            self._clear()
         elif self.transcript is not None:
             self.transcript.observe(event.type, event.message)
         return event
@@ -154,9 +175,10 @@ class RecordStage:
         if self._decided:
             return event
         self._decided = True
+        self.stream_sid = event.stream_sid
         self.consent = self._consent_of(event.custom_parameters)
         if self.consent is None:
-            self._frames.clear()
+            self._log = FrameLog()
             self._leave_routes()
             self.ctx.count("recordings", outcome="no_consent")
             return event
@@ -165,9 +187,9 @@ class RecordStage:
         name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))}-{_safe(info.call_id)}"
         base = os.path.join(self.options.directory, time.strftime("%Y-%m-%d", time.gmtime(started)), name)
         self.recording = CallRecording(base, info.caller_format.sample_rate_hz, started, *self._formats)
+        self._first_side_file = self.side_document(complete=False)
         self.ctx.count("recordings", outcome="started")
-        self._write(self.factory.run(self.recording.write_side_file, self.side_document(complete=False)))
-        self._timer = self.ctx.clock.callLater(self.options.chunk_s, self._tick)
+        self.factory.activate(self, self.ctx.clock)
         return event
 
     def _leave_routes(self) -> None:
@@ -175,43 +197,42 @@ class RecordStage:
                                (DeepgramEvent, "outbound")):
             self.ctx.stop_handling(cls, direction)
 
-    # --- writing (in a thread, one job at a time) ----------------------------------------------
+    # --- the process's writer asks, on the reactor ---------------------------------------------
 
-    def _write(self, job: defer.Deferred) -> None:
-        self._busy = job
-        job.addBoth(self._written)
+    def take(self, until_s: float) -> tuple[CallRecording, FrameLog, float, dict[str, Any] | None]:
+        """This chunk for the writer: the frames so far (a new log takes their place)."""
+        log, self._log = self._log, FrameLog()
+        first, self._first_side_file = self._first_side_file, None
+        assert self.recording is not None
+        return self.recording, log, until_s, first
 
-    def _written(self, result: Any) -> None:
-        self._busy = None
-        if isinstance(result, Failure) and not self.stopped:
-            self.ctx.log.failure("recording {path} failed; the call goes on unrecorded", result,
-                                 path=self.recording.wav_path if self.recording else "")
+    def check(self, now: float, writer_busy: bool) -> None:
+        """At each chunk: the writer's lag and the call's length, against their bounds."""
+        if writer_busy and len(self._log) > self._max_pending:
+            # The writer is that far behind: what waits goes (a silence in the file), counted.
+            dropped = len(self._log)
+            self._log = FrameLog()
+            self.frames_dropped += dropped
+            self.ctx.count("record_frames_dropped", dropped, reason="writer_behind")
+        if now - self.ctx.call.started_at >= self.options.max_duration_s:
+            self._stop("max_duration")
+
+    def write_failed(self, problem: str) -> None:
+        """Writing this recording failed in the writer: stop recording the call, say why."""
+        if not self.stopped:
+            self.ctx.log.error("recording {path} failed ({problem}); the call goes on unrecorded",
+                               path=self.recording.wav_path if self.recording else "", problem=problem)
             self._stop("write_failed")
 
     def _stop(self, reason: str) -> None:
-        """Stop recording this call (the file keeps what was written)."""
+        """Stop recording this call here (the file keeps what came before)."""
         self.stopped = reason
-        self._frames.clear()
+        self._stopped_at = self._now()
+        if reason == "write_failed":
+            self._log = FrameLog()
         self._leave_routes()
-        cancel(self._timer)
-        self._timer = None
+        self.factory.deactivate(self)
         self.ctx.count("recordings", outcome=reason)
-
-    def _tick(self) -> None:
-        self._timer = None
-        now = self._now()
-        if self._busy is None:
-            frames, self._frames = self._frames, []
-            self._write(self.factory.run(self.recording.write, frames, now - _LAG_S))
-        elif len(self._frames) > self._max_pending:
-            excess = len(self._frames) - self._max_pending
-            del self._frames[:excess]
-            self.frames_dropped += excess
-            self.ctx.count("record_frames_dropped", excess, reason="writer_behind")
-        if now - self.ctx.call.started_at >= self.options.max_duration_s:
-            self._stop("max_duration")
-        elif not self.stopped:
-            self._timer = self.ctx.clock.callLater(self.options.chunk_s, self._tick)
 
     def side_document(self, complete: bool) -> dict[str, Any]:
         """The side file's content (README, "Recording calls")."""
@@ -223,7 +244,7 @@ class RecordStage:
             "version": SIDE_FILE_VERSION,
             "complete": complete,
             "call_id": info.call_id,
-            "stream_sid": info.stream_sid,
+            "stream_sid": info.stream_sid or self.stream_sid,
             "call_sid": info.call_sid,
             "account_sid": info.account_sid,
             "leg": info.leg,
@@ -253,19 +274,13 @@ class RecordStage:
         return document
 
     def close(self) -> None:
-        cancel(self._timer)
-        self._timer = None
         if self.recording is None:
             return
-        frames, self._frames = self._frames, []
-        document = self.side_document(complete=True)
-        recording = self.recording
-        previous = self._busy if self._busy is not None else defer.succeed(None)
-        done: defer.Deferred = defer.Deferred()
-        previous.addBoth(lambda _: done.callback(None))
-        done.addCallback(lambda _: self.factory.run(self.factory.finish, recording, frames, document))
-        done.addCallbacks(self._finished, self._finish_failed)
-        self.factory.track(done)
+        self.factory.deactivate(self)
+        log, self._log = self._log, FrameLog()
+        end = self._stopped_at if self._stopped_at is not None else self._now()
+        d = self.factory.finish_later(self.recording, log, self.side_document(complete=True), end)
+        d.addCallbacks(self._finished, self._finish_failed)
 
     def _finished(self, result: dict[str, Any]) -> None:
         self.ctx.log.info("call recorded: {path} ({duration_s} s)", path=result["path"],
@@ -282,8 +297,10 @@ class RecordStage:
 @attrs.define(eq=False)
 class RecordFactory:
     """
-    Makes record stages; runs the writing in threads (``run``: `deferToThread` unless a test
-    gives another) and the retention sweep (at the first call, then every day on its clock).
+    Makes record stages and is the process's writer: every ``chunk_s`` while calls are recorded,
+    one job in a thread (``run``: `deferToThread` unless a test gives another) writes every
+    recorded call's chunk, so the thread hops are one per chunk for the process, not per call.
+    It also runs the retention sweep (at the first call, then every day on its clock).
     """
 
     options: RecordOptions
@@ -293,6 +310,11 @@ class RecordFactory:
     _sweep_timer: Any = None
     _clock: Any = None
     _s3: S3Target | None = None
+    #: The stages being recorded (insertion-ordered), the chunk timer, the job in the thread.
+    _active: dict = attrs.field(factory=dict)
+    _tick_timer: Any = None
+    _tick_clock: Any = None
+    _job: defer.Deferred | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.run is None:
@@ -309,13 +331,16 @@ class RecordFactory:
 
     def __call__(self, ctx: StageContext) -> RecordStage:
         if self._clock is None:
-            self.start(ctx.clock)
+            self.start_service(ctx.clock)
         return RecordStage(ctx, self)
 
     # --- retention -----------------------------------------------------------------------------
 
-    def start(self, clock: Any) -> None:
-        """Sweep now and every day after (only with ``retention_days``); idempotent."""
+    def start_service(self, clock: Any) -> None:
+        """
+        Sweep now and every day after (only with ``retention_days``); idempotent. The first call
+        starts it; a service that calls it at start-up (with its reactor) sweeps before any call.
+        """
         if self._clock is not None:
             return
         self._clock = clock
@@ -329,12 +354,58 @@ class RecordFactory:
         d.addErrback(_log_failure)
         self.track(d)
 
-    def stop(self) -> defer.Deferred:
+    def stop_service(self) -> defer.Deferred:
         """Stop the daily sweep; fires when every recording being written is finished."""
         if self._sweep_timer is not None and self._sweep_timer.active():
             self._sweep_timer.cancel()
         self._sweep_timer = None
         return self.idle()
+
+    # --- the writer ------------------------------------------------------------------------------
+
+    def activate(self, stage: RecordStage, clock: Any) -> None:
+        """``stage`` records from now on: its chunks go with every writer job."""
+        self._active[stage] = None
+        if self._tick_timer is None:
+            self._tick_clock = clock
+            self._tick_timer = clock.callLater(self.options.chunk_s, self._tick)
+
+    def deactivate(self, stage: RecordStage) -> None:
+        self._active.pop(stage, None)
+        if not self._active and self._tick_timer is not None:
+            cancel(self._tick_timer)
+            self._tick_timer = None
+
+    def _tick(self) -> None:
+        self._tick_timer = None
+        now = self._tick_clock.seconds()
+        for stage in list(self._active):
+            stage.check(now, self._job is not None)
+        if self._job is None and self._active:
+            stages = list(self._active)
+            batch = [stage.take(now - _LAG_S) for stage in stages]
+            job = self._job = self.run(write_chunks, batch)
+            job.addBoth(self._written, stages)
+            self.track(job)
+        if self._active:
+            self._tick_timer = self._tick_clock.callLater(self.options.chunk_s, self._tick)
+
+    def _written(self, result: Any, stages: list[RecordStage]) -> None:
+        self._job = None
+        if isinstance(result, Failure):
+            _log_failure(result, "the recordings' writer failed")
+            return
+        for index, problem in result:
+            stages[index].write_failed(problem)
+
+    def finish_later(self, recording: CallRecording, log: FrameLog, document: dict[str, Any],
+                     end_s: float) -> defer.Deferred:
+        """After the job in flight (it may hold this recording's chunk): `finish` in a thread."""
+        done: defer.Deferred = defer.Deferred()
+        (self._job if self._job is not None else defer.succeed(None)).addBoth(lambda _: done.callback(None))
+        done.addCallback(lambda _: self.run(self.finish, recording, log, document, end_s))
+        self.track(done)
+        return done
 
     # --- finishing -----------------------------------------------------------------------------
 
@@ -346,35 +417,19 @@ class RecordFactory:
         """Fires once every recording job started so far is over."""
         return defer.DeferredList(list(self.pending), consumeErrors=True).addCallback(lambda _: None)
 
-    def finish(self, recording: CallRecording, frames: list, document: dict[str, Any]) -> dict[str, Any]:
-        """In a thread: the last frames, the WAV closed, the side file, the upload."""
-        recording.write(frames, None)
-        duration = recording.close()
-        document["duration_s"] = round(duration, 3)
-        paths = [recording.wav_path, recording.json_path]
+    def finish(self, recording: CallRecording, log: FrameLog, document: dict[str, Any],
+               end_s: float | None = None) -> dict[str, Any]:
+        """In a thread: `gateway.recording.finish_recording` with this plugin's storage."""
         s3 = self.options.s3
-        if s3 is not None:
-            target = self.s3_target()
-            document["s3"] = {"bucket": target.bucket,
-                              "keys": [target.key(os.path.relpath(p, self.options.directory)) for p in paths]}
-        recording.write_side_file(document)
-        result: dict[str, Any] = {"path": recording.wav_path, "duration_s": round(duration, 3)}
-        if s3 is not None:
-            try:
-                result["keys"] = upload(self.s3_target(), self.options.directory, paths)
-            except Exception as e:  # noqa: BLE001 - any storage failure keeps the local files
-                result["upload_error"] = f"{type(e).__name__}: {e}"
-            else:
-                if s3.delete_local:
-                    for path in paths:
-                        os.remove(path)
-        return result
+        return finish_recording(recording, log, document, end_s, self.options.directory,
+                                self.s3_target() if s3 is not None else None,
+                                s3 is not None and s3.delete_local)
 
 
-def _log_failure(failure: Failure) -> None:
+def _log_failure(failure: Failure, what: str = "recording retention sweep failed") -> None:
     from twisted.logger import Logger
 
-    Logger(namespace="plugins.record").failure("recording retention sweep failed", failure)
+    Logger(namespace="plugins.record").failure(what, failure)
 
 
 def _s3_options(section: Section) -> S3Options | None:
@@ -415,7 +470,7 @@ class RecordPlugin:
             require_parameter=section.str("require_parameter", ""),
             retention_days=section.float("retention_days", 0.0, minimum=0),
             transcript=section.bool("transcript", False),
-            chunk_s=section.float("chunk_s", 5.0, minimum=0.1),
+            chunk_s=section.float("chunk_s", 1.0, minimum=0.1),
             max_duration_s=section.float("max_duration_s", 4 * 3600.0, minimum=1),
             max_pending_s=section.float("max_pending_s", 60.0, minimum=1),
             after_transcoder="transcoder" in chain and chain.index(self.name) > chain.index("transcoder"),

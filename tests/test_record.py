@@ -19,7 +19,7 @@ from gateway.codecs.formats import LINEAR16_16K, MULAW_8K
 from gateway.codecs.g711 import audioop
 from gateway.errors import ConfigError
 from gateway.events import Audio, Clear, DeepgramEvent, StreamStarted
-from gateway.recording import CallRecording, Mixer, sweep
+from gateway.recording import AGENT, CLEAR, CallRecording, FrameLog, Mixer, sweep
 from gateway.testing import RecordingContext, call_info, configure, temp_path
 from plugins.record import RecordFactory, RecordOptions
 
@@ -44,6 +44,14 @@ def runs(samples: list[int]) -> list[tuple[int, int, int]]:
             out[-1] = (out[-1][0], out[-1][1] + 1, v)
         elif v:
             out.append((i, 1, v))
+    return out
+
+
+def log(frames: list) -> FrameLog:
+    """A FrameLog of ``(t_s, side, payload)``."""
+    out = FrameLog()
+    for frame in frames:
+        out.add(*frame)
     return out
 
 
@@ -142,10 +150,10 @@ class RecordingFileTests(SynchronousTestCase):
         rec = CallRecording(base, RATE, 0.0, MULAW_8K, MULAW_8K)
         caller = audioop.lin2ulaw(tone(160, 3000), 2)
         agent = audioop.lin2ulaw(tone(160, -3000), 2)
-        rec.write([(0.0, 0, caller), (0.1, 1, agent)], 0.05)
+        rec.write(log([(0.0, 0, caller), (0.1, 1, agent)]), 0.05)
         with wave.open(rec.wav_path) as w:  # readable mid-call
             self.assertEqual((w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()), (2, 2, RATE, 400))
-        rec.write([], None)
+        rec.write(FrameLog(), None)
         self.assertEqual(rec.close(), (800 + 160) / RATE)
         with wave.open(rec.wav_path) as w:
             left, right = channels(w.readframes(w.getnframes()))
@@ -155,6 +163,29 @@ class RecordingFileTests(SynchronousTestCase):
         rec.write_side_file({"audio": {}, "call_id": "c"})
         with open(rec.json_path) as f:
             self.assertEqual(json.load(f)["audio"]["file"], "call.wav")
+
+    def test_odd_linear16_frames(self) -> None:
+        """linear16 frames of odd lengths (Deepgram's may be): samples stay whole, none lost."""
+        base = temp_path(self, "call")
+        rec = CallRecording(base, 16000, 0.0, LINEAR16_16K, LINEAR16_16K)
+        agent = tone(320, 1234)
+        rec.write(log([(0.0, 1, agent[:301]), (0.0, 1, agent[301:640])]), None)
+        rec.close()
+        with wave.open(rec.wav_path) as w:
+            _, right = channels(w.readframes(w.getnframes()))
+        self.assertEqual(runs(right), [(0, 320, 1234)])
+
+    def test_clear_in_arrival_order(self) -> None:
+        """A clear cuts the agent audio that came before it, not what came after at the same instant."""
+        base = temp_path(self, "call")
+        rec = CallRecording(base, RATE, 0.0, MULAW_8K, MULAW_8K)
+        old, new = audioop.lin2ulaw(tone(160, 1000), 2), audioop.lin2ulaw(tone(160, -1000), 2)
+        rec.write(log([(1.0, AGENT, old), (1.0, AGENT, old), (1.0, CLEAR), (1.0, AGENT, new)]), None)
+        rec.close()
+        with wave.open(rec.wav_path) as w:
+            _, right = channels(w.readframes(w.getnframes()))
+        self.assertEqual([r[0] for r in runs(right)], [RATE])
+        self.assertLess(runs(right)[0][2], 0)
 
     def test_never_overwrites(self) -> None:
         """A second recording with the same name gets -2."""
@@ -238,9 +269,25 @@ class StageTests(SynchronousTestCase):
                                          "sample_rate": 8000, "channels": ["caller", "agent"],
                                          "time_zero": "started_at"})
         self.assertEqual(side["transcript"], [{"role": "user", "content": "Hi"}])
-        self.assertEqual(os.path.dirname(stage.recording.wav_path), os.path.join(factory.options.directory, "2026-01-01"))
+        self.assertEqual(os.path.dirname(stage.recording.wav_path),
+                         os.path.join(factory.options.directory, "2026-01-01"))
         self.assertEqual(ctx.clock.getDelayedCalls(), [])
         self.assertEqual(ctx.counted("recordings", outcome="started"), 1)
+
+    def test_ends_with_the_call(self) -> None:
+        """Agent audio queued beyond the call's end was never played: the file stops at the end."""
+        factory = self.factory()
+        stage, ctx = self.stage(factory)
+        stage.on_started(StreamStarted("MZ1"))
+        ctx.clock.advance(1.0)
+        for _ in range(100):  # 2 s of agent audio sent at once, then the caller hangs up 0.5 s later
+            stage.on_agent(Audio(audioop.lin2ulaw(tone(160, 2000), 2), track="outbound"))
+        ctx.clock.advance(0.5)
+        stage.close()
+        with wave.open(stage.recording.wav_path) as w:
+            self.assertEqual(w.getnframes(), int(1.5 * RATE))
+            _, right = channels(w.readframes(w.getnframes()))
+        self.assertEqual(runs(right)[0][:2], (RATE, RATE // 2))
 
     def test_no_transcript_unless_configured(self) -> None:
         """The side file has no transcript by default."""
@@ -288,7 +335,41 @@ class StageTests(SynchronousTestCase):
         self.assertEqual(len(factory.last_sweep), 1)
         ctx.clock.advance(86400)
         self.assertEqual(len(factory.last_sweep), 2)
-        self.successResultOf(factory.stop())
+        self.successResultOf(factory.stop_service())
+        self.assertEqual(ctx.clock.getDelayedCalls(), [])
+
+    def test_one_writer_job_for_every_call(self) -> None:
+        """Every chunk_s, one thread job writes the chunks of all the calls being recorded; a
+        recording that fails stops only its own call."""
+        jobs: list[Any] = []
+
+        def counting(f: Any, *args: Any) -> defer.Deferred:
+            jobs.append(f.__name__)
+            return sync_run(f, *args)
+
+        factory = RecordFactory(RecordOptions(directory=temp_path(self, "r"), chunk_s=1), run=counting)
+        first, ctx = self.stage(factory)
+        second = factory(RecordingContext(call=call_info(call_id="c-2"), clock=ctx.clock))
+        second.ctx.call.started_at = ctx.call.started_at
+        for stage in (first, second):
+            stage.on_started(StreamStarted("MZ"))
+        self.assertEqual(jobs, [])
+
+        def broken(log: Any, until_s: float) -> None:
+            raise OSError(28, "No space left on device")
+
+        second.recording.write = broken
+        for _ in range(100):
+            ctx.clock.advance(0.02)
+            first.on_caller(Audio(b"\xff" * 160))
+            second.on_caller(Audio(b"\xff" * 160))
+        ctx.clock.advance(0.05)
+        self.assertEqual(jobs, ["write_chunks", "write_chunks"])
+        self.assertEqual((first.stopped, second.stopped), ("", "write_failed"))
+        self.assertIn((Audio, "inbound"), second.ctx.unrouted)
+        self.flushLoggedErrors()
+        first.close()
+        self.assertEqual(jobs[-1], "finish")
         self.assertEqual(ctx.clock.getDelayedCalls(), [])
 
     def test_writer_behind_is_bounded(self) -> None:
@@ -306,7 +387,7 @@ class StageTests(SynchronousTestCase):
         for _ in range(500):  # 10 s of caller audio
             ctx.clock.advance(0.02)
             stage.on_caller(Audio(b"\xff" * 160))
-        self.assertLessEqual(len(stage._frames), 200 + 50)
+        self.assertLessEqual(stage.pending_frames, 200 + 100)
         self.assertGreater(ctx.counted("record_frames_dropped", reason="writer_behind"), 0)
         stage.close()
 
@@ -315,12 +396,20 @@ class StageTests(SynchronousTestCase):
         factory = self.factory(chunk_s=1, max_duration_s=3)
         stage, ctx = self.stage(factory)
         stage.on_started(StreamStarted("MZ1"))
-        ctx.clock.advance(3)
+        for _ in range(150):
+            stage.on_caller(Audio(audioop.lin2ulaw(tone(160, 2000), 2)))
+            ctx.clock.advance(0.02)
+        ctx.clock.advance(0.1)
         self.assertEqual(stage.stopped, "max_duration")
         self.assertIn((Audio, "inbound"), ctx.unrouted)
+        ctx.clock.advance(10)
         stage.close()
         with open(stage.recording.json_path) as f:
             self.assertEqual(json.load(f)["stopped"], "max_duration")
+        with wave.open(stage.recording.wav_path) as w:
+            self.assertTrue(3 * RATE <= w.getnframes() <= 3.1 * RATE, w.getnframes())  # to the stop
+            left, _ = channels(w.readframes(w.getnframes()))
+        self.assertEqual(runs(left)[0][:2], (0, 3 * RATE))
 
     def test_client_leg_after_transcoder(self) -> None:
         """After the transcoder the stage sees Deepgram's formats; the file is at the caller's rate."""
@@ -331,6 +420,7 @@ class StageTests(SynchronousTestCase):
         stage.on_started(StreamStarted("c"))
         ctx.clock.advance(0.5)
         stage.on_caller(Audio(audioop.lin2ulaw(tone(160, 2000), 2)))
+        ctx.clock.advance(0.1)
         stage.close()
         with wave.open(stage.recording.wav_path) as w:
             self.assertEqual(w.getframerate(), 16000)
@@ -348,8 +438,8 @@ class StageTests(SynchronousTestCase):
         for _ in range(100):
             self.assertIs(stage.on_caller(event), event)
             self.assertIs(stage.on_agent(event), event)
-        self.assertEqual(len(stage._frames), 200)
-        self.assertIs(stage._frames[0][2], event.payload)
+        self.assertEqual(stage.pending_frames, 200)
+        self.assertEqual(bytes(stage._log.caller_audio), event.payload * 100)
         self.assertEqual(len(ctx.clock.getDelayedCalls()), before)
         stage.close()
 
@@ -361,7 +451,8 @@ class OptionsTests(SynchronousTestCase):
 
     def test_defaults(self) -> None:
         directory = temp_path(self, "rec")
-        factory = dict(configure({"gateway": {"chain": self.chain}, "record": {"directory": directory}}).stages)["record"]
+        configured = configure({"gateway": {"chain": self.chain}, "record": {"directory": directory}})
+        factory = dict(configured.stages)["record"]
         self.assertEqual(factory.options, RecordOptions(directory=directory))
         self.assertTrue(os.path.isdir(directory))
 

@@ -100,7 +100,7 @@ class RecordCallTests(TestCase):
         emulator = yield start_emulator(self)
         gateway = yield start_gateway(self, emulator, {"gateway": {"chain": CHAIN}, "record": record})
         factory = dict(gateway.gateway.configured.stages)["record"]
-        self.addCleanup(factory.stop)  # the daily retention sweep's timer
+        self.addCleanup(factory.stop_service)  # the daily retention sweep's timer
         return gateway, factory
 
     @defer.inlineCallbacks
@@ -167,6 +167,49 @@ class RecordCallTests(TestCase):
         self.assertGreater(placed[1][0], placed[0][1])
         self.assertEqual(audioop.max(right[placed[0][1] * 2:placed[1][0] * 2], 2), 0)
         self.assertLess(audioop.max(left[:at_left * 2], 2), SILENT_PEAK)
+
+    @defer.inlineCallbacks
+    def test_client_call(self) -> None:
+        """A /client call (linear16 16 kHz): a 16 kHz file with the caller's samples unchanged on the
+        left, the agent on the right; its stream id is the call's id, and consent comes from the
+        hello's parameters."""
+        from gateway.simulator import ClientCall
+        from gateway.tokens import mint_token
+
+        directory = temp_path(self, "recordings")
+        emulator = yield start_emulator(self)
+        record = {"directory": directory, "require_parameter": "record"}
+        gateway = yield start_gateway(self, emulator, {"gateway": {"chain": CHAIN}, "record": record},
+                                      {"GATEWAY_TOKEN_SECRET": "record-test-secret-0123456789abcdef"})
+        factory = dict(gateway.gateway.configured.stages)["record"]
+        self.addCleanup(factory.stop_service)
+        token = mint_token(b"record-test-secret-0123456789abcdef", reactor.seconds())
+        call = ClientCall(reactor, url=gateway.url + "/client", audio=clip("caller-order-16k-s16le.wav"),
+                          token=token, parameters={"record": "on"}, realtime=False, wait_s=8.0,
+                          until_answered=True)
+        result = yield call.run().addTimeout(60, reactor)
+        yield self.finish(gateway, factory)
+        wavs = glob.glob(os.path.join(directory, "*", "*.wav"))
+        self.assertEqual(len(wavs), 1)
+        with wave.open(wavs[0]) as w:
+            self.assertEqual((w.getnchannels(), w.getframerate()), (2, 16000))
+            stereo = w.readframes(w.getnframes())
+        left, right = channel(stereo, 0), channel(stereo, 1)
+        with open(wavs[0][:-4] + ".json") as f:
+            side = json.load(f)
+        self.assertEqual((side["leg"], side["stream_sid"], side["audio"]["sample_rate"]),
+                         ("client", side["call_id"], 16000))
+        self.assertEqual(side["consent"], {"basis": "parameter", "parameter": "record", "value": "on"})
+        # 10 voiced frames (the mixer may shorten silent ones: the clip went out at once)
+        sent = result.sent_audio
+        frames = [sent[i:i + 640] for i in range(0, len(sent), 640)]
+        voiced = [audioop.max(f, 2) >= SILENT_PEAK for f in frames]
+        k = next(i for i in range(len(frames)) if all(voiced[i:i + 10]))
+        self.assertNotEqual(find_sample(left, b"".join(frames[k:k + 10])), -1)
+        # The answer's last 100 ms (the caller talked over the greeting: what it did not hear of
+        # it is not in the file).
+        self.assertNotEqual(find_sample(right, result.agent_audio[-3200:]), -1)
+        self.assertEqual(find_sample(left, result.agent_audio[-3200:]), -1)
 
     @defer.inlineCallbacks
     def test_consent_and_s3(self) -> None:

@@ -57,7 +57,7 @@ class RedactionInRecordingsAndLiveEventsTests(TestCase):
             "record": {"directory": directory, "transcript": True},
             "live_events": {"url": f"http://127.0.0.1:{port.getHost().port}/live", "batch_ms": 100}})
         factory = dict(gateway.gateway.configured.stages)["record"]
-        self.addCleanup(factory.stop)
+        self.addCleanup(factory.stop_service)
         call = TwilioCall(reactor, url=gateway.url + "/twilio", audio=clip("caller-order-8k-mulaw.wav"),
                           realtime=False, wait_s=3.0)
         yield call.run().addTimeout(60, reactor)
