@@ -6,6 +6,14 @@
 // through the "player" worklet. Events and the conversation are shown as they come; a close
 // shows its code and the gateway's JSON error in plain words.
 //
+// Handover (README: "Calls survive a rolling deploy"): the hello says "handover": true, so a
+// draining gateway process sends {"type": "Handover", "url", "token", "expires_in",
+// "retry_after_ms"} at a quiet point and closes with 1000 HANDED_OVER. The page then stops sending
+// on that socket (microphone frames are kept meanwhile, at most HELD_FRAMES), opens the URL (or
+// the same one when it is null), sends {"token": <the resume token>} and the kept frames, and goes
+// on: the player keeps playing what it has queued, the conversation stays on screen. A refused
+// reconnect is tried again a few times. The user notices only the gap.
+//
 // Query options, for testing and troubleshooting:
 //   ?rate=44100       run the AudioContext at this rate (default: the device's)
 //   ?processing=off   no echo cancellation / noise suppression / auto gain on the microphone
@@ -30,6 +38,12 @@ export const CLOSE_CODES = {
 
 const $ = (id) => document.getElementById(id);
 
+// Microphone frames kept while the call moves to another gateway process (10 s of 20 ms frames).
+const HELD_FRAMES = 500;
+// Reconnect attempts after a Handover, and the wait between them (times the attempt number).
+const RECONNECT_ATTEMPTS = 5;
+const RECONNECT_BACKOFF_MS = 250;
+
 const state = {
   status: "idle",
   sampleRate: null,
@@ -42,6 +56,8 @@ const state = {
   close: null,
   capture: {},
   playback: {},
+  // One entry per move to another gateway process: {at, url, openedAt, heldFrames, attempts}.
+  handovers: [],
 };
 
 // For tests and the console: a copy of the page's state.
@@ -158,49 +174,105 @@ async function startCall() {
     setStatus("getting a token");
     const token = await getToken();
     setStatus("connecting");
-    const ws = new WebSocket(clientURL());
-    ws.binaryType = "arraybuffer";
-    current.ws = ws;
     const player = new AudioWorkletNode(ctx, "player", { numberOfInputs: 0, numberOfOutputs: 1, outputChannelCount: [1] });
     player.connect(ctx.destination);
     player.port.onmessage = (e) => { state.playback = e.data; showStats(); };
     current.nodes.push(player);
-    ws.onopen = () => {
-      ws.send(JSON.stringify({ token }));
+    current.player = player;
+    connect(current, clientURL(), { token, handover: true });
+  } catch (err) {
+    setStatus(`could not start: ${err.message}`);
+    stopMicrophone(current);
+    $("call").disabled = false;
+  }
+}
+
+// Open the call's socket to `url` and send `hello` first. The first socket starts the microphone;
+// a later one (after a Handover) sends the frames kept meanwhile and the call goes on.
+function connect(current, url, hello) {
+  const ws = new WebSocket(url);
+  ws.binaryType = "arraybuffer";
+  current.ws = ws;
+  let opened = false;
+  ws.onopen = () => {
+    opened = true;
+    ws.send(JSON.stringify(hello));
+    const move = current.moving;
+    if (!move) {
       setStatus("connected: speak");
       $("hangup").disabled = false;
       startMicrophone(current).catch((err) => {
         setStatus(`microphone unavailable: ${err.message}`);
         ws.close(1000, "no microphone");
       });
-    };
-    ws.onmessage = (e) => {
-      if (typeof e.data !== "string") {
-        state.agentBytes += e.data.byteLength;
-        player.port.postMessage({ type: "audio", pcm: e.data }, [e.data]);
-        return;
-      }
-      let message;
-      try { message = JSON.parse(e.data); } catch { return; }
-      addEvent(message);
-      if (message.type === "Error") state.lastError = message;
-      if (message.type === "ConversationText") addTurn(message.role, message.content);
-      if (message.type === "UserStartedSpeaking") player.port.postMessage({ type: "clear" });
-      if (message.type === "AgentAudioDone") player.port.postMessage({ type: "flush" });
-    };
-    ws.onclose = (e) => {
-      state.close = { code: e.code, reason: e.reason, error: state.lastError };
-      setStatus(`closed (${e.code})`);
-      explainClose(e.code, e.reason);
-      stopMicrophone(current);
-      $("hangup").disabled = true;
-      $("call").disabled = false;
-    };
-  } catch (err) {
-    setStatus(`could not start: ${err.message}`);
+      return;
+    }
+    current.moving = null;
+    move.entry.openedAt = Number(((performance.now() - current.t0) / 1000).toFixed(2));
+    for (const frame of move.held) sendFrame(current, frame);
+    move.entry.heldFrames = move.held.length;
+    setStatus("connected: speak (the call moved to another gateway process)");
+  };
+  ws.onmessage = (e) => {
+    if (current.ws !== ws) return;
+    if (typeof e.data !== "string") {
+      state.agentBytes += e.data.byteLength;
+      current.player.port.postMessage({ type: "audio", pcm: e.data }, [e.data]);
+      return;
+    }
+    let message;
+    try { message = JSON.parse(e.data); } catch { return; }
+    if (message.type === "Handover") {
+      addEvent({ type: "Handover" });
+      handoverOffered(current, message);
+      return;
+    }
+    addEvent(message);
+    if (message.type === "Error") state.lastError = message;
+    if (message.type === "ConversationText") addTurn(message.role, message.content);
+    if (message.type === "UserStartedSpeaking") current.player.port.postMessage({ type: "clear" });
+    if (message.type === "AgentAudioDone") current.player.port.postMessage({ type: "flush" });
+  };
+  ws.onclose = (e) => {
+    const move = current.moving;
+    if (move && move.offer && e.code === 1000) {
+      // The gateway handed the call over: this socket is done, the call is not.
+      const offer = move.offer;
+      move.offer = null;
+      move.url = offer.url || url;
+      setStatus("moving the call to another gateway process");
+      setTimeout(() => connect(current, move.url, { token: offer.token }), offer.retry_after_ms || 0);
+      return;
+    }
+    if (move && !move.offer && !opened && move.entry.attempts < RECONNECT_ATTEMPTS) {
+      move.entry.attempts++;
+      setTimeout(() => connect(current, move.url, { token: move.token }), RECONNECT_BACKOFF_MS * move.entry.attempts);
+      return;
+    }
+    current.moving = null;
+    state.close = { code: e.code, reason: e.reason, error: state.lastError };
+    setStatus(`closed (${e.code})`);
+    explainClose(e.code, e.reason);
     stopMicrophone(current);
+    $("hangup").disabled = true;
     $("call").disabled = false;
-  }
+  };
+}
+
+// A Handover message: stop sending on this socket; its close starts the move.
+function handoverOffered(current, message) {
+  const url = message.url;
+  if (typeof message.token !== "string" || !(url === null || /^wss?:\/\//.test(url))) return;
+  const entry = { at: Number(((performance.now() - current.t0) / 1000).toFixed(2)), url, openedAt: null,
+                  heldFrames: 0, attempts: 0 };
+  state.handovers.push(entry);
+  current.moving = { offer: message, token: message.token, url: null, held: [], entry };
+}
+
+function sendFrame(current, pcm) {
+  current.ws.send(pcm);
+  state.framesSent++;
+  state.bytesSent += pcm.byteLength;
 }
 
 async function startMicrophone(current) {
@@ -223,10 +295,11 @@ async function startMicrophone(current) {
   current.capture = capture;
   capture.port.onmessage = (e) => {
     if (e.data.type === "frame") {
-      if (current.ws.readyState === WebSocket.OPEN) {
-        current.ws.send(e.data.pcm);
-        state.framesSent++;
-        state.bytesSent += e.data.pcm.byteLength;
+      if (current.moving) {
+        // Between sockets: keep what the user says (bounded) for the next one.
+        if (current.moving.held.length < HELD_FRAMES) current.moving.held.push(e.data.pcm);
+      } else if (current.ws.readyState === WebSocket.OPEN) {
+        sendFrame(current, e.data.pcm);
       }
     } else if (e.data.type === "stats") {
       state.capture = e.data;
@@ -243,7 +316,10 @@ function stopMicrophone(current) {
 }
 
 function hangUp() {
-  if (call && call.ws && call.ws.readyState === WebSocket.OPEN) call.ws.close(1000, "hang up");
+  if (call && call.ws && call.ws.readyState === WebSocket.OPEN) {
+    call.moving = null;
+    call.ws.close(1000, "hang up");
+  }
 }
 
 function fillCloseTable() {
