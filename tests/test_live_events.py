@@ -309,6 +309,14 @@ class StageTests(SynchronousTestCase):
         self.assertEqual(events[3]["data"], {"id": "f1", "name": "lookup"})
         self.assertEqual(events[4]["data"], {"duration_s": 1.5, "events": 5, "dropped": 0})
 
+    def test_client_call_stream_id(self) -> None:
+        """A /client call (no Twilio stream id on the call): its events carry the StreamStarted's."""
+        stage, ctx = self.stage()
+        stage.on_started(StreamStarted("call-1", custom_parameters={"record": "yes"}))
+        stage.close()
+        events = self.http.posts[0].document["events"]
+        self.assertEqual({e["stream_sid"] for e in events}, {"call-1"})
+
     def test_drops_counted_on_the_call(self) -> None:
         """A call over its bound counts live_events_dropped and says so in call.ended."""
         stage, ctx = self.stage(max_queue=3)
