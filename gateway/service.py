@@ -283,6 +283,12 @@ class GatewayService(service.Service):
                 sys.stdout.flush()
                 os._exit(1)
             raise
+        # Stage factories with process-wide work (the recording's retention sweep, the live
+        # events' sender) start it now and finish it on stop.
+        for _, factory in self.gateway.configured.stages:
+            start = getattr(factory, "start_service", None)
+            if start is not None:
+                start(self.reactor)
         address = self.port.getHost()
         self.log.info(
             "gateway listening on {host}:{port} (mode {mode}, chain {chain})",
@@ -319,5 +325,18 @@ class GatewayService(service.Service):
         if self._handle_second_signal:
             self._ignore_further_signals()
         yield self.gateway.drain(self.gateway.config.drain_deadline_s)
+        finishing = []
+        for _, factory in self.gateway.configured.stages:
+            stop = getattr(factory, "stop_service", None)
+            if stop is not None:
+                finishing.append(defer.maybeDeferred(stop))
+        if finishing:
+            # Queued live events and recordings still being written get a bounded moment.
+            waiting = defer.DeferredList(finishing, consumeErrors=True)
+            waiting.addTimeout(10, self.reactor)
+            try:
+                yield waiting
+            except defer.TimeoutError:
+                self.log.warn("plugins still finishing 10 s after the drain; stopping anyway")
         if self.port is not None:
             yield self.port.stopListening()
