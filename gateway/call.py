@@ -100,6 +100,8 @@ class CallInfo:
     last_error_seen: dict[str, Any] | None = None
     last_warning: dict[str, Any] | None = None
     phase: str = "handshake"
+    #: Why the call ended (a diagnosis code), once it is ending; None before.
+    diagnosis_code: str | None = None
     functions: list[dict[str, Any]] = attrs.field(factory=list)
     frames_from_caller: int = 0
     bytes_from_caller: int = 0
@@ -878,6 +880,7 @@ class Call:
 
     def _begin_ending(self, diagnosis: Diagnosis, initiator: str, phase: str) -> None:
         self.diagnosis = diagnosis
+        self.info.diagnosis_code = diagnosis.code
         self._initiator = initiator
         self._ending_timer = self.clock.callLater(self.config.end_timeout_s, self._deadline)
         cancel(self._retry_timer)

@@ -210,6 +210,7 @@ class LiveEventsStage:
         if self._started:
             call = self.ctx.call
             self.publish("call.ended", {
+                "diagnosis": getattr(call, "diagnosis_code", None),
                 "duration_s": round(self.ctx.clock.seconds() - call.started_at, 3),
                 "events": self.seq + 1,
                 "dropped": self.dropped,

@@ -294,6 +294,7 @@ class StageTests(SynchronousTestCase):
         routes.inbound[UpstreamMessage](UpstreamMessage({"type": "KeepAlive"}))
         routes.outbound[DeepgramEvent](DeepgramEvent("AgentAudioDone", {}))
         self.assertEqual(self.http.posts, [])
+        ctx.call.diagnosis_code = "CALLER_HANGUP"  # the call sets it when it begins to end
         stage.close()  # the end of the call sends at once
         document = self.http.posts[0].document
         self.assertEqual({k: document[k] for k in ("type", "version", "origin", "batch", "dropped_total")},
@@ -307,7 +308,8 @@ class StageTests(SynchronousTestCase):
         self.assertEqual((events[1]["at"], events[1]["offset_s"]), (101.5, 1.5))
         self.assertEqual(events[0]["data"]["call_sid"], "CA1")
         self.assertEqual(events[3]["data"], {"id": "f1", "name": "lookup"})
-        self.assertEqual(events[4]["data"], {"duration_s": 1.5, "events": 5, "dropped": 0})
+        self.assertEqual(events[4]["data"], {"diagnosis": "CALLER_HANGUP", "duration_s": 1.5, "events": 5,
+                                             "dropped": 0})
 
     def test_client_call_stream_id(self) -> None:
         """A /client call (no Twilio stream id on the call): its events carry the StreamStarted's."""
