@@ -227,12 +227,17 @@ class HandoverStage:
             self.ctx.log.info("call not handed over: its stream was not started by this gateway's "
                               "voice webhook (no <Connect action>); the plain drain applies")
             return None
-        self.ctx.log.info("handover requested ({reason}): waiting for a quiet point, at most {deadline_s} s",
-                          reason=event.reason, deadline_s=event.deadline_s)
+        if event.reason == "operator":
+            wait = event.deadline_s
+        else:
+            # Saved before the drain's own deadline, with the store's time to spare: a handover
+            # never races the drain's 1001 for the same call.
+            wait = max(0.0, min(self.options.quiet_deadline_s,
+                                event.deadline_s - self.options.store_timeout_s - 0.5))
+        self.ctx.log.info("handover requested ({reason}): waiting for a quiet point, at most {wait_s:.1f} s",
+                          reason=event.reason, wait_s=wait)
         self._frames_seen = -1
         self._poll = self.ctx.clock.callLater(0, self._check)
-        wait = event.deadline_s if event.reason == "operator" else min(event.deadline_s,
-                                                                        self.options.quiet_deadline_s)
         self._deadline = self.ctx.clock.callLater(wait,
                                                   self._save, "deadline")
         return None
@@ -301,8 +306,12 @@ class HandoverStage:
             kind == "ConversationText" and event.message.get("role") == "user"
         ):
             self._caller_speaking = False
+            # The caller's turn is over: the agent's answer is pending from now until its audio
+            # is done (handing over in between would leave the question unanswered: the next
+            # session starts from a history that ends with it). quiet_deadline_s bounds an
+            # answer that never comes.
+            self._agent_turn = True
             if kind == "AgentStartedSpeaking":
-                self._agent_turn = True
                 self._turn_started_at = self.ctx.clock.seconds()
                 self._turn_bytes_from = self.ctx.call.bytes_to_caller
         elif kind == "AgentAudioDone":

@@ -75,6 +75,41 @@ class GivingAwayTests(SynchronousTestCase):
         h.call.upstream_closed(UpstreamClosed(1000, None, True))
         self.assertEqual(h.caller.closed_with, (1000, "HANDED_OVER"))
 
+    def test_not_between_question_and_answer(self) -> None:
+        """
+        Once the caller's turn is recognised the agent's answer is pending: no handover until its
+        audio is done (a handover there left the question unanswered on the next process).
+        """
+        h = harness()
+        start(h, {"gateway_handover": "1"})
+        live(h)
+        h.call.from_upstream(dg("ConversationText", role="user", content="Where is my order?"))
+        h.call.request_handover(30)
+        tick(h, 1)
+        self.assertEqual(h.store.records, {}, "the answer is pending")
+        h.call.from_upstream(dg("AgentThinking"))
+        h.call.from_upstream(dg("AgentStartedSpeaking"))
+        tick(h, 1)
+        self.assertEqual(h.store.records, {})
+        h.call.from_upstream(dg("AgentAudioDone"))
+        for kind, name in h.caller.sent:
+            if kind == "mark":
+                h.call.from_caller(MarkEchoed(name))
+        tick(h, 0.2)
+        self.assertIn(CALL_SID, h.store.records)
+
+    def test_saved_before_the_drain_deadline(self) -> None:
+        """A drain deadline shorter than quiet_deadline_s: the save starts with the store's time to spare."""
+        h = harness(config={"handover": {"quiet_deadline_s": 10, "store_timeout_s": 1}})
+        start(h, {"gateway_handover": "1"})
+        live(h)
+        h.call.from_upstream(dg("UserStartedSpeaking"))
+        h.call.request_handover(3)
+        tick(h, 1.4)
+        self.assertEqual(h.store.records, {})
+        tick(h, 0.2)
+        self.assertEqual(h.store.records[CALL_SID][0]["at"], "deadline")
+
     def test_caller_mid_utterance_then_deadline(self) -> None:
         """A caller who keeps talking is handed over at quiet_deadline_s all the same."""
         h = harness(config={"handover": {"quiet_deadline_s": 3}})
@@ -120,6 +155,10 @@ class TakingUpTests(SynchronousTestCase):
         live(a)
         a.call.from_upstream(dg("ConversationText", role="assistant", content="Hello!"))
         a.call.from_upstream(dg("ConversationText", role="user", content="Where is my order?"))
+        a.call.from_upstream(dg("AgentAudioDone"))  # (the answer's audio, done and played)
+        for kind, name in a.caller.sent:
+            if kind == "mark":
+                a.call.from_caller(MarkEchoed(name))
         a.call.request_handover(30)
         tick(a, 0.1)
         return a.store.records[CALL_SID][0]

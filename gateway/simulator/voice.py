@@ -218,7 +218,9 @@ class TwilioVoiceCall:
             sent += len(stream.sent_audio)
             agent = [t for t, kind, _ in stream.events if kind == "media"]  # agent audio (keep_media)
             if pending is not None:
-                pending.opened_at = started if stream.opened else None
+                # When the new stream was open (its WebSocket up), not when it began to connect.
+                opened = [t for t, kind, _ in stream.events if kind == "sim.open"]
+                pending.opened_at = started + opened[0] if stream.opened and opened else None
                 pending.first_agent_audio_at = started + agent[0] if agent else None
                 pending = None
             if stream.closed_by != "gateway" or stream.stop_sent or not step.action:
