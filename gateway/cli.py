@@ -62,10 +62,13 @@ class _Child:
             self.tail.append(line.rstrip("\n"))
             if self._echo:
                 sys.stdout.write(f"[{self.name}] {line}")
+                sys.stdout.flush()
             elif self.show is not None:
                 match = self.show.search(line)
                 if match:
+                    # Flushed at once: the simulator writes to the same stdout directly.
                     sys.stdout.write(f"  {self.label}{match.group(1)}\n")
+                    sys.stdout.flush()
             self.lines.put(line)
         self.lines.put(None)
 

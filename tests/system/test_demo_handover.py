@@ -32,26 +32,29 @@ class HandoverDemoTests(TestCase):
         result = run_demo("--handover", wav=wav)
         out = result.stdout
         self.assertEqual(result.returncode, 0, out + result.stderr)
-        # The first question and its answer on A, then the restart.
-        order = [
-            "[A] agent: Hello! How can I help you today?",
-            "[A] caller: Hello, I would like to check the status of my order.",
-            "[A] agent: Sure, I can help with that.",
-            "SIGTERM to A",
-            "[A] HANDED_OVER: ",
-            "closed by the gateway: 1000 (normal closure) 'HANDED_OVER'",
-            "Twilio requests the <Connect action> URL: HTTP 200, a new <Connect><Stream>",
-            "carrying a resume token",
-            "[B] HANDOVER_RESUMED: ",
+        # Each source's lines in order: gateway A's, gateway B's (each echoed by the demo as it
+        # logs them) and the simulator's (written by its own process, so the three interleave
+        # only roughly).
+        sources = {
+            "A": ["[A] agent: Hello! How can I help you today?",
+                  "[A] caller: Hello, I would like to check the status of my order.",
+                  "[A] agent: Sure, I can help with that.",
+                  "SIGTERM to A",
+                  "[A] HANDED_OVER: "],
             # The next turn of the same conversation, on B, and no second greeting.
-            "[B] caller: The number is four five six seven.",
-            "[B] agent: Thanks, let me look that up for you.",
-            "the agent's answer has played out; ending the call",
-        ]
-        missing = [text for text in order if text not in out]
-        self.assertEqual(missing, [], out)
-        positions = [out.find(text) for text in order]
-        self.assertEqual(positions, sorted(positions), out)
+            "B": ["[B] HANDOVER_RESUMED: ",
+                  "[B] caller: The number is four five six seven.",
+                  "[B] agent: Thanks, let me look that up for you."],
+            "simulator": ["closed by the gateway: 1000 (normal closure) 'HANDED_OVER'",
+                          "Twilio requests the <Connect action> URL: HTTP 200, a new <Connect><Stream>",
+                          "carrying a resume token",
+                          "the agent's answer has played out; ending the call"],
+        }
+        for source, order in sources.items():
+            missing = [text for text in order if text not in out]
+            self.assertEqual(missing, [], out)
+            positions = [out.find(text) for text in order]
+            self.assertEqual(positions, sorted(positions), f"{source}'s lines out of order:\n{out}")
         self.assertNotIn("[B] agent: Hello!", out)
         self.assertIn("2 stream(s), 1 action request(s)", out)
         self.assertIn("gateway A exited after its drain", out)
