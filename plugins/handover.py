@@ -158,6 +158,9 @@ class HandoverStage:
             if self._client:
                 key = _CLIENT_KEY + verify_client_resume_token(self.factory.secret, token, now)["hid"]
             else:
+                if event.call_sid.startswith(_CLIENT_KEY):
+                    # Never a CallSid: a /client call's record is taken only with its own token.
+                    raise AuthError("AUTH_FAILED", "not a Twilio CallSid")
                 verify_resume_token(self.factory.secret, token, now, event.call_sid)
                 key = event.call_sid
         except AuthError as e:

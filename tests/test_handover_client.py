@@ -252,6 +252,27 @@ class TakingUpTests(SynchronousTestCase):
         self.assertIn("greeting", b.upstream.messages()[0]["agent"])
 
 
+class KeyTests(SynchronousTestCase):
+    """A /client call's record is never taken by a Twilio stream, whatever its CallSid says."""
+
+    def test_twilio_stream_cannot_name_a_client_record(self) -> None:
+        from gateway.events import StreamStarted
+        from tests.test_call import SID
+
+        a, message = handed_over(self)
+        [key] = a.store.records
+        h = CallHarness(env={"GATEWAY_TOKEN_SECRET": SECRET})
+        h.call._stages["handover"].factory._store = a.store
+        token = mint_resume_token(SECRET.encode(), a.clock.seconds(), key, 60)
+        h.clock.advance(a.clock.seconds())
+        h.call.caller_handshake(Handshake("twilio", "/twilio", {}, "peer"))
+        h.call.caller_opened(h.caller)
+        h.call.from_caller(StreamStarted(SID, key, custom_parameters={"gateway_handover": "1",
+                                                                       "gateway_resume": token}))
+        self.assertIn(key, a.store.records)
+        self.assertEqual(h.call.info.counters[("handovers_in", (("result", "refused"),))], 1)
+
+
 class TokenTests(SynchronousTestCase):
     """The /client resume token: its claims, its kinds, its size."""
 
