@@ -145,10 +145,12 @@ class Calls(resource.Resource):
         call = next((c for c in self.gateway.calls if c.info.call_id == call_id), None)
         if call is None or call.is_closed:
             return json_response(request, 404, {"error": f"no live call {call_id!r} on this process"})
-        if call.info.leg != "twilio" or call.info.custom_parameters.get("gateway_handover") != "1":
+        stage = getattr(call, "_stages", {}).get("handover")
+        if stage is None or not stage.can_hand_over:
             return json_response(request, 409, {
-                "error": "this call cannot be handed over: its stream was not started by this "
-                         "gateway's voice webhook (no <Connect action>)"})
+                "error": "this call cannot be handed over: a Twilio stream not started by this "
+                         "gateway's voice webhook (no <Connect action>), or a /client whose hello "
+                         "did not say \"handover\": true"})
         deadline = handover.options.quiet_deadline_s
         raw = request.args.get(b"deadline_s")
         if raw:

@@ -114,6 +114,12 @@ class HandoverStage:
     factory: HandoverFactory
     _handover_capable: bool = False
     _caller_speaking: bool = False
+
+    @property
+    def can_hand_over(self) -> bool:
+        """Whether this call's caller will come back (Twilio's <Connect action>, or a /client
+        whose hello said "handover": true)."""
+        return self._handover_capable
     _agent_turn: bool = False
     _marks: set = attrs.field(factory=set)
     _poll: Any = None
@@ -362,6 +368,10 @@ class HandoverFactory:
         store, self._store = self._store, None
         if store is not None:
             store.close()
+
+    def stop_service(self) -> None:
+        """The service stops (after its drain): the store's threads go with it."""
+        self.close_store()
 
     def __call__(self, ctx: StageContext) -> HandoverStage:
         return HandoverStage(ctx, self.options, self)

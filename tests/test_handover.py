@@ -254,6 +254,6 @@ class OperatorEndpointTests(SynchronousTestCase):
         call_id = self.call.call.info.call_id
         self.assertEqual(self.post(f"/v1/calls/{call_id}/handover", key="wrong")[0], 401)
         self.assertEqual(self.post("/v1/calls/nope/handover")[0], 404)
-        self.call.call.info.custom_parameters = {}
+        self.call.call._stages["handover"]._handover_capable = False  # as a stream without <Connect action>
         self.assertEqual(self.post(f"/v1/calls/{call_id}/handover")[0], 409)
         self.assertEqual(self.requests, [])
