@@ -16,7 +16,9 @@ they have a budget of their own (``[admission]``):
 - a socket younger than ``eviction_grace_s`` is never closed to make room, so a burst of real
   callers (a proxy's, or Twilio's from one of its addresses) is not cut before its first
   message is read; when only such sockets fill the budget, the newcomer is refused (HTTP 503
-  ``busy``) instead.
+  ``busy``) instead, unless its address holds fewer than the heaviest address by more than one:
+  then that address's oldest gives way, young or not (the grace protects a burst from one
+  address against itself, never a flood from other addresses against a fresh one).
 - each must authenticate within ``pending_timeout_s`` of its upgrade, else it is closed.
 
 A socket the budget closes gets the AUTH_TIMEOUT diagnosis (4001 to a ``/client``, after its JSON
@@ -189,6 +191,8 @@ class Admission:
         address_full = len(mine) >= options.max_pending_per_address
         if address_full or len(self._pending) >= options.max_pending:
             victim = self._evictable([mine] if address_full else self._by_address.values(), now)
+            if victim is None and not address_full:
+                victim = self._fair_share(len(mine))
             if victim is None:
                 self.refused["busy"] += 1
                 return "busy"
@@ -252,6 +256,19 @@ class Admission:
             if best is None or rank > best[0]:
                 best = (rank, oldest)
         return best[1] if best is not None else None
+
+    def _fair_share(self, holding: int) -> _Ticket | None:
+        """
+        The budget is full of young sockets: the grace protects a burst from one address against
+        itself, not a flooding address against another. A newcomer whose address holds fewer
+        than the heaviest one by more than one takes the heaviest address's oldest socket, young
+        or not; so a flood from some addresses can never lock a fresh address (Twilio's, a real
+        client's) out.
+        """
+        heaviest = max(self._by_address.values(), key=len, default=None)
+        if heaviest is None or len(heaviest) <= holding + 1:
+            return None
+        return next(iter(heaviest.values()))
 
     def _unpend(self, ticket: _Ticket) -> None:
         if self._pending.pop(ticket.key, None) is None:

@@ -99,8 +99,25 @@ class AdmissionTests(SynchronousTestCase):
         r.pend("n2", "10.0.0.1")
         self.assertIsNone(r.pend("z", "10.0.0.4"))
         self.assertEqual(r.closed, [("old", "evicted")])
-        self.assertEqual(r.pend("w", "10.0.0.5"), "busy")
+        # All young now; a fresh address still gets in: the heaviest address (two) gives way.
+        self.assertIsNone(r.pend("w", "10.0.0.5"))
+        self.assertEqual(r.closed, [("old", "evicted"), ("n1", "evicted")])
+        # An address holding as many as the heaviest less one does not: busy.
+        self.assertEqual(r.pend("v", "10.0.0.4"), "busy")
         self.assertEqual(r.admission.pending, 3)
+
+    def test_flood_cannot_lock_a_fresh_address_out(self) -> None:
+        """
+        A flood re-opening young sockets from many addresses fills the total budget; a caller
+        from an address holding none is still admitted (the heaviest flooding address gives way).
+        """
+        r = Recorder(max_pending=32, max_pending_per_address=16, eviction_grace_s=1.0)
+        for i in range(32):
+            self.assertIsNone(r.pend(f"f{i}", f"10.0.1.{i % 8}"))
+        for n in range(5):
+            self.assertIsNone(r.pend(f"legit{n}", f"10.9.9.{n}"), n)
+        self.assertEqual(r.admission.pending, 32)
+        self.assertEqual(len(r.closed), 5)
 
     def test_deadline(self) -> None:
         """A socket not authenticated within pending_timeout_s is closed; an authenticated one is not."""
