@@ -114,10 +114,10 @@ def verify_token(secret: bytes, token: str, now: float) -> dict:
     return claims
 
 
-def mint_stream_token(secret: bytes, now: float, call_sid: str, ttl_s: float) -> str:
-    """A single-use stream token for the Twilio call ``call_sid``, valid for ``ttl_s`` seconds."""
+def _mint_for_call(secret: bytes, typ: str, now: float, call_sid: str, ttl_s: float) -> str:
+    """A token of kind ``typ`` bound to the Twilio call ``call_sid``, valid for ``ttl_s`` seconds."""
     return _sign(secret, {
-        "typ": "stream",
+        "typ": typ,
         "sid": call_sid,
         "exp": int(now + ttl_s) + 1,
         "iat": int(now),
@@ -125,14 +125,23 @@ def mint_stream_token(secret: bytes, now: float, call_sid: str, ttl_s: float) ->
     })
 
 
+def _check_call(claims: dict, typ: str, call_sid: str) -> dict:
+    """``claims`` are of kind ``typ`` and bound to ``call_sid``; else `AuthError`."""
+    if claims.get("typ") != typ:
+        raise AuthError("AUTH_FAILED", f"not a {typ} token")
+    if not call_sid or not hmac.compare_digest(str(claims.get("sid", "")).encode(), call_sid.encode()):
+        raise AuthError("AUTH_FAILED", f"the {typ} token belongs to another CallSid")
+    return claims
+
+
+def mint_stream_token(secret: bytes, now: float, call_sid: str, ttl_s: float) -> str:
+    """A single-use stream token for the Twilio call ``call_sid``, valid for ``ttl_s`` seconds."""
+    return _mint_for_call(secret, "stream", now, call_sid, ttl_s)
+
+
 def verify_stream_token(secret: bytes, token: str, now: float, call_sid: str) -> dict:
     """A stream token's claims, checked against the stream's ``call_sid``; else `AuthError`."""
-    claims = _claims(secret, token, now)
-    if claims.get("typ") != "stream":
-        raise AuthError("AUTH_FAILED", "not a stream token")
-    if not call_sid or not hmac.compare_digest(str(claims.get("sid", "")).encode(), call_sid.encode()):
-        raise AuthError("AUTH_FAILED", "the stream token belongs to another CallSid")
-    return claims
+    return _check_call(_claims(secret, token, now), "stream", call_sid)
 
 
 class UsedTokens:
@@ -174,25 +183,15 @@ def mint_resume_token(secret: bytes, now: float, call_sid: str, ttl_s: float) ->
     A resume token (``"typ": "resume"``) for the Twilio call ``call_sid``: the ``<Parameter>``
     that tells the process taking up a handed-over call which saved state is its own.
     """
-    return _sign(secret, {
-        "typ": "resume",
-        "sid": call_sid,
-        "exp": int(now + ttl_s) + 1,
-        "iat": int(now),
-        "jti": _b64(os.urandom(9)),
-    })
+    return _mint_for_call(secret, "resume", now, call_sid, ttl_s)
 
 
 def verify_resume_token(secret: bytes, token: str, now: float, call_sid: str) -> dict:
     """A resume token's claims, checked against the stream's ``call_sid``; else `AuthError`."""
     claims = _claims(secret, token, now)
-    if claims.get("typ") != "resume":
-        raise AuthError("AUTH_FAILED", "not a resume token")
-    if "hid" in claims:
+    if claims.get("typ") == "resume" and "hid" in claims:
         raise AuthError("AUTH_FAILED", "a /client resume token is not for a Twilio stream")
-    if not call_sid or not hmac.compare_digest(str(claims.get("sid", "")).encode(), call_sid.encode()):
-        raise AuthError("AUTH_FAILED", "the resume token belongs to another CallSid")
-    return claims
+    return _check_call(claims, "resume", call_sid)
 
 
 #: The longest handover id a resume token may carry (`new_handover_id` makes 16 characters).
