@@ -23,10 +23,6 @@ common case itself:
 - **Out**: ``sendMessage`` of an unfragmented message builds the frame itself (masked with a
   fresh random key on the client side, RFC 6455 §5.3) and writes it with `write_now`.
 
-Every read reaches the lane through the reactor's event dispatch, which Twisted wraps per event
-in a freshly built log context; the first connection to open the lane gives the reactor the
-lean dispatch of `gateway.legs.dispatch` (the same context, built once per connection).
-
 What is not reproduced: Autobahn's ``message`` observers (``protocol.on("message", ...)``,
 which nothing in the gateway uses), per-frame ``logFrames``/``logOctets``/``trackTimings``
 (when any of those is on, or per-message compression was negotiated, the lane stays closed and
@@ -44,8 +40,6 @@ from typing import Any
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import tcp
 
-from gateway.legs.dispatch import lean_dispatch
-
 __all__ = ["FastLane", "write_now", "mask", "frame_header"]
 
 _STATE_OPEN = WebSocketProtocol.STATE_OPEN
@@ -55,8 +49,6 @@ _MASKED_HEADER_7 = Struct("!BBI")
 #: Larger messages (which need a 64-bit length) always go through Autobahn.
 _LANE_LIMIT = 0xFFFF
 _RETRY_LATER = (errno.EWOULDBLOCK, errno.EAGAIN, errno.ENOBUFS, errno.EINTR)
-#: Whether a connection has offered the reactor `lean_dispatch` (once per process).
-_dispatch_checked = False
 
 
 def mask(payload: bytes, key: bytes) -> bytes:
@@ -133,12 +125,6 @@ class FastLane:
     def open_fast_lane(self) -> None:
         """Open the lane if nothing this connection negotiated or enabled needs Autobahn's path."""
         p: Any = self
-        global _dispatch_checked
-        if not _dispatch_checked:
-            reactor = getattr(p.transport, "reactor", None)
-            if reactor is not None:
-                _dispatch_checked = True
-                lean_dispatch(reactor)
         self._lane_server = bool(p.factory.isServer)
         if (
             p._perMessageCompress is not None
