@@ -311,7 +311,7 @@ class Listener:
 
 
 class Floor:
-    def __init__(self, upstream: str, transcode: bool) -> None:
+    def __init__(self, upstream: str, transcode: bool, control: bool = True) -> None:
         parts = urlsplit(upstream)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or (443 if parts.scheme == "wss" else 80)
@@ -324,7 +324,7 @@ class Floor:
 
             self.ulaw2lin, self.lin2ulaw, self.ratecv = audioop.ulaw2lin, audioop.lin2ulaw, audioop.ratecv
         self.errors: list[str] = []
-        self.loop = Loop(self.command)
+        self.loop = Loop(self.command, control)
 
     def command(self, cmd: dict) -> dict | None:
         if cmd["cmd"] == "exit":

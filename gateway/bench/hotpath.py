@@ -84,7 +84,28 @@ def _frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
 class Harness:
     """The gateway on a real epoll reactor, with ``calls`` Twilio and Deepgram sockets."""
 
-    def __init__(self, calls: int, transcode: bool, mask: str, legacy: bool) -> None:
+    def __init__(self, calls: int, transcode: bool, mask: str, legacy: bool,
+                 target: str = "gateway") -> None:
+        random.seed(21)               # the gateway's own masking keys towards Deepgram
+        self.rng = random.Random(8)   # the Twilio side's keys
+        self.mask = mask
+        self.transcode = transcode
+        self.dg = socket.socket()
+        self.dg.bind(("127.0.0.1", 0))
+        self.dg.listen(64)
+        self.dg.setblocking(False)
+        port = self.dg.getsockname()[1]
+        if target == "floor":
+            self._start_floor(port)
+        else:
+            self._start_gateway(port, legacy)
+        self.twilio: list[socket.socket] = []
+        self.deepgram: list[socket.socket] = []
+        for index in range(calls):
+            self._open_call(index)
+        self.pings = 0
+
+    def _start_gateway(self, port: int, legacy: bool) -> None:
         from twisted.internet import epollreactor
 
         epollreactor.install()
@@ -95,22 +116,13 @@ class Harness:
         reactor.startRunning(installSignalHandlers=False)
         self.clock = _FakeTime()
         reactor.seconds = self.clock  # callLater and txaio's timers (the global reactor) use it
-        random.seed(21)               # the gateway's own masking keys towards Deepgram
-        self.rng = random.Random(8)   # the Twilio side's keys
-        self.mask = mask
-        self.transcode = transcode
-        self.dg = socket.socket()
-        self.dg.bind(("127.0.0.1", 0))
-        self.dg.listen(64)
-        self.dg.setblocking(False)
-        port = self.dg.getsockname()[1]
 
         from gateway.bench.orchestrate import gateway_config
         from gateway.config import load_config
         from gateway.service import Gateway
 
         with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-            f.write(gateway_config(transcode, legacy))
+            f.write(gateway_config(self.transcode, legacy))
         try:
             configured = load_config(f.name, {
                 "DEEPGRAM_API_KEY": "bench-key",
@@ -118,23 +130,30 @@ class Harness:
         finally:
             os.unlink(f.name)
         self.gateway = Gateway(configured, reactor)
-        self.port = reactor.listenTCP(0, self.gateway.make_site(), interface="127.0.0.1")
-        self.twilio: list[socket.socket] = []
-        self.deepgram: list[socket.socket] = []
-        for index in range(calls):
-            self._open_call(index)
-        self.pings = 0
+        self.listening = reactor.listenTCP(0, self.gateway.make_site(),
+                                           interface="127.0.0.1").getHost().port
+        self.turn = lambda: reactor.iterate(0)
+        self._wait = lambda: reactor.iterate(0.001)
+
+    def _start_floor(self, port: int) -> None:
+        """The floor relay (`gateway.bench.floor`) in place of the gateway, turned by hand."""
+        from gateway.bench.floor import Floor, Listener
+
+        self.reactor = None
+        self.clock = _FakeTime()
+        floor = Floor(f"ws://127.0.0.1:{port}/v1/agent/converse", self.transcode, control=False)
+        self.listening = Listener(floor).sock.getsockname()[1]
+        self.turn = lambda: floor.loop.turn(0)
+        self._wait = lambda: floor.loop.turn(0.001)
 
     # -- plumbing
-    def turn(self) -> None:
-        self.reactor.iterate(0)
 
     def _until(self, condition: Any, what: str) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if condition():
                 return
-            self.reactor.iterate(0.001)
+            self._wait()
         raise RuntimeError(f"hotpath harness: no {what}")
 
     def stop(self) -> None:
@@ -157,7 +176,7 @@ class Harness:
             return b""
 
     def _open_call(self, index: int) -> None:
-        tw = socket.create_connection(("127.0.0.1", self.port.getHost().port))
+        tw = socket.create_connection(("127.0.0.1", self.listening))
         tw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         tw.setblocking(False)
         key = base64.b64encode(os.urandom(16))
@@ -256,7 +275,8 @@ class Harness:
 
 
 def _measure(args: argparse.Namespace) -> dict:
-    harness = Harness(args.calls, args.mode == "transcode", args.mask, args.legacy_config)
+    harness = Harness(args.calls, args.mode == "transcode", args.mask, args.legacy_config,
+                      args.target)
     harness.prepare(args.frames)
     # What set-up left is old: the collector's full passes no longer scan it (as in a gateway
     # that has been up for a while), so that the counts move with the per-frame work only.
@@ -267,7 +287,8 @@ def _measure(args: argparse.Namespace) -> dict:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     harness.stop()
     pairs = args.frames * args.calls
-    result = {"frames": args.frames, "calls": args.calls, "pairs": pairs, "mode": args.mode,
+    result = {"target": args.target, "frames": args.frames, "calls": args.calls, "pairs": pairs,
+              "mode": args.mode,
               "mask": args.mask, **seen, "pings_answered": harness.pings,
               "us_per_pair_wall": round(1e6 * wall / pairs, 2),
               "us_per_pair_cpu": round(1e6 * cpu / pairs, 2)}
@@ -292,7 +313,8 @@ def _callgrind(args: argparse.Namespace) -> dict:
             cmd = ["setarch", "-R", "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                    "--collect-atstart=no", "--toggle-collect=functools_reduce",
                    sys.executable, "-m", "gateway.bench.hotpath", "--frames", str(frames),
-                   "--calls", str(args.calls), "--mode", args.mode, "--mask", args.mask]
+                   "--calls", str(args.calls), "--mode", args.mode, "--mask", args.mask,
+                   "--target", args.target]
             if args.legacy_config:
                 cmd.append("--legacy-config")
             runs.append((frames, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
@@ -312,8 +334,8 @@ def _callgrind(args: argparse.Namespace) -> dict:
     subprocess.run(["rm", "-rf", tmp])
     pairs = args.frames * args.calls
     per_pair = (min(counts[2 * args.frames]) - min(counts[args.frames])) / pairs
-    return {"frames": args.frames, "calls": args.calls, "mode": args.mode, "mask": args.mask,
-            "legacy_config": args.legacy_config, "instructions": counts,
+    return {"target": args.target, "frames": args.frames, "calls": args.calls, "mode": args.mode,
+            "mask": args.mask, "legacy_config": args.legacy_config, "instructions": counts,
             "instructions_per_pair": round(per_pair)}
 
 
@@ -325,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=("relay", "transcode"), default="relay")
     p.add_argument("--mask", choices=("random", "zero"), default="random")
     p.add_argument("--legacy-config", action="store_true")
+    p.add_argument("--target", choices=("gateway", "floor"), default="gateway",
+                   help="what relays the frames: the gateway, or the floor (gateway.bench.floor)")
     p.add_argument("--callgrind", action="store_true",
                    help="count instructions per frame pair under valgrind")
     p.add_argument("--repeat", type=int, default=3, help="--callgrind: runs of each length")

@@ -183,18 +183,20 @@ class Conn:
 class Loop:
     """epoll plus a deadline heap plus the control channel (one JSON object per line)."""
 
-    def __init__(self, on_command: Callable[[dict], Any]) -> None:
+    def __init__(self, on_command: Callable[[dict], Any], control: bool = True) -> None:
+        """``control``: read commands from stdin (False: a loop driven in-process, `turn`)."""
         self.ep = select.epoll()
         self.handlers: dict[int, Any] = {}
         self.timers: list[tuple[int, int, Any]] = []
         self._tie = 0
         self.running = True
         self.on_command = on_command
-        self._stdin = sys.stdin.buffer.raw if hasattr(sys.stdin.buffer, "raw") else sys.stdin.buffer
-        self._stdin_fd = sys.stdin.fileno()
-        os.set_blocking(self._stdin_fd, False)
+        self._stdin_fd = -1
         self._cmd_buf = b""
-        self.ep.register(self._stdin_fd, _IN)
+        if control:
+            self._stdin_fd = sys.stdin.fileno()
+            os.set_blocking(self._stdin_fd, False)
+            self.ep.register(self._stdin_fd, _IN)
 
     def add(self, fd: int, obj: Any, mask: int) -> None:
         self.handlers[fd] = obj
@@ -244,29 +246,37 @@ class Loop:
         poll = self.ep.poll
         now_ns = time.monotonic_ns
         while self.running:
-            now = now_ns()
-            while timers and timers[0][0] <= now:
-                when, _, func = heapq.heappop(timers)
-                nxt = func(now, when)
-                if nxt is not None:
-                    self._tie += 1
-                    heapq.heappush(timers, (nxt, self._tie, func))
-            if timers:
-                timeout = max(0.0, (timers[0][0] - now_ns()) / 1e9)
-                timeout = min(timeout, 0.1)
-            else:
-                timeout = 0.1
-            try:
-                events = poll(timeout)
-            except InterruptedError:
+            self._turn(timers, handlers, poll, now_ns)
+
+    def turn(self, timeout: float = 0.0) -> None:
+        """One pass: the timers due, then one poll of at most ``timeout`` s (the caps apply)."""
+        self._turn(self.timers, self.handlers, self.ep.poll, time.monotonic_ns, timeout)
+
+    def _turn(self, timers: list, handlers: dict, poll: Any, now_ns: Any,
+              cap: float = 0.1) -> None:
+        now = now_ns()
+        while timers and timers[0][0] <= now:
+            when, _, func = heapq.heappop(timers)
+            nxt = func(now, when)
+            if nxt is not None:
+                self._tie += 1
+                heapq.heappush(timers, (nxt, self._tie, func))
+        if timers:
+            timeout = max(0.0, (timers[0][0] - now_ns()) / 1e9)
+            timeout = min(timeout, cap)
+        else:
+            timeout = cap
+        try:
+            events = poll(timeout)
+        except InterruptedError:
+            return
+        for fd, ev in events:
+            if fd == self._stdin_fd:
+                self._read_commands()
                 continue
-            for fd, ev in events:
-                if fd == self._stdin_fd:
-                    self._read_commands()
-                    continue
-                obj = handlers.get(fd)
-                if obj is not None:
-                    obj.on_event(ev)
+            obj = handlers.get(fd)
+            if obj is not None:
+                obj.on_event(ev)
 
 
 def connect_nonblocking(host: str, port: int) -> socket.socket:

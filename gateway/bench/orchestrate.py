@@ -397,7 +397,8 @@ class Bench:
                               "ready": ready["ready"], "failed": ready["failed"],
                               "errors": list(ready["errors"])}
         time.sleep(warmup_s)
-        cpu0, sched0, w0 = procstat.cpu_seconds(pid), procstat.schedstat_seconds(pid), time.monotonic_ns()
+        us0 = procstat.user_system_seconds(pid)
+        cpu0, sched0, w0 = sum(us0), procstat.schedstat_seconds(pid), time.monotonic_ns()
         self.loadgen.ask({"cmd": "mark"})
         self.peer.ask({"cmd": "mark"})
         sampler = None
@@ -409,7 +410,8 @@ class Bench:
         time.sleep(window_s)
         lg = self.loadgen.ask({"cmd": "endwindow"})
         pr = self.peer.ask({"cmd": "endwindow"})
-        cpu1, sched1, w1 = procstat.cpu_seconds(pid), procstat.schedstat_seconds(pid), time.monotonic_ns()
+        us1 = procstat.user_system_seconds(pid)
+        cpu1, sched1, w1 = sum(us1), procstat.schedstat_seconds(pid), time.monotonic_ns()
         rss = procstat.rss_kb(pid)
         wall = (w1 - w0) / 1e9
         if sampler is not None:
@@ -454,6 +456,9 @@ class Bench:
             "window_s": round(wall, 3),
             "gateway_cpu_s": round(cpu_s, 4),
             "gateway_cpu_s_stat": round(cpu1 - cpu0, 3),
+            # the kernel's share (system calls: recv, send, epoll; loopback TCP on both ends)
+            "gateway_cpu_user_s": round(us1[0] - us0[0], 3),
+            "gateway_cpu_system_s": round(us1[1] - us0[1], 3),
             "gateway_cpu_pct": round(100 * cpu_s / wall, 2),
             "cpu_ms_per_call_s": round(1000 * cpu_s / (calls * wall), 3),
             "rss_kb": rss,
@@ -579,6 +584,8 @@ def median_step(runs: list[StepResult]) -> StepResult:
         "out_p50_ms": lambda r: r["latency_out_ms"]["p50"],
         "out_p99_ms": lambda r: r["latency_out_ms"]["p99"],
         "load_cpu_pct": lambda r: r["load_cpu_pct"]["total"],
+        "kernel_pct_of_cpu": lambda r: (round(100 * r["gateway_cpu_system_s"] / r["gateway_cpu_s_stat"], 1)
+                                        if r.get("gateway_cpu_s_stat") else None),
     }.items():
         out[key] = med(get)
         out[key + "_range"] = spread(get)

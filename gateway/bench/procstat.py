@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["cpu_seconds", "schedstat_seconds", "rss_kb"]
+__all__ = ["cpu_seconds", "user_system_seconds", "schedstat_seconds", "rss_kb"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (all threads), from /proc/<pid>/stat."""
+def user_system_seconds(pid: int) -> tuple[float, float]:
+    """utime and stime of the whole process (all threads), from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat") as f:
         text = f.read()
     fields = text[text.rindex(")") + 2:].split()
     # fields[0] is state (field 3 of proc(5)); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (all threads), from /proc/<pid>/stat."""
+    user, system = user_system_seconds(pid)
+    return user + system
 
 
 def schedstat_seconds(pid: int) -> float:
