@@ -19,8 +19,12 @@ difference in instructions per frame pair: the per-frame work in user space (the
 sends and receives included, the same before and after; the kernel's part is not counted).
 Instruction counts repeat closely whatever else the machine is doing.
 
-    python -m gateway.bench.hotpath --frames 2000 --time          # µs per frame pair (noisy)
-    python -m gateway.bench.hotpath --callgrind --frames 300      # instructions per frame pair
+``--target floor`` puts the floor relay (`gateway.bench.floor`, in-process, its loop turned by
+hand) where the gateway was, on the same frames.
+
+    python -m gateway.bench.hotpath --frames 2000                  # µs per frame pair (noisy)
+    python -m gateway.bench.hotpath --callgrind --frames 1000      # instructions per frame pair
+    python -m gateway.bench.hotpath --callgrind --frames 1000 --target floor
 """
 
 from __future__ import annotations
