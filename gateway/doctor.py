@@ -29,7 +29,7 @@ from gateway.codecs.signatures import compute_signature
 from gateway.config import ConfiguredGateway
 from gateway.events import Audio, DeepgramEvent, Handshake, StreamStarted, StreamStopped
 from gateway.interfaces import LegState
-from gateway.legs.agent import connect_deepgram
+from gateway.legs.deepgram import connect_deepgram
 from gateway.service import UPSTREAM_OPTIONS
 
 __all__ = ["run_doctor", "key_check_base", "DEFAULT_API_URL", "KEY_OK", "KEY_REFUSED",

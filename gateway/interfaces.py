@@ -43,7 +43,7 @@ class CallerLeg(Protocol):
 
 
 class UpstreamLeg(Protocol):
-    """What the call asks of the Deepgram WebSocket protocol (gateway.legs.agent)."""
+    """What the call asks of the Deepgram WebSocket protocol (gateway.legs.deepgram)."""
 
     #: The leg's lifecycle; the call sends only while it is `LegState.OPEN`.
     state: int

@@ -25,7 +25,7 @@ from gateway.api import make_site
 from gateway.call import Call
 from gateway.config import ConfiguredGateway
 from gateway.diagnostics import Diagnosis
-from gateway.legs.agent import connect_deepgram
+from gateway.legs.deepgram import connect_deepgram
 from gateway.legs.caller import CallerFactory, ClientProtocol, TwilioProtocol
 from gateway.metrics import GatewayMetrics
 from gateway.webhooks import ReportSender

@@ -1,5 +1,5 @@
 """
-The Deepgram leg (`gateway.legs.agent.DeepgramProtocol`) over an in-memory transport: when it
+The Deepgram leg (`gateway.legs.deepgram.DeepgramProtocol`) over an in-memory transport: when it
 reports its end to the call, and what its lifecycle state says meanwhile.
 """
 
@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.interfaces import LegState
-from gateway.legs.agent import DeepgramFactory
+from gateway.legs.deepgram import DeepgramFactory
 from gateway.service import UPSTREAM_OPTIONS
 from gateway.testing import configure
 
