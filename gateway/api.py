@@ -1,7 +1,9 @@
 """
 The HTTP side of the gateway's one port: the resource tree, the heartbeat and readiness checks.
-The voice webhook (``/twilio/voice``) and the browser demo (``/demo/``) live in `gateway.twiml`;
-the bounds on every request (body size and time, head size and time) in `gateway.httplimits`.
+The voice webhook (``/twilio/voice``, ``/twilio/handover``) lives in `gateway.twiml`, the browser
+demo (``/demo/``) in `gateway.demopage`, the JSON and API-key helpers they share in
+`gateway.http`, and the bounds on every request (body size and time, head size and time) in
+`gateway.httplimits`.
 
 ``/twilio`` is a small dispatching resource (``WebSocketResource`` is a leaf, so on its own it
 would swallow ``/twilio/voice``): the WebSocket upgrade at the exact path, HTTP children below.
@@ -9,25 +11,22 @@ would swallow ``/twilio/voice``): the WebSocket upgrade at the exact path, HTTP 
 
 from __future__ import annotations
 
-import hmac
 import json
 import os
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web import resource
 
+from gateway.demopage import demo_resource
+from gateway.http import bearer_refusal, json_response
 from gateway.httplimits import HttpLimits, LimitedSite
+from gateway.tokens import TOKEN_TTL_S, mint_token
+from gateway.twiml import HandoverAction, VoiceWebhook
 
-__all__ = ["make_site", "Heartbeat", "Readiness", "Tokens", "TwilioResource", "json_response"]
-
-
-def json_response(request: Any, status: int, body: dict) -> bytes:
-    """Set ``status`` and a JSON content type on ``request``; return the encoded ``body``."""
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(body).encode()
+__all__ = ["make_site", "Calls", "Heartbeat", "Metrics", "Readiness", "Tokens", "TwilioResource",
+           "WebSocketEndpoint"]
 
 
 class Heartbeat(resource.Resource):
@@ -74,19 +73,11 @@ class Tokens(resource.Resource):
         self.gateway = gateway
 
     def render_POST(self, request: Any) -> bytes:
-        from gateway.tokens import TOKEN_TTL_S, mint_token
-
         config = self.gateway.config
-        if not config.gateway_api_key:
-            return json_response(request, 503, {
-                "error": "token minting is disabled: set GATEWAY_API_KEY on the gateway"})
-        header = (request.getHeader(b"authorization") or b"").decode("latin-1")
-        scheme, _, given = header.partition(" ")
-        expected = config.gateway_api_key.encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-            request.setHeader(b"www-authenticate", b'Bearer realm="gateway"')
-            return json_response(request, 401, {
-                "error": "missing or invalid Authorization: Bearer <GATEWAY_API_KEY>"})
+        refused = bearer_refusal(request, config.gateway_api_key,
+                                 "token minting is disabled: set GATEWAY_API_KEY on the gateway")
+        if refused is not None:
+            return refused
         if self.gateway.draining:
             request.setHeader(b"retry-after", b"1")
             return json_response(request, 503, {
@@ -97,21 +88,6 @@ class Tokens(resource.Resource):
         token = mint_token(config.token_secret, self.gateway.reactor.seconds(), single_use=single_use)
         return json_response(request, 200, {
             "token": token, "expires_in": TOKEN_TTL_S, "single_use": single_use})
-
-
-def _api_key_refusal(request: Any, config: Any) -> bytes | None:
-    """The 503/401 answer to a request without ``Authorization: Bearer $GATEWAY_API_KEY``, or None."""
-    if not config.gateway_api_key:
-        return json_response(request, 503, {
-            "error": "the operator API is disabled: set GATEWAY_API_KEY on the gateway"})
-    header = (request.getHeader(b"authorization") or b"").decode("latin-1")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                               config.gateway_api_key.encode()):
-        request.setHeader(b"www-authenticate", b'Bearer realm="gateway"')
-        return json_response(request, 401, {
-            "error": "missing or invalid Authorization: Bearer <GATEWAY_API_KEY>"})
-    return None
 
 
 class Calls(resource.Resource):
@@ -132,7 +108,8 @@ class Calls(resource.Resource):
         self.gateway = gateway
 
     def render_POST(self, request: Any) -> bytes:
-        refused = _api_key_refusal(request, self.gateway.config)
+        refused = bearer_refusal(request, self.gateway.config.gateway_api_key,
+                                 "the operator API is disabled: set GATEWAY_API_KEY on the gateway")
         if refused is not None:
             return refused
         parts = [p for p in request.postpath if p]
@@ -190,8 +167,6 @@ class Metrics(resource.Resource):
         self.gateway = gateway
 
     def render_GET(self, request: Any) -> bytes:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         return generate_latest(self.gateway.metrics.registry)
 
@@ -233,8 +208,6 @@ class WebSocketEndpoint(resource.Resource):
 def make_site(gateway: Any, twilio_factory: Any, client_factory: Any,
               limits: HttpLimits = HttpLimits()) -> LimitedSite:
     """The whole resource tree of the gateway's port, every request under ``limits``."""
-    from gateway.twiml import HandoverAction, VoiceWebhook, demo_resource
-
     root = resource.Resource()
     twilio = TwilioResource(WebSocketEndpoint(twilio_factory))
     twilio.putChild(b"voice", VoiceWebhook(gateway))

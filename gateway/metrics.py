@@ -25,8 +25,12 @@ import collections
 import platform
 from typing import Any, Iterable
 
+import autobahn
+import twisted
 from prometheus_client import CollectorRegistry, Gauge, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from gateway import __version__
 
 __all__ = ["GatewayMetrics", "KNOWN_CLOSE_CODES", "MAX_PLUGIN_SERIES", "PLUGIN_LABEL_MAX_CHARS"]
 
@@ -83,11 +87,6 @@ def _plugin_detail(labels: tuple) -> str:
 
 
 def _versions() -> dict[str, str]:
-    import autobahn
-    import twisted
-
-    from gateway import __version__
-
     return {"version": __version__, "python": platform.python_version(),
             "twisted": twisted.__version__, "autobahn": autobahn.__version__}
 

@@ -28,36 +28,34 @@ upgrade with a captured (and, in Twilio's scheme, per-URL constant) signature bu
 refused by the auth stage. TwiML written by hand (a TwiML Bin) has no such token: leave the option
 off there.
 
-Also here: the browser demo's resources (``/demo/`` and the demo-only ``POST /demo/token``),
-mounted only when the demo is enabled.
+Also here: ``POST /twilio/handover``, Twilio's ``<Connect action>`` request when a stream ends
+(`HandoverAction`). The browser demo's resources are in `gateway.demopage`.
 """
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from typing import Any, Mapping, Sequence
 from urllib.parse import parse_qs
 
 from twisted.logger import Logger
-from twisted.web import pages, resource
+from twisted.web import resource
+from twisted.web.server import NOT_DONE_YET
 
 from gateway.codecs.signatures import validate_signature
-from gateway.handover import HANDOVER_PARAMETER, RESUME_PARAMETER
 from gateway.config import TWIML_PARAMETER_MAX_CHARS
+from gateway.handover import HANDOVER_PARAMETER, RESUME_PARAMETER
+from gateway.http import json_response
+from gateway.tokens import STREAM_TOKEN_PARAMETER, mint_resume_token, mint_stream_token
 
 __all__ = [
     "build_twiml",
+    "continuation",
+    "handover_url",
     "webhook_url",
+    "HandoverAction",
     "VoiceWebhook",
-    "DemoToken",
-    "demo_resource",
-    "DemoResource",
-    "DEMO_DIR",
 ]
-
-#: The browser demo's files, shipped in the package.
-DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo")
 
 _FORM = b"application/x-www-form-urlencoded"
 
@@ -137,8 +135,6 @@ class VoiceWebhook(resource.Resource):
         # twisted.web answers methods outside GET/HEAD/POST with 501 "Huh?"; a method the
         # webhook does not take is a 405 with Allow (RFC 9110 15.5.6), as the README says.
         if request.method not in (b"GET", b"HEAD", b"POST"):
-            from gateway.api import json_response
-
             request.setHeader(b"allow", b"GET, HEAD, POST")
             return json_response(request, 405, {
                 "error": "method_not_allowed",
@@ -154,7 +150,7 @@ class VoiceWebhook(resource.Resource):
                 "voice webhook refused: no public URL, so no <Stream url>; set GATEWAY_PUBLIC_URL "
                 "(or [gateway] public_url) to the https:// address Twilio reaches"
             )
-            return _plain(request, 503, {
+            return json_response(request, 503, {
                 "error": "the gateway has no public URL: set GATEWAY_PUBLIC_URL to the "
                          "https://host[:port][/prefix] that Twilio reaches"})
         _, _, query = request.uri.partition(b"?")
@@ -178,8 +174,6 @@ class VoiceWebhook(resource.Resource):
             parameters.append((name, value))
         parameters.extend(config.twiml_parameters.items())
         if config.require_stream_token:
-            from gateway.tokens import STREAM_TOKEN_PARAMETER, mint_stream_token
-
             call_sid = (fields.get("CallSid") or [""])[0]
             if not call_sid:
                 self.log.warn("voice webhook: no CallSid in the request; its stream token will not "
@@ -239,12 +233,10 @@ class HandoverAction(resource.Resource):
         self.gateway = gateway
 
     def render_POST(self, request: Any) -> Any:
-        from twisted.web.server import NOT_DONE_YET
-
         config = self.gateway.config
         form = _form(request)
         if not config.public_url or not config.stream_url:
-            return _plain(request, 503, {"error": "the gateway has no public URL"})
+            return json_response(request, 503, {"error": "the gateway has no public URL"})
         refused = _refuse_unsigned(request, config, handover_url(config.public_url), form, self.log,
                                    "handover action")
         if refused is not None:
@@ -275,8 +267,6 @@ class HandoverAction(resource.Resource):
         return NOT_DONE_YET
 
     def _resume(self, call_sid: str) -> bytes:
-        from gateway.tokens import STREAM_TOKEN_PARAMETER, mint_resume_token, mint_stream_token
-
         config = self.gateway.config
         now = self.gateway.reactor.seconds()
         ttl = self.gateway.handover.options.resume_ttl_s
@@ -286,103 +276,3 @@ class HandoverAction(resource.Resource):
             parameters.append((STREAM_TOKEN_PARAMETER, mint_stream_token(
                 config.token_secret, now, call_sid, config.stream_token_ttl_s)))
         return build_twiml(config.stream_url, parameters, action=handover_url(config.public_url))
-
-
-def _plain(request: Any, status: int, body: dict) -> bytes:
-    from gateway.api import json_response
-
-    return json_response(request, status, body)
-
-
-class DemoToken(resource.Resource):
-    """
-    ``POST /demo/token``: a short-lived ``/client`` token for the demo page, with no credentials.
-    It exists only while the demo is enabled (production mints tokens with ``GATEWAY_API_KEY``
-    at ``POST /v1/tokens``).
-    """
-
-    isLeaf = True
-
-    def __init__(self, gateway: Any) -> None:
-        super().__init__()
-        self.gateway = gateway
-
-    def render_POST(self, request: Any) -> bytes:
-        from gateway.api import json_response
-        from gateway.tokens import TOKEN_TTL_S, mint_token
-
-        if self.gateway.draining:
-            return json_response(request, 503, {
-                "error": "the gateway is draining (shutting down): reload the page"})
-        token = mint_token(self.gateway.config.token_secret, self.gateway.reactor.seconds())
-        return json_response(request, 200, {"token": token, "expires_in": TOKEN_TTL_S})
-
-
-#: The demo's file types; only files with these suffixes are served.
-DEMO_TYPES = {
-    ".html": b"text/html; charset=utf-8",
-    ".js": b"text/javascript; charset=utf-8",
-    ".mjs": b"text/javascript; charset=utf-8",
-    ".css": b"text/css; charset=utf-8",
-    ".txt": b"text/plain; charset=utf-8",
-    ".svg": b"image/svg+xml",
-    ".png": b"image/png",
-}
-
-_CSP = (b"default-src 'self'; connect-src 'self' ws: wss:; media-src 'self' blob:; "
-        b"img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
-
-
-class _DemoFile(resource.Resource):
-    """One of the demo's files, read when requested (they are small; edits show on reload)."""
-
-    isLeaf = True
-
-    def __init__(self, path: str, content_type: bytes) -> None:
-        super().__init__()
-        self.path = path
-        self.content_type = content_type
-
-    def render_GET(self, request: Any) -> bytes:
-        with open(self.path, "rb") as f:
-            body = f.read()
-        request.setHeader(b"content-type", self.content_type)
-        request.setHeader(b"content-security-policy", _CSP)
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        request.setHeader(b"cache-control", b"no-cache")
-        return body
-
-    render_HEAD = render_GET
-
-
-class DemoResource(resource.Resource):
-    """
-    ``/demo/``: the files of `DEMO_DIR` by name (a fixed list made at start-up, so no path can
-    leave the directory), ``index.html`` at ``/demo/``, and ``POST /demo/token``.
-    """
-
-    def __init__(self, gateway: Any, directory: str = DEMO_DIR) -> None:
-        super().__init__()
-        for name in sorted(os.listdir(directory)):
-            path = os.path.join(directory, name)
-            kind = DEMO_TYPES.get(os.path.splitext(name)[1])
-            if kind is not None and os.path.isfile(path):
-                self.putChild(name.encode(), _DemoFile(path, kind))
-        if b"index.html" in self.children:
-            self.putChild(b"", self.children[b"index.html"])
-        self.putChild(b"token", DemoToken(gateway))
-
-    def getChild(self, path: bytes, request: Any) -> resource.Resource:
-        return pages.notFound()
-
-    def render_GET(self, request: Any) -> bytes:
-        # /demo without the slash: the page's relative URLs need /demo/. A relative Location keeps
-        # any path prefix a proxy added in front of the gateway.
-        _, sep, query = request.uri.partition(b"?")
-        request.redirect(b"demo/" + sep + query)
-        return b""
-
-
-def demo_resource(gateway: Any) -> resource.Resource:
-    """``/demo/``: the browser client's files and ``POST /demo/token``."""
-    return DemoResource(gateway)
