@@ -18,6 +18,7 @@ from gateway.codecs.wav import WavAudio, read_wav
 
 from gateway.service import GatewayService
 from gateway.testing import TEST_API_KEY, configure
+from tests.system.standin import StandIn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(os.path.dirname(HERE), "data")
@@ -159,9 +160,7 @@ def settle_autobahn_timers(timeout_s: float = 5.0) -> Any:
 
 @defer.inlineCallbacks
 def start_standin(test: Any) -> Any:
-    """The minimal Deepgram stand-in on 127.0.0.1, stopped when ``test`` ends."""
-    from gateway.standin import StandIn
-
+    """The minimal Deepgram stand-in (`tests.system.standin`) on 127.0.0.1, stopped when ``test`` ends."""
     standin = StandIn(reactor, TEST_API_KEY)
     yield standin.listen()
     test.addCleanup(standin.stop)

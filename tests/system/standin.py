@@ -1,6 +1,6 @@
 """
-A minimal Deepgram stand-in for whole-gateway tests: both endpoints on one port, recording what
-it receives.
+A minimal Deepgram stand-in for whole-gateway tests (a test fixture, started by
+`tests.system.harness.start_standin`): both endpoints on one port, recording what it receives.
 
 It speaks just enough of the Voice Agent and ``/v1/listen`` protocols for the gateway's spine to
 be tested end to end over real sockets: the key check (401 with ``dg-error`` and
@@ -8,7 +8,10 @@ be tested end to end over real sockets: the key check (401 with ``dg-error`` and
 format, ``UserStartedSpeaking`` once caller audio arrives, ``Results`` per second of listen audio,
 and ``Metadata`` plus a 1000 close after ``CloseStream``. A Settings whose ``tags`` contain
 ``reject`` gets an ``INVALID_SETTINGS`` Error and a close with no status code, as Deepgram does.
-`gateway.emulator` is the complete, faithful emulator; this stays small on purpose.
+`gateway.emulator` is the package's one Deepgram fake, complete and faithful; this fixture stays
+small on purpose, because the spine, webhook, drain, admission and limits tests assert its exact
+answers (one ``UserStartedSpeaking``, 100 ms of silence as agent audio, the ``reject`` tag) that
+the emulator's scripted, speech-driven sessions do not give.
 """
 
 from __future__ import annotations
@@ -44,8 +47,13 @@ class StandInSession:
         return b"".join(p for kind, p in self.received if kind == "binary")
 
 
+class _Factory(WebSocketServerFactory):
+    standin: StandIn
+
+
 class _Protocol(WebSocketServerProtocol):
     tcpNoDelay = True
+    factory: _Factory
     session: StandInSession
     _spoke = False
     _listen_bytes = 0
@@ -58,9 +66,9 @@ class _Protocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         if self.session.path.endswith("/agent/converse"):
-            self._send({"type": "Welcome", "request_id": self.session.request_id})
+            self._send_json({"type": "Welcome", "request_id": self.session.request_id})
 
-    def _send(self, message: dict) -> None:
+    def _send_json(self, message: dict[str, Any]) -> None:
         self.sendMessage(json.dumps(message).encode(), False)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -74,36 +82,36 @@ class _Protocol(WebSocketServerProtocol):
         kind = message.get("type")
         if kind == "Settings":
             if "reject" in message.get("tags", []):
-                self._send({"type": "Error", "code": "INVALID_SETTINGS",
+                self._send_json({"type": "Error", "code": "INVALID_SETTINGS",
                             "description": "Error parsing client message. Check the agent.think field."})
                 self.sendClose()
                 return
             output = message["audio"]["output"]
             self._output = (output["encoding"], output["sample_rate"])
-            self._send({"type": "SettingsApplied"})
+            self._send_json({"type": "SettingsApplied"})
             self._agent_audio()
         elif kind == "CloseStream":
-            self._send({"type": "Metadata", "request_id": session.request_id, "duration": 0.0})
+            self._send_json({"type": "Metadata", "request_id": session.request_id, "duration": 0.0})
             self.sendClose(1000)
 
     def _agent_audio(self) -> None:
         encoding, rate = self._output
         silence = b"\xff" if encoding == "mulaw" else b"\x00\x00"
-        self._send({"type": "ConversationText", "role": "assistant", "content": "Hello!"})
-        self._send({"type": "AgentStartedSpeaking", "total_latency": 0.1})
+        self._send_json({"type": "ConversationText", "role": "assistant", "content": "Hello!"})
+        self._send_json({"type": "AgentStartedSpeaking", "total_latency": 0.1})
         self.sendMessage(silence * (rate // 10), True)
-        self._send({"type": "AgentAudioDone"})
+        self._send_json({"type": "AgentAudioDone"})
 
     def _audio(self, payload: bytes) -> None:
         if self.session.path.endswith("/agent/converse"):
             if not self._spoke:
                 self._spoke = True
-                self._send({"type": "UserStartedSpeaking"})
+                self._send_json({"type": "UserStartedSpeaking"})
             return
         before = self._listen_bytes // 8000
         self._listen_bytes += len(payload)
         if self._listen_bytes // 8000 > before:
-            self._send({"type": "Results", "is_final": True, "speech_final": False,
+            self._send_json({"type": "Results", "is_final": True, "speech_final": False,
                         "start": float(before), "duration": 1.0,
                         "channel": {"alternatives": [{"transcript": "", "confidence": 1.0, "words": []}]},
                         "metadata": {"request_id": self.session.request_id}})
@@ -161,7 +169,7 @@ class StandIn:
         return session
 
     def listen(self, endpoint: str = "tcp:0:interface=127.0.0.1") -> Deferred:
-        factory = WebSocketServerFactory()
+        factory = _Factory()
         factory.protocol = _Protocol
         factory.standin = self
         factory.setProtocolOptions(webStatus=False)
