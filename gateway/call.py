@@ -328,14 +328,8 @@ class UpstreamPort:
         self.upstream_audio = call.upstream_audio
         self.from_upstream = call.from_upstream
         self._call: Call | None = call
-        self.leg: UpstreamLeg | None = None
-
-    @property
-    def attached(self) -> bool:
-        return self._call is not None
 
     def upstream_opened(self, leg: UpstreamLeg, request_id: str | None) -> None:
-        self.leg = leg
         if self._call is None:
             # An attempt the call gave up on opened anyway: close it at once.
             leg.close(1000)

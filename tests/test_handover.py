@@ -38,6 +38,13 @@ def tick(h: CallHarness, seconds: float) -> None:
     h.clock.pump([0.05] * round(seconds / 0.05))
 
 
+def echo_marks(h: CallHarness) -> None:
+    """Twilio plays out what was sent: every mark sent to the caller comes back."""
+    for kind, name in h.caller.sent:
+        if kind == "mark":
+            h.call.from_caller(MarkEchoed(name))
+
+
 def live(h: CallHarness) -> None:
     h.open_upstream("req-A")
     h.call.from_upstream(dg("SettingsApplied"))
@@ -60,9 +67,7 @@ class GivingAwayTests(SynchronousTestCase):
         h.call._chain.outbound(SendMark("turn-1"))
         tick(h, 1)
         self.assertEqual(h.store.records, {}, "its audio is still playing at Twilio")
-        for kind, name in h.caller.sent:
-            if kind == "mark":
-                h.call.from_caller(MarkEchoed(name))
+        echo_marks(h)
         tick(h, 0.1)
         record, _ = h.store.records[CALL_SID]
         self.assertEqual(record["call_id"], h.call.info.call_id)
@@ -92,9 +97,7 @@ class GivingAwayTests(SynchronousTestCase):
         tick(h, 1)
         self.assertEqual(h.store.records, {})
         h.call.from_upstream(dg("AgentAudioDone"))
-        for kind, name in h.caller.sent:
-            if kind == "mark":
-                h.call.from_caller(MarkEchoed(name))
+        echo_marks(h)
         tick(h, 0.2)
         self.assertIn(CALL_SID, h.store.records)
 
@@ -156,9 +159,7 @@ class TakingUpTests(SynchronousTestCase):
         a.call.from_upstream(dg("ConversationText", role="assistant", content="Hello!"))
         a.call.from_upstream(dg("ConversationText", role="user", content="Where is my order?"))
         a.call.from_upstream(dg("AgentAudioDone"))  # (the answer's audio, done and played)
-        for kind, name in a.caller.sent:
-            if kind == "mark":
-                a.call.from_caller(MarkEchoed(name))
+        echo_marks(a)
         a.call.request_handover(30)
         tick(a, 0.1)
         return a.store.records[CALL_SID][0]

@@ -27,7 +27,7 @@ from typing import Any
 from gateway.codecs.deepgram_messages import check_client_message
 from gateway.emulator.faults import REASONS
 from gateway.emulator.script import Script, words_for
-from gateway.emulator.session import EmulatorProtocol
+from gateway.emulator.session import AudioTimeout, EmulatorProtocol
 from gateway.emulator.speech import DECODABLE, SpeechDetector, SpeechEnded, SpeechStarted, audio_problem, decode
 from gateway.errors import SettingsError
 
@@ -62,11 +62,9 @@ def _flux_words(text: str, start_s: float, end_s: float, count: int | None = Non
             for w in words_for(text, start_s, end_s, count=count)]
 
 
-class FluxProtocol(EmulatorProtocol):
+class FluxProtocol(AudioTimeout, EmulatorProtocol):
     """One ``/v2/listen`` session."""
 
-    _finished = False
-    _timer: Any = None
     _detector: SpeechDetector | None = None
     _sequence = 0
 
@@ -112,8 +110,7 @@ class FluxProtocol(EmulatorProtocol):
         """Flux's ``Error`` (``FatalError`` in the SDK), then a close without a status code."""
         self.log.info("emulator session {request_id}: fatal {code}",
                       request_id=self.session.request_id, code=code)
-        self._finished = True
-        self.cancel_call(self._timer)
+        self._stop_answering()
         self.send_json({"type": "Error", "code": code, "description": description})
         self.close_with(None)
 
@@ -123,16 +120,6 @@ class FluxProtocol(EmulatorProtocol):
         if kind == "ConfigureSuccess":
             return self._configured()
         return None
-
-    # --- the audio timeout -----------------------------------------------------------------------
-
-    def _restart_timer(self) -> None:
-        self.cancel_call(self._timer)
-        self._timer = self.call_later(self.options.net0001_timeout_s, self._timed_out)
-
-    def _timed_out(self) -> None:
-        self._finished = True
-        self.close_with(1011, REASONS["NET-0001"])
 
     # --- frames ----------------------------------------------------------------------------------
 
@@ -170,8 +157,7 @@ class FluxProtocol(EmulatorProtocol):
             if problem is not None:
                 self.log.info("emulator session {request_id}: DATA-0000 ({problem})",
                               request_id=self.session.request_id, problem=problem)
-                self._finished = True
-                self.cancel_call(self._timer)
+                self._stop_answering()
                 self.close_with(1008, REASONS["DATA-0000"])
                 return
         detector = self._detector
@@ -301,6 +287,5 @@ class FluxProtocol(EmulatorProtocol):
         """CloseStream: the turn in progress ends, then a close without a status code."""
         if self._in_turn:
             self._end_turn("model")
-        self._finished = True
-        self.cancel_call(self._timer)
+        self._stop_answering()
         self.close_with(None)

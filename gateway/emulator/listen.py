@@ -25,7 +25,7 @@ from typing import Any
 from gateway.codecs.deepgram_messages import check_client_message
 from gateway.emulator.faults import REASONS
 from gateway.emulator.script import Script, words_for
-from gateway.emulator.session import EmulatorProtocol
+from gateway.emulator.session import AudioTimeout, EmulatorProtocol
 from gateway.emulator.speech import DECODABLE, SpeechDetector, SpeechEnded, SpeechStarted, audio_problem, decode
 from gateway.errors import SettingsError
 
@@ -34,11 +34,9 @@ __all__ = ["ListenProtocol"]
 _WORDS_PER_S = 2.5
 
 
-class ListenProtocol(EmulatorProtocol):
+class ListenProtocol(AudioTimeout, EmulatorProtocol):
     """One ``/v1/listen`` session."""
 
-    _finished = False
-    _timer: Any = None
     _detector: SpeechDetector | None = None
 
     def opened(self) -> None:
@@ -70,16 +68,6 @@ class ListenProtocol(EmulatorProtocol):
         self._last_word_end: float | None = None
         self._restart_timer()
 
-    # --- NET-0001 ---------------------------------------------------------------------------------
-
-    def _restart_timer(self) -> None:
-        self.cancel_call(self._timer)
-        self._timer = self.call_later(self.options.net0001_timeout_s, self._net0001)
-
-    def _net0001(self) -> None:
-        self._finished = True
-        self.close_with(1011, REASONS["NET-0001"])
-
     # --- frames -----------------------------------------------------------------------------------
 
     def on_text(self, message: Any) -> None:
@@ -108,8 +96,7 @@ class ListenProtocol(EmulatorProtocol):
             if problem is not None:
                 self.log.info("emulator session {request_id}: DATA-0000 ({problem})",
                               request_id=self.session.request_id, problem=problem)
-                self._finished = True
-                self.cancel_call(self._timer)
+                self._stop_answering()
                 self.close_with(1008, REASONS["DATA-0000"])
                 return
         if self._detector is None:
@@ -207,8 +194,7 @@ class ListenProtocol(EmulatorProtocol):
 
     def _finish(self) -> None:
         """CloseStream: flush, Metadata, then a normal close."""
-        self._finished = True
-        self.cancel_call(self._timer)
+        self._stop_answering()
         self._flush(from_finalize=False)
         audio = self.session.audio
         self.send_json({

@@ -18,7 +18,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from gateway.emulator.faults import Fault
+from gateway.emulator.faults import REASONS, Fault
 
 __all__ = ["Session", "EmulatorProtocol"]
 
@@ -304,3 +304,30 @@ class EmulatorProtocol(WebSocketServerProtocol):
             self._close_now(1001, "emulator stopping")
         elif self.transport is not None:
             self.transport.abortConnection()
+
+
+class AudioTimeout:
+    """
+    Deepgram's listen endpoints (``/v1/listen``, ``/v2/listen``): no audio for
+    ``net0001_timeout_s`` closes the session with 1011 NET-0001. Mixed into their protocols;
+    ``_finished`` is set once the session has ended its own way (nothing more is answered).
+    """
+
+    _finished = False
+    _timer: Any = None
+
+    def _restart_timer(self) -> None:
+        p: Any = self
+        p.cancel_call(self._timer)
+        self._timer = p.call_later(p.options.net0001_timeout_s, self._net0001)
+
+    def _stop_answering(self) -> None:
+        """The session ends: no more timeout, nothing more answered."""
+        self._finished = True
+        p: Any = self
+        p.cancel_call(self._timer)
+
+    def _net0001(self) -> None:
+        self._finished = True
+        p: Any = self
+        p.close_with(1011, REASONS["NET-0001"])

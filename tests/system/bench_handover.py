@@ -101,21 +101,9 @@ def store_config(test: Cleanups, store: str) -> str:
     return f"[handover]\nstore = \"sqlite:{temp_path(test, 'handover.sqlite')}\"\n"
 
 
-@defer.inlineCallbacks
 def start_haproxy(test: Cleanups, dep: deploy.Deployment) -> Any:
     """HAProxy from deploy/haproxy.cfg with the deployment's ports: (its output collector, port)."""
-    haproxy = deploy.require_tool("haproxy", ["haproxy", "/usr/sbin/haproxy"], "apt-get install haproxy")
-    listen_port = deploy.free_ports(1)
-    text = deploy.read("deploy", "haproxy.cfg")
-    text = deploy.render_upstreams(text, r"^\s*server gw\d+ 127\.0\.0\.1:\d+ check",
-                                   lambda p: f"server gw{p} 127.0.0.1:{p} check", dep.ports)
-    text = text.replace("bind 127.0.0.1:8080", f"bind 127.0.0.1:{listen_port}")
-    conf = os.path.join(dep.dir, "haproxy.cfg")
-    with open(conf, "w") as f:
-        f.write(text)
-    argv = [haproxy, "-f", conf]
-    proto = yield deploy.ProxyTests.start_proxy(cast(Any, test), "haproxy", argv, dep, listen_port)
-    return proto, listen_port
+    return deploy.start_haproxy(cast(Any, test), dep)
 
 
 def proxy_says(proto: Any, port: int, state: str) -> int:

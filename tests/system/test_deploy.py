@@ -21,7 +21,6 @@ import shutil
 import signal
 import socket
 import sys
-import time
 from typing import Any, Callable, Iterable
 
 import treq
@@ -406,6 +405,21 @@ def render_upstreams(text: str, pattern: str, make: Callable[[int], str], ports:
     return "".join(lines[: found[0]] + block + lines[found[-1] + 1:])
 
 
+@defer.inlineCallbacks
+def start_haproxy(test: Any, dep: Deployment) -> Any:
+    """HAProxy from deploy/haproxy.cfg with the deployment's ports: (its output collector, port)."""
+    haproxy = require_tool("haproxy", ["haproxy", "/usr/sbin/haproxy"], "apt-get install haproxy")
+    listen_port = free_ports(1)
+    text = render_upstreams(read("deploy", "haproxy.cfg"), r"^\s*server gw\d+ 127\.0\.0\.1:\d+ check",
+                            lambda p: f"server gw{p} 127.0.0.1:{p} check", dep.ports)
+    text = text.replace("bind 127.0.0.1:8080", f"bind 127.0.0.1:{listen_port}")
+    conf = os.path.join(dep.dir, "haproxy.cfg")
+    with open(conf, "w") as f:
+        f.write(text)
+    proto = yield ProxyTests.start_proxy(test, "haproxy", [haproxy, "-f", conf], dep, listen_port)
+    return proto, listen_port
+
+
 class ProxyTests(TestCase):
     """The same calls through the front proxies, rendered from deploy/nginx.conf and haproxy.cfg."""
 
@@ -498,19 +512,11 @@ class ProxyTests(TestCase):
     @defer.inlineCallbacks
     def test_haproxy(self) -> None:
         """HAProxy: calls spread, tokens, and /readyz checks take a stopped process out."""
-        haproxy = require_tool("haproxy", ["haproxy", "/usr/sbin/haproxy"], "apt-get install haproxy")
+        require_tool("haproxy", ["haproxy", "/usr/sbin/haproxy"], "apt-get install haproxy")
         emulator = yield start_emulator(self)
         dep = Deployment(self, emulator, processes=3)
         yield dep.start()
-        listen_port = free_ports(1)
-        text = read("deploy", "haproxy.cfg")
-        text = render_upstreams(text, r"^\s*server gw\d+ 127\.0\.0\.1:\d+ check",
-                                lambda p: f"server gw{p} 127.0.0.1:{p} check", dep.ports)
-        text = text.replace("bind 127.0.0.1:8080", f"bind 127.0.0.1:{listen_port}")
-        conf = os.path.join(dep.dir, "haproxy.cfg")
-        with open(conf, "w") as f:
-            f.write(text)
-        proto = yield self.start_proxy("haproxy", [haproxy, "-f", conf], dep, listen_port)
+        proto, listen_port = yield start_haproxy(self, dep)
         gone = dep.ports[0]
 
         def marked_down() -> Any:

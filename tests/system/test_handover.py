@@ -15,9 +15,9 @@ the same with Deepgram 40 ms away each way.
 from __future__ import annotations
 
 import json
-import os
 import re
 from typing import Any
+
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
@@ -25,16 +25,7 @@ from gateway.codecs.wav import WavAudio
 from gateway.simulator.voice import TwilioVoiceCall
 from gateway.testing import temp_path
 from tests.system.harness import clip, start_emulator
-from tests.system import test_deploy as deploy
-from tests.system.test_deploy import (
-    DRAIN_S,
-    Deployment,
-    free_ports,
-    read,
-    render_upstreams,
-    require_tool,
-    wait_for,
-)
+from tests.system.test_deploy import DRAIN_S, Deployment, require_tool, start_haproxy, wait_for
 from tests.test_handover_store import RedisServer
 
 PUBLIC = "https://gw.handover.test"
@@ -63,22 +54,14 @@ class _HandoverScenario:
         Two processes behind HAProxy, a whole Twilio call, SIGTERM to the call's process once the
         agent has answered: (emulator, deployment, port of the stopped process, the call's result).
         """
-        haproxy = require_tool("haproxy", ["haproxy", "/usr/sbin/haproxy"], "apt-get install haproxy")
+        require_tool("haproxy", ["haproxy", "/usr/sbin/haproxy"], "apt-get install haproxy")
         emulator = yield start_emulator(self, speed=1.0, latency_ms=self.latency_ms,
                                         jitter_ms=self.latency_ms / 4)
         dep = Deployment(self, emulator, processes=2,
                          extra_config=f"log_conversation = true\n{self.store_config()}",
                          env={"TWILIO_AUTH_TOKEN": AUTH_TOKEN, "GATEWAY_PUBLIC_URL": PUBLIC})
         yield dep.start()
-        listen_port = free_ports(1)
-        text = read("deploy", "haproxy.cfg")
-        text = render_upstreams(text, r"^\s*server gw\d+ 127\.0\.0\.1:\d+ check",
-                                lambda p: f"server gw{p} 127.0.0.1:{p} check", dep.ports)
-        text = text.replace("bind 127.0.0.1:8080", f"bind 127.0.0.1:{listen_port}")
-        conf = os.path.join(dep.dir, "haproxy.cfg")
-        with open(conf, "w") as f:
-            f.write(text)
-        yield deploy.ProxyTests.start_proxy(self, "haproxy", [haproxy, "-f", conf], dep, listen_port)
+        _, listen_port = yield start_haproxy(self, dep)
 
         call = TwilioVoiceCall(reactor, f"http://127.0.0.1:{listen_port}", PUBLIC, conversation_clip(),
                                auth_token=AUTH_TOKEN, realtime=True, wait_s=1.0)
