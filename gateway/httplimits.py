@@ -29,7 +29,10 @@ import json
 from typing import Any
 
 import attrs
+from twisted.internet.interfaces import ITransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, server
 
 __all__ = ["HttpLimits", "http_limits", "LimitedChannel", "LimitedRequest", "LimitedSite"]
@@ -77,20 +80,30 @@ def http_limits(section: Any, head_timeout_s: float = 10.0) -> HttpLimits:
 class LimitedRequest(server.Request):
     """A request whose body is kept in memory and counted against the channel's limit."""
 
+    _body: io.BytesIO | None = None
+
     def gotLength(self, length: int | None) -> None:
         # Never a temporary file: the channel has refused any declared length over the limit,
         # and a chunked body is refused once it passes it (handleContentChunk).
-        self.content = io.BytesIO()
+        self._body = io.BytesIO()
+        # Twisted declares Request.content as the class attribute None, without an annotation,
+        # though it is the body's file once the length is known (twisted.web.http.Request).
+        self.content = self._body  # type: ignore[assignment]
 
     def handleContentChunk(self, data: bytes) -> None:
         channel = self.channel
-        if channel is None or getattr(channel, "refused", False):
+        body = self._body
+        if channel is None or body is None:
+            # The connection is gone, or a chunk came before the head said a body follows.
             return
-        limit = channel.limits.max_body_bytes
-        if self.content.tell() + len(data) > limit:
-            channel.refuse(413, f"the request body is larger than {limit} bytes")
-            return
-        self.content.write(data)
+        if isinstance(channel, LimitedChannel):
+            if channel.refused:
+                return
+            limit = channel.limits.max_body_bytes
+            if body.tell() + len(data) > limit:
+                channel.refuse(413, f"the request body is larger than {limit} bytes")
+                return
+        body.write(data)
 
 
 class LimitedChannel(http.HTTPChannel):
@@ -103,7 +116,7 @@ class LimitedChannel(http.HTTPChannel):
     log = Logger()
     limits = HttpLimits()
     #: Counts refusals by status (a `collections.Counter` shared with the site), for metrics.
-    refusals: Any = None
+    refusals: collections.Counter[int] | None = None
     refused = False
     _head_timer: Any = None
     _body_timer: Any = None
@@ -145,7 +158,7 @@ class LimitedChannel(http.HTTPChannel):
             self.refuse(408, f"the request head was not complete within {self.limits.head_timeout_s:g} s")
         elif self.transport is not None:
             # Nothing sent at all: no request to answer.
-            self.transport.abortConnection()
+            _abort(self.transport)
 
     def _body_too_slow(self) -> None:
         self._body_timer = None
@@ -226,7 +239,7 @@ class LimitedChannel(http.HTTPChannel):
         self._await_request = True
         super().requestDone(request)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timers()
         self._cancel(self._linger)
         self._linger = None
@@ -258,13 +271,18 @@ class LimitedChannel(http.HTTPChannel):
         )
         # Half-close once the answer is written, keep reading (and discarding) for a moment:
         # closing with unread input would make the kernel send a reset that can destroy the
-        # answer before the client reads it.
-        transport.unregisterProducer()
+        # answer before the client reads it. Stream transports (TCP, UNIX, TLS) have these
+        # methods beyond ITransport; TLS cannot half-close.
+        unregister = getattr(transport, "unregisterProducer", None)
+        if unregister is not None:
+            unregister()
         lose_write = getattr(transport, "loseWriteConnection", None)
         if lose_write is None:
             transport.loseConnection()
             return
-        transport.resumeProducing()
+        resume = getattr(transport, "resumeProducing", None)
+        if resume is not None:
+            resume()
         lose_write()
         self._linger = self.callLater(LINGER_S, self._stop_lingering)
 
@@ -278,14 +296,28 @@ class LimitedChannel(http.HTTPChannel):
             self._linger.cancel()
         self._linger = None
         if self.transport is not None:
-            self.transport.abortConnection()
+            _abort(self.transport)
+
+
+def _abort(transport: ITransport) -> None:
+    """
+    Drop ``transport`` without flushing. Every stream transport has ``abortConnection`` (TCP,
+    UNIX and TLS ones; it is outside `ITransport`); one without it is closed instead.
+    """
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()
+    else:
+        transport.loseConnection()
 
 
 class LimitedSite(server.Site):
     """A `Site` whose connections are `LimitedChannel`s under ``limits``; no access log."""
 
     noisy = False
-    protocol = LimitedChannel
+    # Twisted types HTTPFactory.protocol as the factory of its HTTP/2-negotiating wrapper; a
+    # channel class is what Site builds its connections with otherwise (HTTP/1.1 only here).
+    protocol = LimitedChannel  # type: ignore[assignment]
     requestFactory = LimitedRequest
 
     def __init__(self, resource: Any, limits: HttpLimits = HttpLimits(), reactor: Any = None) -> None:
@@ -293,7 +325,7 @@ class LimitedSite(server.Site):
                          reactor=reactor)
         self.limits = limits
         #: HTTP refusals by status, for /metrics.
-        self.refusals: collections.Counter = collections.Counter()
+        self.refusals: collections.Counter[int] = collections.Counter()
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
