@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.codecs import bounded_json, client
 from gateway.errors import CallerProtocolError
-from gateway.events import CallerControl, ClientHello
+from gateway.events import Audio, CallerControl, ClientHello
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -160,6 +160,46 @@ class BoundedJsonTests(SynchronousTestCase):
         with self.assertRaises(ValueError) as cm:
             bounded_json.loads('{"t": "\ud800"}')
         self.assertIn("bad_unicode", str(cm.exception))
+
+
+class StreamTests(SynchronousTestCase):
+    """`client.ClientStream`: the hello first, then audio and control, sans-IO."""
+
+    def test_order(self) -> None:
+        """The first message is the hello; then binary is audio and text is control."""
+        stream = client.ClientStream()
+        hello = stream.receive(b'{"token": "t"}', False)
+        self.assertEqual((type(hello), hello.token), (ClientHello, "t"))
+        self.assertEqual(stream.receive(b"\x01\x02", True), Audio(b"\x01\x02"))
+        self.assertEqual(stream.receive(b'{"type": "KeepAlive"}', False),
+                         CallerControl({"type": "KeepAlive"}))
+        self.assertEqual(stream.receive(b'{"token": "again"}', False),
+                         CallerControl({"token": "again"}), "a second hello is only control")
+
+    def test_a_bad_hello_is_still_the_hello(self) -> None:
+        """A first message that is not a hello is a ClientHello with its reason, never an error."""
+        stream = client.ClientStream()
+        self.assertEqual(stream.receive(b"\x00", True).reason, "binary_frame")
+        self.assertEqual(stream.receive(b"\x00", True), Audio(b"\x00"))
+
+    def test_bad_control_and_its_answer(self) -> None:
+        """A bad control message raises with a reason; the answer is an INVALID_MESSAGE error."""
+        stream = client.ClientStream()
+        stream.receive(b'{"token": "t"}', False)
+        with self.assertRaises(CallerProtocolError) as cm:
+            stream.receive(b"[1]", False)
+        self.assertIn(cm.exception.reason, client.CONTROL_REASONS)
+        self.assertEqual(stream.reply_to(cm.exception),
+                         client.error_message("INVALID_MESSAGE", cm.exception.message))
+
+    def test_frames_out(self) -> None:
+        """Audio as it came, in binary; events and errors as JSON; clear and mark are nothing."""
+        stream = client.ClientStream()
+        self.assertTrue(stream.audio_binary)
+        self.assertEqual(stream.media(b"\x01\x00"), b"\x01\x00")
+        self.assertEqual(stream.event({"type": "Welcome"}), client.event_message({"type": "Welcome"}))
+        self.assertEqual(stream.error("X", "y"), client.error_message("X", "y"))
+        self.assertEqual((stream.clear(), stream.mark("m")), (None, None))
 
 
 class SansIOTests(SynchronousTestCase):

@@ -166,6 +166,77 @@ class SerialiseTests(SynchronousTestCase):
         self.assertEqual(json.loads(twilio.clear_message(SID)), {"event": "clear", "streamSid": SID})
 
 
+class StreamTests(SynchronousTestCase):
+    """`twilio.TwilioStream`: the stream's ordering rules, sans-IO (no reactor, no socket)."""
+
+    def receive_all(self, stream: twilio.TwilioStream, messages: list) -> list:
+        out = []
+        for message in messages:
+            try:
+                out.append(stream.receive(frame(message)))
+            except CallerProtocolError as e:
+                out.append(e.reason)
+        return out
+
+    def test_order(self) -> None:
+        """connected is nothing for the call; start names the stream; the rest are its events."""
+        stream = twilio.TwilioStream()
+        connected = {"event": "connected", "protocol": "Call", "version": "1.0.0"}
+        media = {"event": "media", "streamSid": SID, "media": {"payload": "/w=="}}
+        out = self.receive_all(stream, [connected, START, media, {"event": "stop"}])
+        self.assertEqual([type(e) for e in out], [type(None), StreamStarted, Audio, StreamStopped])
+        self.assertEqual(stream.stream_sid, SID)
+
+    def test_refusals(self) -> None:
+        """Media before start, a second start and binary frames are refused with their reason."""
+        stream = twilio.TwilioStream()
+        media = {"event": "media", "streamSid": SID, "media": {"payload": "/w=="}}
+        out = self.receive_all(stream, [media, START, START, media])
+        self.assertEqual([e if isinstance(e, str) else type(e) for e in out],
+                         ["media_before_start", StreamStarted, "second_start", Audio])
+        with self.assertRaises(CallerProtocolError) as cm:
+            stream.receive(b"\x00\x01", True)
+        self.assertEqual(cm.exception.reason, "binary_frame")
+        self.assertEqual(cm.exception.message, "binary frame of 2 bytes (Twilio sends text)")
+        self.assertLessEqual({"media_before_start", "second_start", "binary_frame"},
+                             twilio.STREAM_REASONS)
+
+    def test_malformed_is_refused_before_start_too(self) -> None:
+        """The codec's own refusals pass through unchanged, started or not."""
+        stream = twilio.TwilioStream()
+        self.assertEqual(self.receive_all(stream, [{"event": "dance"}]), ["unknown_event"])
+        with self.assertRaises(CallerProtocolError) as cm:
+            stream.receive(b"{not json")
+        self.assertEqual(cm.exception.reason, "bad_json")
+
+    def test_start_without_a_stream_sid_starts_nothing(self) -> None:
+        """A start whose streamSid is empty leaves the stream unstarted (as the leg always did)."""
+        stream = twilio.TwilioStream()
+        empty = {"event": "start", "start": {"streamSid": ""}}
+        media = {"event": "media", "media": {"payload": "/w=="}}
+        out = self.receive_all(stream, [empty, media, START])
+        self.assertEqual([e if isinstance(e, str) else type(e) for e in out],
+                         [StreamStarted, "media_before_start", StreamStarted])
+
+    def test_nothing_to_send_before_start(self) -> None:
+        """Before start, media, mark and clear have no stream to address."""
+        stream = twilio.TwilioStream()
+        self.assertEqual((stream.media(b"\xff"), stream.mark("m"), stream.clear()), (None, None, None))
+
+    def test_frames_out(self) -> None:
+        """After start: the same bytes as the message functions; events and errors never."""
+        stream = twilio.TwilioStream()
+        stream.receive(frame(START))
+        payload = bytes(range(160))
+        self.assertEqual(stream.media(payload), twilio.media_message(SID, payload))
+        self.assertEqual(stream.mark("m"), twilio.mark_message(SID, "m"))
+        self.assertEqual(stream.clear(), twilio.clear_message(SID))
+        self.assertIsNone(stream.event({"type": "Welcome"}))
+        self.assertIsNone(stream.error("INVALID_MESSAGE", "x"))
+        self.assertIsNone(stream.reply_to(CallerProtocolError("bad_json", "x")))
+        self.assertFalse(stream.audio_binary)
+
+
 class RegressionTests(SynchronousTestCase):
     """Cases hypothesis found."""
 

@@ -9,23 +9,31 @@ decoded within `gateway.codecs.bounded_json`'s bounds, so a hostile one is refus
 reason and never raises anything else: the hello becomes a `ClientHello` with a ``problem`` (the
 auth stage answers 4002), a control message raises `CallerProtocolError` (the leg answers with
 an error event and the call goes on).
+
+`ClientStream` holds that order, sans-IO: the caller leg feeds it every frame and gets back the
+event for the call or a `CallerProtocolError`, and it serialises what the call sends back.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping, Union
+
+import attrs
 
 from gateway.codecs import bounded_json
 from gateway.codecs.deepgram_messages import ENDPOINTS, known_server_types
 from gateway.errors import CallerProtocolError
-from gateway.events import CallerControl, ClientHello
+from gateway.events import Audio, CallerControl, ClientHello
 
 __all__ = [
     "MAX_TEXT_BYTES",
     "FORWARDED_EVENTS",
     "HELLO_REASONS",
     "CONTROL_REASONS",
+    "INVALID_MESSAGE",
+    "ClientEvent",
+    "ClientStream",
     "parse_hello",
     "parse_control",
     "event_message",
@@ -49,6 +57,12 @@ HELLO_REASONS = frozenset(
 
 #: Every ``reason`` `parse_control` may raise `CallerProtocolError` with.
 CONTROL_REASONS = frozenset({"too_big", "not_object"} | bounded_json.REASONS)
+
+#: The error code a refused control message is answered with (`ClientStream.reply_to`).
+INVALID_MESSAGE = "INVALID_MESSAGE"
+
+#: What `ClientStream.receive` hands on to the call.
+ClientEvent = Union[ClientHello, Audio, CallerControl]
 
 
 def _refused(reason: str, problem: str) -> ClientHello:
@@ -143,3 +157,62 @@ def handover_message(url: str | None, token: str, expires_in_s: int, retry_after
     """
     return {"type": "Handover", "url": url, "token": token, "expires_in": expires_in_s,
             "retry_after_ms": retry_after_ms}
+
+
+@attrs.define
+class ClientStream:
+    """
+    One raw-audio client's connection, without I/O: the order of CONTRACT.md.
+
+    Inbound, `receive` takes each WebSocket message: the first is the hello (always a
+    `ClientHello`, whose ``reason`` says why it is not one, see `parse_hello`); after it a
+    binary frame is `Audio` (PCM s16le 16 kHz) and a text frame a `CallerControl`, or
+    `CallerProtocolError` with a reason from `CONTROL_REASONS`, which the client is told about
+    (`reply_to`).
+
+    Outbound, each method returns the frame to send or None: audio goes as it came, in binary
+    frames; Deepgram's events and the gateway's errors as JSON text; ``clear`` and ``mark`` are
+    nothing (clients drop queued audio themselves on the forwarded ``UserStartedSpeaking``;
+    marks are a Twilio feature).
+    """
+
+    #: Client audio travels in binary frames.
+    audio_binary: ClassVar[bool] = True
+
+    _hello_seen: bool = attrs.field(default=False, init=False)
+
+    def receive(self, frame: bytes, is_binary: bool) -> ClientEvent:
+        """One WebSocket message from the client, as the event for the call."""
+        if not self._hello_seen:
+            self._hello_seen = True
+            return parse_hello(frame, is_binary)
+        if is_binary:
+            return Audio(frame)
+        return parse_control(frame)
+
+    def media(self, payload: bytes) -> bytes:
+        """Audio for the client: the payload itself, in a binary frame."""
+        return payload
+
+    def mark(self, name: str) -> None:
+        """Nothing: marks are a Twilio feature."""
+        return None
+
+    def clear(self) -> None:
+        """Nothing: clients drop queued audio themselves on UserStartedSpeaking (forwarded)."""
+        return None
+
+    def event(self, message: Mapping[str, Any]) -> bytes:
+        """
+        Every Deepgram event, as it came: the types the SDK knows (`FORWARDED_EVENTS`) and any
+        newer one (the call counts those); see `event_message`.
+        """
+        return event_message(message)
+
+    def error(self, code: str, message: str) -> bytes:
+        """The gateway's error event (`error_message`)."""
+        return error_message(code, message)
+
+    def reply_to(self, error: CallerProtocolError) -> bytes:
+        """What a refused control message is answered with: an ``INVALID_MESSAGE`` error."""
+        return error_message(INVALID_MESSAGE, error.message)

@@ -7,13 +7,17 @@ binary (protocols.md §1). Parsing raises `CallerProtocolError` with a stable ``
 a message naming the field, what was expected and what came. Every message is decoded within
 `gateway.codecs.bounded_json`'s bounds (nesting depth, strict UTF-8, valid Unicode), so whatever
 a peer sends is parsed or refused, never an exception of another kind.
+
+`TwilioStream` holds the stream's ordering rules, sans-IO (h11's ``Connection`` in small): the
+caller leg feeds it every frame and gets back the event for the call, or nothing, or a precise
+`CallerProtocolError`; it serialises what the call sends back, once ``start`` named the stream.
 """
 
 from __future__ import annotations
 
 import binascii
 import json
-from typing import Any, Union
+from typing import Any, ClassVar, Mapping, Union
 
 import attrs
 import msgspec
@@ -26,6 +30,9 @@ from gateway.events import Audio, Dtmf, MarkEchoed, StreamStarted, StreamStopped
 __all__ = [
     "Connected",
     "TwilioInbound",
+    "TwilioEvent",
+    "TwilioStream",
+    "STREAM_REASONS",
     "parse_message",
     "media_message",
     "media_prefix",
@@ -52,6 +59,9 @@ REASONS = frozenset(
      "wrong_type", "bad_digit", "unknown_event", "unsupported_format"}
 )
 
+#: Every ``reason`` `TwilioStream.receive` may refuse a frame with beyond `REASONS`.
+STREAM_REASONS = frozenset({"binary_frame", "media_before_start", "second_start"})
+
 
 @attrs.frozen
 class Connected:
@@ -62,6 +72,9 @@ class Connected:
 
 
 TwilioInbound = Union[Connected, StreamStarted, Audio, MarkEchoed, Dtmf, StreamStopped]
+
+#: What `TwilioStream.receive` hands on to the call.
+TwilioEvent = Union[StreamStarted, Audio, MarkEchoed, Dtmf, StreamStopped]
 
 
 def _field(obj: dict[str, Any], name: str, path: str) -> Any:
@@ -285,3 +298,87 @@ def mark_message(stream_sid: str, name: str) -> bytes:
 def clear_message(stream_sid: str) -> bytes:
     """A ``clear`` message: drop the audio queued at Twilio (barge-in)."""
     return json.dumps({"event": "clear", "streamSid": stream_sid}, separators=(",", ":")).encode()
+
+
+@attrs.define
+class TwilioStream:
+    """
+    One Twilio Media Stream as the gateway sees it, without I/O: the ordering rules of
+    protocols.md §1 over `parse_message`.
+
+    Inbound, `receive` takes each WebSocket message and returns the event for the call, None
+    for what the call has no use for (``connected``), or raises `CallerProtocolError` with a
+    reason from `REASONS` or `STREAM_REASONS`:
+
+    - Twilio sends text only: a binary frame is ``binary_frame``;
+    - ``media`` before the stream's ``start`` is ``media_before_start``;
+    - a second ``start`` on one stream is ``second_start``.
+
+    The stream is started once a ``start`` names a non-empty ``streamSid``. What follows
+    ``stop`` is passed on as it comes (the call ends on ``stop``), and ``sequenceNumber`` and
+    the media ``chunk``/``timestamp`` counters are not checked: Twilio numbers its messages,
+    but a gap or a repeat has no consequence the gateway could act on.
+
+    Outbound, `media`, `mark` and `clear` return the text frame to send, or None before the
+    stream started (Twilio ignores messages without a ``streamSid``); `event` and `error`
+    return None always: Twilio has no use for Deepgram's JSON events and no error message (the
+    close code carries the diagnosis).
+    """
+
+    #: Twilio audio travels in text frames (base64 in JSON), never binary (protocols.md §1).
+    audio_binary: ClassVar[bool] = False
+
+    #: The stream's ``streamSid`` once ``start`` named it ("" until then).
+    stream_sid: str = attrs.field(default="", init=False)
+    _media_prefix: bytes = attrs.field(default=b"", init=False, repr=False)
+
+    def receive(self, frame: bytes | str, is_binary: bool = False) -> TwilioEvent | None:
+        """One WebSocket message from Twilio: the event for the call, or None (``connected``)."""
+        if is_binary:
+            raise CallerProtocolError(
+                "binary_frame", f"binary frame of {len(frame)} bytes (Twilio sends text)"
+            )
+        event = parse_message(frame)
+        if type(event) is Audio:  # the hot path first: 50 a second
+            if not self.stream_sid:
+                raise CallerProtocolError("media_before_start", "media before start")
+            return event
+        if type(event) is StreamStarted:
+            if self.stream_sid:
+                raise CallerProtocolError("second_start", "a second start on one stream")
+            self.stream_sid = event.stream_sid
+            self._media_prefix = media_prefix(event.stream_sid)
+            return event
+        if isinstance(event, Connected):
+            return None
+        return event
+
+    def media(self, payload: bytes) -> bytes | None:
+        """A ``media`` frame playing ``payload`` (raw mu-law 8 kHz), once started."""
+        if self.stream_sid:
+            return media_message(self.stream_sid, payload, self._media_prefix)
+        return None
+
+    def mark(self, name: str) -> bytes | None:
+        """A ``mark`` frame, once started."""
+        if self.stream_sid:
+            return mark_message(self.stream_sid, name)
+        return None
+
+    def clear(self) -> bytes | None:
+        """A ``clear`` frame, once started."""
+        if self.stream_sid:
+            return clear_message(self.stream_sid)
+        return None
+
+    def event(self, message: Mapping[str, Any]) -> None:
+        """Nothing: Twilio has no use for Deepgram's JSON events."""
+        return None
+
+    def error(self, code: str, message: str) -> None:
+        """Nothing: Twilio has no error message; the close code carries the diagnosis."""
+        return None
+
+    def reply_to(self, error: CallerProtocolError) -> None:
+        """Nothing: a refused message is only counted and logged; Twilio gets no answer."""
+        return None
