@@ -12,13 +12,13 @@ drop TCP, a round trip later), or when the connection ends without one. Waiting 
 left the call believing, for a round trip, that a closing leg could still be written to.
 
 The leg's ``call`` is the `gateway.call.UpstreamPort` of its attempt, which the call detaches once
-it is done with the session.
+it is done with the session; the leg knows it only as a `gateway.interfaces.UpstreamSink`.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from gateway.codecs.deepgram import encode_message, parse_server_message
 from gateway.errors import UpstreamProtocolError
 from gateway.events import Audio, UpstreamClosed
+from gateway.interfaces import UpstreamSink
 from gateway.legs.pressure import Pressure, attach
 from gateway.legs.wire import FastLane
 
@@ -39,7 +40,9 @@ __all__ = ["DeepgramProtocol", "DeepgramFactory", "connect_deepgram", "client_tl
 _REGISTERED_CLOSE_CODES = frozenset({1014})
 
 
-class DeepgramProtocol(FastLane, WebSocketClientProtocol):
+# Autobahn's two bases disagree on the types of ``peer`` and ``_transport_details`` (their own
+# declarations, not ours): mypy reports that on every subclass.
+class DeepgramProtocol(FastLane, WebSocketClientProtocol):  # type: ignore[misc]
     """One call's WebSocket to Deepgram."""
 
     # Autobahn 26 never applies the factory's tcpNoDelay (perf-notes §4.4): set it here.
@@ -55,7 +58,7 @@ class DeepgramProtocol(FastLane, WebSocketClientProtocol):
     #: True while more than the send budget waits to be written to Deepgram (`Pressure`).
     congested = False
     #: The call this leg belongs to (set by `DeepgramFactory.buildProtocol`).
-    call: Any = None
+    call: UpstreamSink
 
     def failHandshake(self, reason: str) -> None:
         status_line = getattr(self, "http_status_line", None) or ""
@@ -87,7 +90,8 @@ class DeepgramProtocol(FastLane, WebSocketClientProtocol):
             self.call.count("upstream_messages_rejected", reason=e.reason)
             self._bad_messages += 1
             if self._bad_messages <= 5:
-                self.call.log.warn("rejected a message from Deepgram: {message}", message=e.message)
+                self.call.log.warn("rejected a message from Deepgram: {message}", message=e.message,
+                                   log_category="DG_MESSAGE_REJECTED")
             return
         self.call.from_upstream(event)
 
@@ -97,7 +101,8 @@ class DeepgramProtocol(FastLane, WebSocketClientProtocol):
             # IANA-registered codes Autobahn does not know (1014 Bad Gateway) would fail the
             # connection as a protocol violation; answer them as the normal close they are.
             code = 1000
-        result = super().onCloseFrame(code, reasonRaw)  # type: ignore[misc]
+        # Autobahn annotates both as never None, yet passes None for a Close frame without a code.
+        result = super().onCloseFrame(code, reasonRaw)  # type: ignore[arg-type]
         if result is True:
             return result  # Autobahn failed the connection (bad reason text): onClose reports
         self._report(received, self.remoteCloseReason, True)
@@ -135,8 +140,9 @@ class DeepgramProtocol(FastLane, WebSocketClientProtocol):
             self.sendClose(code)
 
     def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abortConnection()
+        transport: Any = self.transport  # an ITCPTransport (ITransport has no abortConnection)
+        if transport is not None:
+            transport.abortConnection()
 
 
 class DeepgramFactory(WebSocketClientFactory):
@@ -145,14 +151,14 @@ class DeepgramFactory(WebSocketClientFactory):
     protocol = DeepgramProtocol
     noisy = False
 
-    def __init__(self, call: Any, url: str, headers: Mapping[str, str], **kwargs: Any) -> None:
+    def __init__(self, call: UpstreamSink, url: str, headers: Mapping[str, str], **kwargs: Any) -> None:
         super().__init__(url, headers=dict(headers), **kwargs)
         self.call = call
         self.done: Deferred = Deferred(self._cancel)
         self.protocol_instance: DeepgramProtocol | None = None
 
     def buildProtocol(self, addr: Any) -> DeepgramProtocol:
-        proto = super().buildProtocol(addr)
+        proto = cast(DeepgramProtocol, super().buildProtocol(addr))  # ``protocol`` is one
         proto.call = self.call
         self.protocol_instance = proto
         return proto
@@ -167,8 +173,8 @@ class DeepgramFactory(WebSocketClientFactory):
             self.done.callback(None)
 
     def _cancel(self, d: Deferred) -> None:
-        if self.protocol_instance is not None and self.protocol_instance.transport is not None:
-            self.protocol_instance.transport.abortConnection()
+        if self.protocol_instance is not None:
+            self.protocol_instance.abort()
 
 
 @lru_cache(maxsize=16)
@@ -190,7 +196,7 @@ def connect_deepgram(
     reactor: Any,
     url: str,
     headers: Mapping[str, str],
-    call: Any,
+    call: UpstreamSink,
     protocol_options: Mapping[str, Any] | None = None,
 ) -> Deferred:
     """
