@@ -17,7 +17,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.python.failure import Failure
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import Logger
+from twisted.logger import Logger, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.interfaces import LegState
@@ -34,9 +34,10 @@ class _Port:
         self.log = Logger()
         self.reports: list = []
         self.opened: list = []
+        self.counted: list = []
 
-    def count(self, *args, **kwargs) -> None:
-        pass
+    def count(self, name, amount=1, **labels) -> None:
+        self.counted.append((name, labels))
 
     def upstream_opened(self, leg, request_id) -> None:
         self.opened.append(request_id)
@@ -112,6 +113,15 @@ class DeepgramLegTests(SynchronousTestCase):
         sent = transport.value()
         self.assertEqual(sent[0], 0x88)
         self.assertNotEqual(struct.unpack("!H", bytes(a ^ b for a, b in zip(sent[6:8], sent[2:4])))[0], 1002)
+
+    def test_unreadable_message_counted_and_coded(self) -> None:
+        """A text frame that is not JSON is counted, logged as DG_MESSAGE_REJECTED, and dropped."""
+        proto, transport, port = self.open()
+        with capturedLogs() as events:
+            proto.dataReceived(bytes((0x81, 5)) + b"{nope")
+        self.assertEqual(port.counted, [("upstream_messages_rejected", {"reason": "bad_json"})])
+        self.assertEqual([e.get("log_category") for e in events], ["DG_MESSAGE_REJECTED"])
+        self.assertEqual(proto.state, LegState.OPEN)
 
     def test_drop_reported_on_connection_lost(self) -> None:
         """No Close frame at all: the lost connection is reported once, as unclean."""
