@@ -256,8 +256,13 @@ class _Link:
         self.to_target.discard()
         self.to_client.discard()
         for side in (self.client, self.target):
-            if side is not None and side.transport is not None:
-                side.transport.abortConnection()
+            transport = side.transport if side is not None else None
+            # TCP transports abort, though ITransport does not declare it.
+            abort = getattr(transport, "abortConnection", None)
+            if abort is not None:
+                abort()
+            elif transport is not None:
+                transport.loseConnection()
         if self.target is None and not self._target_gone and self._connector is not None:
             self._connector.disconnect()
         return _observe(self.gone)

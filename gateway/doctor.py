@@ -72,7 +72,7 @@ class _ProbeCaller:
     events: list[str] = attrs.field(factory=list)
     closed_with: tuple[int, str] | None = None
     congested: bool = False
-    state: LegState = LegState.OPEN
+    state: int = LegState.OPEN  # CallerLeg.state is an int; LegState's values are ints
 
     def send_audio(self, payload: bytes) -> None:
         pass
@@ -110,8 +110,8 @@ def check_key(reactor: Any, api_url: str, api_key: str, say: Callable[[str], Non
 
     url = api_url.rstrip("/") + "/v1/projects"
     try:
-        response = yield treq.get(url, headers={"Authorization": f"Token {api_key}"},
-                                  timeout=10, persistent=False, reactor=reactor)
+        headers: dict[bytes | str, bytes | str] = {"Authorization": f"Token {api_key}"}
+        response = yield treq.get(url, headers=headers, timeout=10, persistent=False, reactor=reactor)
         body = yield response.text()
     except Exception as e:  # noqa: BLE001 - any network failure is reported in plain words
         say(f"key check: FAILED: could not reach {url}: {type(e).__name__}: {e}"

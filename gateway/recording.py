@@ -56,7 +56,7 @@ class _Channel:
         self.buf = bytearray()
         self.cursor = 0  # in samples, absolute
 
-    def write(self, base: int, at: int, pcm: bytes) -> None:
+    def write(self, base: int, at: int, pcm: bytes | memoryview) -> None:
         buf = self.buf
         offset = (at - base) * 2
         held = len(buf)
@@ -99,7 +99,7 @@ class Mixer:
     def _at(self, t_s: float) -> int:
         return max(0, round((t_s - self.start_s) * self.rate_hz))
 
-    def caller(self, t_s: float, pcm: bytes) -> None:
+    def caller(self, t_s: float, pcm: bytes | memoryview) -> None:
         """A caller frame that arrived at ``t_s``."""
         channel = self._caller
         cursor = max(channel.cursor, self.base)
@@ -115,7 +115,7 @@ class Mixer:
                 return
         channel.write(self.base, cursor, pcm)
 
-    def agent(self, t_s: float, pcm: bytes) -> None:
+    def agent(self, t_s: float, pcm: bytes | memoryview) -> None:
         """An agent frame sent to the caller at ``t_s``."""
         channel = self._agent
         channel.write(self.base, max(channel.cursor, self.base, self._at(t_s)), pcm)
@@ -146,9 +146,9 @@ class _Pairs:
     """linear16 as it comes, whole samples only: an odd trailing byte waits for the next frame."""
 
     def __init__(self) -> None:
-        self._carry = b""
+        self._carry: bytes | memoryview = b""
 
-    def __call__(self, data: Any) -> Any:
+    def __call__(self, data: bytes | memoryview) -> bytes | memoryview:
         if self._carry:
             data, self._carry = bytes(self._carry) + data, b""
         if len(data) & 1:
@@ -156,7 +156,11 @@ class _Pairs:
         return data
 
 
-def _decoder(source: AudioFormat, rate_hz: int) -> Callable[[bytes], bytes]:
+#: A side's frame (a view into the `FrameLog`) to linear16 at the recording's rate.
+_Decoder = Callable[[memoryview], "bytes | memoryview"]
+
+
+def _decoder(source: AudioFormat, rate_hz: int) -> _Decoder:
     """Frames of ``source`` to linear16 at ``rate_hz``: one C call for mu-law at that rate."""
     if source.sample_rate_hz == rate_hz:
         if source.encoding == "mulaw":

@@ -184,7 +184,7 @@ def build_listen_url(
     ``channels`` derived from the audio the transcoder sends.
     """
     parts = urlsplit(base_url)
-    query = dict(parse_qsl(parts.query))
+    query: dict[str, str | Sequence[str]] = dict(parse_qsl(parts.query))
     query.update(params)
     query["encoding"] = input_format.encoding
     query["sample_rate"] = str(input_format.sample_rate_hz)

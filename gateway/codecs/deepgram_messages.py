@@ -137,7 +137,7 @@ def check_server_message(message: Any, endpoint: str, path: str = "message") -> 
         raise SettingsError(path, f"expected object, got {type(message).__name__}")
     known = server_messages(endpoint)
     kind = message.get("type")
-    if kind not in known:
+    if not isinstance(kind, str) or kind not in known:
         raise UnknownField(f"{path}.type", f"expected one of {', '.join(sorted(known))}, got {kind!r:.60}")
     models = known[kind]
     check_document(message, models[0] if len(models) == 1 else typing.Union[models], path)

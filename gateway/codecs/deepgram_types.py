@@ -39,7 +39,7 @@ import re
 import types
 import typing
 import warnings
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Collection, Hashable, Mapping, Sequence
 
 import pydantic
 from deepgram.agent.v1.types.agent_v1settings import AgentV1Settings
@@ -181,7 +181,7 @@ def _fields(cls: type[pydantic.BaseModel]) -> dict[str, tuple[Any, bool]]:
     for name, info in cls.model_fields.items():
         if info.exclude:
             continue
-        ann = info.annotation
+        ann: Any = info.annotation
         if info.metadata:
             ann = typing.Annotated[(ann, *info.metadata)]
         fields[info.alias or name] = (ann, info.is_required())
@@ -236,7 +236,7 @@ _EXPECTED = {"string_type": "string", "int_type": "integer", "float_type": "numb
              "model_type": "object", "none_required": "null"}
 
 
-def _unknown(what: str, key: Any, allowed: Sequence[str]) -> str:
+def _unknown(what: str, key: Any, allowed: Collection[str]) -> str:
     near = difflib.get_close_matches(str(key), allowed, n=1)
     hint = f"; did you mean {near[0]!r}?" if near else ""
     return f"unknown {what} (allowed: {', '.join(allowed)}){hint}"
@@ -339,7 +339,7 @@ def listen_literals(name: str, version: str = "v1") -> tuple[Any, ...]:
     return tuple(v for m in members if typing.get_origin(m) is typing.Literal for v in typing.get_args(m))
 
 
-def check_listen_value(name: str, value: str, version: str = "v1", path: str = "listen") -> None:
+def check_listen_value(name: str, value: object, version: str = "v1", path: str = "listen") -> None:
     """Check one query-string value (a string, as on the wire) of a known option ``name``."""
     field = f"{path}.{name}"
     if not isinstance(value, str):

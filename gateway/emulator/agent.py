@@ -30,7 +30,7 @@ from typing import Any
 from gateway.codecs.deepgram_messages import check_client_message
 from gateway.codecs.deepgram_types import check_settings
 from gateway.codecs.settings_schema import INPUT_ENCODINGS
-from gateway.emulator.faults import FaultSpecError, parse_fault
+from gateway.emulator.faults import Fault, FaultSpecError, parse_fault
 from gateway.emulator.script import Script
 from gateway.emulator.session import EmulatorProtocol
 from gateway.emulator.speech import DECODABLE, SpeechDetector, SpeechEnded, SpeechStarted, audio_problem, decode
@@ -144,7 +144,8 @@ class AgentProtocol(EmulatorProtocol):
         if self._fatal:
             return
         self._touch()
-        if self._settings is None:
+        audio_in = self._audio_in  # applied with the Settings
+        if audio_in is None:
             return self._fail("NON_SETTINGS_MESSAGE_BEFORE_SETTINGS")
         if not payload:
             # An empty frame is the legacy end-of-stream signal: end the session normally.
@@ -152,7 +153,6 @@ class AgentProtocol(EmulatorProtocol):
             self.cancel_call(self._idle)
             self.close_with(1000)
             return
-        audio_in = self._audio_in
         if self.options.check_audio:
             problem = audio_problem(payload, audio_in["encoding"], 1, self._audio_bytes == len(payload))
             if problem is not None:
@@ -178,7 +178,7 @@ class AgentProtocol(EmulatorProtocol):
             field = e.field.removeprefix("Settings.")
             return self._fail("UNPARSABLE_CLIENT_MESSAGE", _parse_error(field))
         problem = _invalid(settings)
-        faults = []
+        faults: list[Fault] = []
         for tag in settings.get("tags", []):
             if tag.startswith(FAULT_TAG):
                 try:

@@ -27,7 +27,7 @@ from typing import Any
 from gateway.codecs.deepgram_messages import check_client_message
 from gateway.emulator.faults import REASONS
 from gateway.emulator.script import Script, words_for
-from gateway.emulator.session import AudioTimeout, EmulatorProtocol
+from gateway.emulator.session import AudioTimeoutProtocol
 from gateway.emulator.speech import DECODABLE, SpeechDetector, SpeechEnded, SpeechStarted, audio_problem, decode
 from gateway.errors import SettingsError
 
@@ -62,7 +62,7 @@ def _flux_words(text: str, start_s: float, end_s: float, count: int | None = Non
             for w in words_for(text, start_s, end_s, count=count)]
 
 
-class FluxProtocol(AudioTimeout, EmulatorProtocol):
+class FluxProtocol(AudioTimeoutProtocol):
     """One ``/v2/listen`` session."""
 
     _detector: SpeechDetector | None = None
@@ -160,10 +160,10 @@ class FluxProtocol(AudioTimeout, EmulatorProtocol):
                 self._stop_answering()
                 self.close_with(1008, REASONS["DATA-0000"])
                 return
-        detector = self._detector
-        if detector is None:
+        detector, encoding = self._detector, self._encoding
+        if detector is None or encoding is None:  # a detector only for a decodable encoding
             return
-        for event in detector.feed(decode(payload, self._encoding)):
+        for event in detector.feed(decode(payload, encoding)):
             if isinstance(event, SpeechStarted):
                 self._speech_started(event.start_s)
             elif isinstance(event, SpeechEnded):

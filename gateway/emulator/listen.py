@@ -25,7 +25,7 @@ from typing import Any
 from gateway.codecs.deepgram_messages import check_client_message
 from gateway.emulator.faults import REASONS
 from gateway.emulator.script import Script, words_for
-from gateway.emulator.session import AudioTimeout, EmulatorProtocol
+from gateway.emulator.session import AudioTimeoutProtocol
 from gateway.emulator.speech import DECODABLE, SpeechDetector, SpeechEnded, SpeechStarted, audio_problem, decode
 from gateway.errors import SettingsError
 
@@ -34,7 +34,7 @@ __all__ = ["ListenProtocol"]
 _WORDS_PER_S = 2.5
 
 
-class ListenProtocol(AudioTimeout, EmulatorProtocol):
+class ListenProtocol(AudioTimeoutProtocol):
     """One ``/v1/listen`` session."""
 
     _detector: SpeechDetector | None = None
@@ -99,10 +99,10 @@ class ListenProtocol(AudioTimeout, EmulatorProtocol):
                 self._stop_answering()
                 self.close_with(1008, REASONS["DATA-0000"])
                 return
-        if self._detector is None:
+        detector, encoding = self._detector, self._encoding
+        if detector is None or encoding is None:  # a detector only for a decodable encoding
             return
-        detector = self._detector
-        for event in detector.feed(decode(payload, self._encoding, self._channels)):
+        for event in detector.feed(decode(payload, encoding, self._channels)):
             if isinstance(event, SpeechStarted):
                 self._utterance = self._script.next()
                 self._last_interim = event.start_s

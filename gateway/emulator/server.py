@@ -36,7 +36,7 @@ from gateway.emulator.flux import THRESHOLD_RANGES, FluxProtocol, threshold_prob
 from gateway.emulator.grants import GrantError, Grants
 from gateway.emulator.listen import ListenProtocol
 from gateway.emulator.options import EmulatorOptions
-from gateway.emulator.session import Session
+from gateway.emulator.session import EmulatorProtocol, Session
 from gateway.emulator.speech import DECODABLE
 from gateway.errors import SettingsError
 
@@ -204,6 +204,12 @@ def _json_error(request: Any, request_id: str, refused: HandshakeRefused) -> byt
     return json.dumps(body).encode()
 
 
+class _Factory(WebSocketServerFactory):
+    """The factory of one endpoint's sessions; they reach the `Emulator` through it."""
+
+    emulator: Emulator
+
+
 class _Site(server.Site):
     """A Site without an access log (requests may carry keys in odd places)."""
 
@@ -315,8 +321,8 @@ class Emulator:
 
     # --- listening -------------------------------------------------------------------------------
 
-    def _factory(self, protocol: type) -> WebSocketServerFactory:
-        factory = WebSocketServerFactory()
+    def _factory(self, protocol: type[EmulatorProtocol]) -> WebSocketServerFactory:
+        factory = _Factory()
         factory.protocol = protocol
         factory.emulator = self
         factory.setProtocolOptions(webStatus=False, closeHandshakeTimeout=2)

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from gateway.emulator.faults import REASONS, Fault
 
-__all__ = ["Session", "EmulatorProtocol"]
+__all__ = ["Session", "EmulatorProtocol", "AudioTimeoutProtocol"]
 
 
 @attrs.define(eq=False)
@@ -207,7 +207,11 @@ class EmulatorProtocol(WebSocketServerProtocol):
 
     def send_audio(self, data: bytes) -> None:
         """Send one binary frame (subject to stall/slow faults)."""
-        self._out(lambda: self.can_send and self.sendMessage(data, True))
+        def send() -> None:
+            if self.can_send:
+                self.sendMessage(data, True)
+
+        self._out(send)
 
     def close_with(self, code: int | None, reason: str | None = None) -> None:
         """Close with any code (or none at all), bypassing Autobahn's sendClose code checks."""
@@ -265,8 +269,7 @@ class EmulatorProtocol(WebSocketServerProtocol):
         if fault.kind == "close":
             self.close_with(fault.code, fault.reason)
         elif fault.kind == "drop":
-            if self.transport is not None:
-                self.transport.abortConnection()
+            self._drop()
         elif fault.kind == "stall":
             self._stalled = True
         elif fault.kind == "slow":
@@ -302,32 +305,39 @@ class EmulatorProtocol(WebSocketServerProtocol):
             self._stalled = False
             self._slow_ms = 0
             self._close_now(1001, "emulator stopping")
-        elif self.transport is not None:
-            self.transport.abortConnection()
+        else:
+            self._drop()
+
+    def _drop(self) -> None:
+        """Reset the connection (no close handshake), as a network failure would."""
+        # Stream transports (TCP, TLS) abort, though ITransport does not declare it.
+        transport = self.transport
+        abort = getattr(transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        elif transport is not None:
+            transport.loseConnection()
 
 
-class AudioTimeout:
+class AudioTimeoutProtocol(EmulatorProtocol):
     """
-    Deepgram's listen endpoints (``/v1/listen``, ``/v2/listen``): no audio for
-    ``net0001_timeout_s`` closes the session with 1011 NET-0001. Mixed into their protocols;
-    ``_finished`` is set once the session has ended its own way (nothing more is answered).
+    The base of Deepgram's listen endpoints (``/v1/listen``, ``/v2/listen``): no audio for
+    ``net0001_timeout_s`` closes the session with 1011 NET-0001. ``_finished`` is set once the
+    session has ended its own way (nothing more is answered).
     """
 
     _finished = False
     _timer: Any = None
 
     def _restart_timer(self) -> None:
-        p: Any = self
-        p.cancel_call(self._timer)
-        self._timer = p.call_later(p.options.net0001_timeout_s, self._net0001)
+        self.cancel_call(self._timer)
+        self._timer = self.call_later(self.options.net0001_timeout_s, self._net0001)
 
     def _stop_answering(self) -> None:
         """The session ends: no more timeout, nothing more answered."""
         self._finished = True
-        p: Any = self
-        p.cancel_call(self._timer)
+        self.cancel_call(self._timer)
 
     def _net0001(self) -> None:
         self._finished = True
-        p: Any = self
-        p.close_with(1011, REASONS["NET-0001"])
+        self.close_with(1011, REASONS["NET-0001"])

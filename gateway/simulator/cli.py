@@ -205,13 +205,13 @@ def _voice_audio(result: VoiceCallResult) -> CallResult:
 
 
 def _report(result: CallResult | VoiceCallResult, args: argparse.Namespace) -> int:
-    voice = isinstance(result, VoiceCallResult)
-    audio = _voice_audio(result) if voice else result
+    audio = _voice_audio(result) if isinstance(result, VoiceCallResult) else result
     saved, save_line = _save_audio(audio, args.save_audio) if args.save_audio else (True, "")
     if args.json:
         print(json.dumps(result.to_json()), flush=True)
     else:
-        print("\n".join(voice_summary_lines(result) if voice else summary_lines(result)), flush=True)
+        lines = voice_summary_lines(result) if isinstance(result, VoiceCallResult) else summary_lines(result)
+        print("\n".join(lines), flush=True)
         if save_line and saved:
             print(save_line, flush=True)
     if save_line and not saved:

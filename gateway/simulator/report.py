@@ -101,7 +101,8 @@ def describe_event(kind: str, message: Any) -> str | None:
     if kind == "Warning":
         return f"warning {m.get('code')}: {m.get('description') or m.get('message')}"
     if kind == "ConversationText":
-        return f"{_ROLES.get(m.get('role'), m.get('role'))}: {m.get('content')}"
+        role = str(m.get("role"))
+        return f"{_ROLES.get(role, role)}: {m.get('content')}"
     if kind == "Results":
         alternatives = (m.get("channel") or {}).get("alternatives") or [{}]
         text = alternatives[0].get("transcript", "") if isinstance(alternatives[0], dict) else ""

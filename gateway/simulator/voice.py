@@ -102,9 +102,9 @@ def parse_twiml(body: bytes) -> StreamStep | None:
     """The ``<Connect><Stream>`` of a TwiML document (None: the call does something else)."""
     root = ET.fromstring(body)
     connect = root.find("Connect")
-    if connect is None or connect.find("Stream") is None:
+    stream = connect.find("Stream") if connect is not None else None
+    if connect is None or stream is None:
         return None
-    stream = connect.find("Stream")
     parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
     return StreamStep(stream.get("url", ""), parameters, connect.get("action"))
 
@@ -162,7 +162,8 @@ class TwilioVoiceCall:
     def _post(self, public: str, form: Mapping[str, str]) -> Any:
         import treq
 
-        headers = {"Content-Type": ["application/x-www-form-urlencoded"]}
+        headers: dict[bytes | str, list[bytes | str]] = {
+            "Content-Type": ["application/x-www-form-urlencoded"]}
         if self.auth_token is not None:
             headers["X-Twilio-Signature"] = [compute_signature(self.auth_token, public, dict(form))]
         response = yield treq.post(self._local(public), data=urlencode(form).encode(), headers=headers,
