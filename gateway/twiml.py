@@ -148,7 +148,8 @@ class VoiceWebhook(resource.Resource):
         if not config.public_url or not config.stream_url:
             self.log.error(
                 "voice webhook refused: no public URL, so no <Stream url>; set GATEWAY_PUBLIC_URL "
-                "(or [gateway] public_url) to the https:// address Twilio reaches"
+                "(or [gateway] public_url) to the https:// address Twilio reaches",
+                log_category="TWILIO_WEBHOOK_NO_PUBLIC_URL",
             )
             return json_response(request, 503, {
                 "error": "the gateway has no public URL: set GATEWAY_PUBLIC_URL to the "
@@ -169,7 +170,8 @@ class VoiceWebhook(resource.Resource):
             value = values[0]
             if len(name) + len(value) >= TWIML_PARAMETER_MAX_CHARS:
                 self.log.warn("voice webhook: {name} not forwarded: longer than Twilio's "
-                              "parameter limit", name=name)
+                              "parameter limit", name=name,
+                              log_category="TWILIO_WEBHOOK_PARAMETER_TOO_LONG")
                 continue
             parameters.append((name, value))
         parameters.extend(config.twiml_parameters.items())
@@ -177,7 +179,7 @@ class VoiceWebhook(resource.Resource):
             call_sid = (fields.get("CallSid") or [""])[0]
             if not call_sid:
                 self.log.warn("voice webhook: no CallSid in the request; its stream token will not "
-                              "match any stream")
+                              "match any stream", log_category="TWILIO_WEBHOOK_NO_CALL_SID")
             parameters.append((STREAM_TOKEN_PARAMETER, mint_stream_token(
                 config.token_secret, self.gateway.reactor.seconds(), call_sid, config.stream_token_ttl_s)))
         action = None
@@ -209,7 +211,8 @@ def _refuse_unsigned(request: Any, config: Any, url: str, form: Mapping[str, lis
     if validate_signature(token, url, signature, form):
         return None
     log.warn("{what} refused (403): X-Twilio-Signature {problem} for {url}", what=what,
-             problem="does not match" if signature else "missing", url=url)
+             problem="does not match" if signature else "missing", url=url,
+             log_category="TWILIO_SIGNATURE_REFUSED")
     request.setResponseCode(403)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     return b"Forbidden\n"
@@ -259,7 +262,8 @@ class HandoverAction(resource.Resource):
 
         def failed(failure: Any) -> None:
             self.log.error("handover action: the store failed ({why}); answering the call's "
-                           "continuation", why=failure.getErrorMessage())
+                           "continuation", why=failure.getErrorMessage(),
+                           log_category="HANDOVER_ACTION_STORE_FAILED")
             request.write(_twiml(request, continuation(config.twiml_after_connect)))
             request.finish()
 

@@ -110,6 +110,7 @@ class ReportSender:
             report_call_id=document.get("call_id"),
             attempts=self.attempts,
             problem=problem,
+            log_category="CALL_REPORT_NOT_DELIVERED",
         )
         return False
 
@@ -205,7 +206,8 @@ class BatchSender:
             if not self._warned:
                 self._warned = True
                 self.log.warn("live events: the webhook queue is full ({reason}); the oldest events "
-                              "are dropped and counted (the receiver is slow or down)", reason=dropped[1])
+                              "are dropped and counted (the receiver is slow or down)", reason=dropped[1],
+                              log_category="LIVE_EVENTS_QUEUE_FULL")
         self._schedule()
         return dropped
 
@@ -281,7 +283,8 @@ class BatchSender:
     def _delivered(self, result: Any) -> None:
         self._in_flight = None
         if isinstance(result, Failure):
-            self.log.failure("live events: sending a batch failed", result)
+            self.log.failure("live events: sending a batch failed", result,
+                             log_category="LIVE_EVENTS_SEND_FAILED")
         self._schedule()
 
     @defer.inlineCallbacks
@@ -310,7 +313,7 @@ class BatchSender:
         self.failed_batches += 1
         self.log.warn("live events: a batch of {count} events not delivered to the webhook after "
                       "{attempts} attempts: {problem}", count=count, attempts=limits.attempts,
-                      problem=problem)
+                      problem=problem, log_category="LIVE_EVENTS_NOT_DELIVERED")
 
     def _client(self) -> Any:
         if self._http is None:

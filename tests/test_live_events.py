@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.errors import ConfigError
@@ -56,6 +57,11 @@ class FakeHttp:
         d: defer.Deferred = defer.Deferred()
         self.posts.append(Post(url, data, headers, d))
         return d
+
+
+def categories(events: list[dict[str, Any]]) -> list[str]:
+    """The ``log_category`` of each captured event that has one, in order."""
+    return [e["log_category"] for e in events if "log_category" in e]
 
 
 def envelope(batch: int, events: list) -> dict:
@@ -128,8 +134,10 @@ class SenderTests(SynchronousTestCase):
         sender, http, clock = self.sender(batch_s=1, max_batch=2, max_queue=3, max_queue_total=100)
         sender.put("a", 0)
         sender.put("a", 1)  # a full batch: in flight
-        drops = [sender.put("a", n) for n in range(2, 7)]
+        with capturedLogs() as events:
+            drops = [sender.put("a", n) for n in range(2, 7)]
         self.assertEqual(drops, [None, None, None, ("a", "call_queue_full"), ("a", "call_queue_full")])
+        self.assertEqual(categories(events), ["LIVE_EVENTS_QUEUE_FULL"])  # warned once
         self.assertEqual(sender.queued, 3)
         self.assertEqual(sender.dropped["call_queue_full"], 2)
         http.posts[0].answer()
@@ -179,8 +187,10 @@ class SenderTests(SynchronousTestCase):
         clock.advance(0.01)
         self.assertEqual(len(http.posts), 4)  # after 3 s (4 capped to backoff_max_s)
         self.assertEqual({p.body for p in http.posts}, {http.posts[0].body})  # the same batch
-        http.posts[3].answer(500)
+        with capturedLogs() as events:
+            http.posts[3].answer(500)
         self.assertEqual((sender.failed_batches, sender.failed_events, sender.sent_events), (1, 1, 0))
+        self.assertEqual(categories(events), ["LIVE_EVENTS_NOT_DELIVERED"])
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_retry_then_success_keeps_order(self) -> None:
@@ -220,6 +230,19 @@ class SenderTests(SynchronousTestCase):
         self.assertIs(self.successResultOf(d), True)
         self.assertEqual(http.posts[1].headers[b"X-Gateway-Signature"],
                          [("sha256=" + hmac.new(b"k", http.posts[1].body, hashlib.sha256).hexdigest()).encode()])
+
+    def test_report_sender_gives_up(self) -> None:
+        """A report refused on every attempt fires False, is counted and logged with its code."""
+        clock, http = Clock(), FakeHttp()
+        sender = ReportSender(clock, "http://hook/report", attempts=2, backoff_s=1, secret=b"k", http=http)
+        with capturedLogs() as events:
+            d = sender.send({"call_id": "c1"})
+            http.posts[0].answer(500)
+            clock.advance(1)
+            http.posts[1].answer(500)
+        self.assertIs(self.successResultOf(d), False)
+        self.assertEqual(sender.failed, 1)
+        self.assertEqual(categories(events), ["CALL_REPORT_NOT_DELIVERED"])
 
 
 class EventDataTests(SynchronousTestCase):

@@ -39,6 +39,11 @@ FORM = {
 LOCAL = "http://10.1.2.3:8080"
 
 
+def categories(events: list[dict[str, Any]]) -> list[str]:
+    """The ``log_category`` of each captured event that has one, in order."""
+    return [e["log_category"] for e in events if "log_category" in e]
+
+
 def expected_twiml(stream_url: str, parameters: list[tuple[str, str]], after: Any = None) -> bytes:
     """What the twilio package builds for the same document."""
     response = VoiceResponse()
@@ -128,10 +133,12 @@ class VoiceWebhookTests(WebhookTestsMixin, SynchronousTestCase):
     def test_invalid_signature_403(self) -> None:
         """A wrong signature gets a bare 403: no TwiML, no URL, nothing to learn from."""
         h = self.harness()
-        response, body = self.post(h, FORM, self.sign(PUBLIC + "/twilio/voice", {**FORM, "From": "+1"}))
+        with capturedLogs() as events:
+            response, body = self.post(h, FORM, self.sign(PUBLIC + "/twilio/voice", {**FORM, "From": "+1"}))
         self.assertEqual(response.code, 403)
         self.assertEqual(body, b"Forbidden\n")
         self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"text/plain; charset=utf-8"])
+        self.assertEqual(categories(events), ["TWILIO_SIGNATURE_REFUSED"])
 
     def test_missing_signature_403(self) -> None:
         """No X-Twilio-Signature at all is refused the same way."""
@@ -238,7 +245,7 @@ class VoiceWebhookTests(WebhookTestsMixin, SynchronousTestCase):
             response, body = self.post(h, FORM, None)
         self.assertEqual(response.code, 503)
         self.assertIn("GATEWAY_PUBLIC_URL", json.loads(body)["error"])
-        self.assertTrue(any("GATEWAY_PUBLIC_URL" in e.get("log_format", "") for e in events))
+        self.assertEqual(categories(events), ["TWILIO_WEBHOOK_NO_PUBLIC_URL"])
 
     def test_stream_url_is_exact_path(self) -> None:
         """/twilio/voice does not shadow /twilio: other children are 404 and the stream stays a leaf."""
@@ -431,8 +438,10 @@ class HandoverTwimlTests(WebhookTestsMixin, SynchronousTestCase):
         h = self.harness()
         h.store.down = True
         action = PUBLIC + "/twilio/handover"
-        response, body = self.post(h, FORM, self.sign(action, FORM), path="/twilio/handover")
+        with capturedLogs() as events:
+            response, body = self.post(h, FORM, self.sign(action, FORM), path="/twilio/handover")
         self.assertEqual((response.code, [e.tag for e in ET.fromstring(body)]), (200, ["Hangup"]))
+        self.assertEqual(categories(events), ["HANDOVER_ACTION_STORE_FAILED"])
 
 
 class WebhookMethodTests(WebhookTestsMixin, SynchronousTestCase):
