@@ -8,7 +8,8 @@ query string), so that a refusal can carry ``dg-error``, ``dg-request-id`` and a
 Autobahn's ``ConnectionDeny`` cannot. Accepted requests go to ``WebSocketResource``. Every
 response carries ``dg-request-id``. Credentials are the API key (``Authorization: Token``, or the
 ``token`` subprotocol) or an access token from the grant endpoint (``Authorization: Bearer``, or
-the ``bearer`` subprotocol), as Deepgram takes them.
+the ``bearer`` subprotocol), as Deepgram takes them. What a refusal says, and the listen query
+check, are in `gateway.emulator.handshake`.
 """
 
 from __future__ import annotations
@@ -27,20 +28,19 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from gateway.codecs.deepgram_types import check_listen_options
-from gateway.codecs.settings_schema import INPUT_ENCODINGS
 from gateway.delayproxy import Delay, DelayProxy
 from gateway.emulator.agent import AgentProtocol
 from gateway.emulator.faults import Fault, FaultSpecError, parse_fault
-from gateway.emulator.flux import THRESHOLD_RANGES, FluxProtocol, threshold_problem
+from gateway.emulator.flux import FluxProtocol
 from gateway.emulator.grants import GrantError, Grants
+from gateway.emulator.handshake import FAULT_PARAM, REFUSALS, HandshakeRefused, check_listen_query
 from gateway.emulator.listen import ListenProtocol
 from gateway.emulator.options import EmulatorOptions
 from gateway.emulator.session import EmulatorProtocol, Session
-from gateway.emulator.speech import DECODABLE
-from gateway.errors import SettingsError
 
-__all__ = ["Emulator", "AGENT_PATH", "LISTEN_PATH", "FLUX_PATH", "PROJECTS_PATH", "GRANT_PATH", "REFUSALS"]
+# REFUSALS, HandshakeRefused and check_listen_query are re-exported from gateway.emulator.handshake.
+__all__ = ["Emulator", "AGENT_PATH", "LISTEN_PATH", "FLUX_PATH", "PROJECTS_PATH", "GRANT_PATH", "REFUSALS",
+           "HandshakeRefused", "check_listen_query"]
 
 AGENT_PATH = "/v1/agent/converse"
 LISTEN_PATH = "/v1/listen"
@@ -50,75 +50,11 @@ GRANT_PATH = "/v1/auth/grant"
 #: The listen API version of each listen path.
 _VERSIONS = {LISTEN_PATH: "v1", FLUX_PATH: "v2"}
 FAULT_HEADER = b"x-emulator-fault"
-FAULT_PARAM = "emulator_fault"
-
-#: Default ``(err_code, err_msg)`` of a refused upgrade, by HTTP status.
-REFUSALS = {
-    400: ("Bad Request", "Bad Request: the request could not be processed."),
-    401: ("INVALID_AUTH", "Invalid credentials."),
-    402: ("ASR_PAYMENT_REQUIRED", "Project does not have enough credits for this request."),
-    403: ("INSUFFICIENT_PERMISSIONS", "Project does not have access to the requested model."),
-    404: ("NOT_FOUND", "Not found."),
-    429: ("TOO_MANY_REQUESTS", "Too many requests. Concurrency limit exceeded for this project."),
-    500: ("INTERNAL_SERVER_ERROR", "Internal server error."),
-    502: ("BAD_GATEWAY", "Bad gateway."),
-    503: ("SERVICE_UNAVAILABLE", "Service unavailable. Please try again later."),
-}
-
-
-
-class HandshakeRefused(Exception):
-    """An upgrade or request to refuse with ``status`` and ``message`` (``err_code`` in the body)."""
-
-    def __init__(self, status: int, message: str | None = None, err_code: str | None = None) -> None:
-        default_code, default_message = REFUSALS.get(status, ("ERROR", f"HTTP {status}."))
-        super().__init__(message or default_message)
-        self.status = status
-        self.message = message or default_message
-        self.err_code = err_code or default_code
 
 
 def _header(request: Any, name: bytes) -> str | None:
     value = request.getHeader(name)
     return value.decode("utf-8", "replace") if value is not None else None
-
-
-def check_listen_query(pairs: list[tuple[str, str]], version: str = "v1") -> None:
-    """
-    Raise `HandshakeRefused` (400) for a ``/v1/listen`` (or, ``version`` ``v2``, Flux) query string
-    Deepgram would refuse: an option the SDK does not name or a value Deepgram refuses (the
-    gateway's own check, `gateway.codecs.deepgram_types`; Flux's thresholds in their ranges and its
-    required ``model``), or audio the emulator cannot take. Repeated options (``keyterm``,
-    ``tag``...) are lists.
-    """
-    options: dict[str, list[str]] = {}
-    for name, value in pairs:
-        if name != FAULT_PARAM:
-            options.setdefault(name, []).append(value)
-    try:
-        check_listen_options({k: v[0] if len(v) == 1 else v for k, v in options.items()},
-                             version, path="query", complete=version == "v2")
-    except SettingsError as e:
-        raise HandshakeRefused(400, f"Bad Request: {e.field.removeprefix('query.')}: {e.message}.")
-    query = dict(pairs)
-    if version == "v2":
-        for name in THRESHOLD_RANGES:
-            problem = threshold_problem(name, query[name]) if name in query else None
-            if problem is not None:
-                raise HandshakeRefused(400, f"Bad Request: {problem}.")
-    encoding = query.get("encoding")
-    if encoding is not None and encoding not in INPUT_ENCODINGS:
-        raise HandshakeRefused(400, f"Bad Request: encoding {encoding!r} is not supported; "
-                                    f"use one of {', '.join(INPUT_ENCODINGS)}.")
-    rate = query.get("sample_rate")
-    if rate is not None and not (rate.isdigit() and 8000 <= int(rate) <= 48000):
-        raise HandshakeRefused(400, f"Bad Request: sample_rate {rate!r} is not an integer "
-                                    "between 8000 and 48000.")
-    if encoding in DECODABLE and rate is None:
-        raise HandshakeRefused(400, f"Bad Request: sample_rate is required with encoding={encoding}.")
-    channels = query.get("channels")
-    if channels is not None and not (channels.isdigit() and 1 <= int(channels) <= 8):
-        raise HandshakeRefused(400, f"Bad Request: channels {channels!r} is not an integer between 1 and 8.")
 
 
 @attrs.frozen
