@@ -24,6 +24,9 @@ Determinism: the jitter of direction ``d`` of the ``n``-th connection comes from
 connections interleave. Everything runs on the injected reactor: with a ``MemoryReactorClock`` in
 a unit test, nothing is delivered until the clock is advanced. Buffers are unbounded (no
 backpressure): this is a test tool, not a production proxy.
+
+One module of about 400 lines, on purpose: the timed pipe, the two sides, the link and the proxy
+are one mechanism that the timing model above specifies as a whole; none is of use alone.
 """
 
 from __future__ import annotations

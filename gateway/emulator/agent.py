@@ -18,6 +18,10 @@ with the function call; the caller speaking again first cancels it (``FunctionCa
 and a late response is ignored. ``ConversationText`` carries ``conversational_behavior``. With
 ``latency_reports`` each agent turn is followed by a ``LatencyReport``; ``message:TYPE`` faults
 send any of these on cue.
+
+One module of about 400 lines, on purpose: it is one session's state machine (turns, speaking,
+pending functions, faults armed by Settings) whose handlers all read and change the same state;
+the shared protocol, speech detection, scripts and voice audio are already modules of their own.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ Two options make the caller polite, as a person on the phone is:
   times and the speech-end figure stay relative to the clip's start.
 - ``until_answered``: after the clip, the call ends as soon as the agent's answer has played out
   in the same sense, instead of waiting the whole ``wait_s`` (still the upper bound).
+
+One module of about 450 lines, on purpose: `SimulatedCall` is one call's state machine (pacing,
+the polite-caller options, reconnecting across a handover, ending) whose parts share its timer
+and its clock; the connection, playback, result and protocol dialects are modules of their own.
 """
 
 from __future__ import annotations
