@@ -51,6 +51,8 @@ from __future__ import annotations
 
 import attrs
 
+from gateway.codecs.deepgram_messages import ENDPOINTS, known_server_types
+
 __all__ = [
     "Fault",
     "Trigger",
@@ -197,8 +199,6 @@ def _one(spec: str, text: str) -> Fault:
         return Fault(kind, text, trigger, error_code=args[0], reason=description)
 
     if kind == "message":
-        from gateway.codecs.deepgram_messages import ENDPOINTS, known_server_types
-
         known = frozenset().union(*(known_server_types(e) for e in ENDPOINTS))
         if len(args) != 1 or args[0] not in known:
             raise FaultSpecError(spec, f"message needs one server message type, one of {', '.join(sorted(known))}")

@@ -1,24 +1,32 @@
 """
 The thin Autobahn glue under a simulated call: one client protocol class and its factory.
 
-The protocol forwards everything to its call object (`gateway.simulator.call.SimulatedCall`),
-which holds the state; the factory records a TCP connection that never came up. Autobahn 26
-never applies the factory's ``tcpNoDelay``, hence the class attribute.
+The protocol forwards everything to its call object (a `CallSink`:
+`gateway.simulator.call.SimulatedCall`), which holds the state; the factory records a TCP
+connection that never came up. Autobahn 26 never applies the factory's ``tcpNoDelay``, hence the
+class attribute.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping, Protocol
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from twisted.internet.interfaces import IConnector
 from twisted.python.failure import Failure
 
-if TYPE_CHECKING:
-    from gateway.simulator.call import SimulatedCall
+__all__ = ["CallSink", "SimulatorProtocol", "SimulatorFactory", "connect", "local_url"]
 
-__all__ = ["SimulatorProtocol", "SimulatorFactory", "connect", "local_url"]
+
+class CallSink(Protocol):
+    """What the connection reports to its call (`gateway.simulator.call.SimulatedCall`)."""
+
+    def _handshake_failed(self, status: int | None, reason: str) -> None: ...
+    def _opened(self, proto: SimulatorProtocol) -> None: ...
+    def _received(self, payload: bytes, is_binary: bool) -> None: ...
+    def _closed(self, was_clean: bool, code: int | None, reason: str | None) -> None: ...
+    def _connect_failed(self, message: str) -> None: ...
 
 
 def local_url(url: str, public_url: str | None, base_url: str | None) -> str:
@@ -74,7 +82,7 @@ class SimulatorFactory(WebSocketClientFactory):
 
     protocol = SimulatorProtocol
 
-    def __init__(self, call: SimulatedCall, url: str, headers: Mapping[str, str], reactor: Any) -> None:
+    def __init__(self, call: CallSink, url: str, headers: Mapping[str, str], reactor: Any) -> None:
         super().__init__(url, headers=dict(headers), reactor=reactor)
         self.call = call
         # Keep-alive pings would be noise in the recording; the simulated calls are short.
