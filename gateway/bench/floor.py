@@ -44,7 +44,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.bench.framing import parse_http_head, server_handshake_response
-from gateway.bench.loop import Conn, Loop, connect_nonblocking
+from gateway.bench.loop import Commands, Conn, connect_nonblocking
 
 __all__ = ["main"]
 
@@ -133,8 +133,9 @@ class Upstream(Conn):
                          tls=floor.tls)
 
     def _wrap(self) -> None:
-        self.sock = self.tls.wrap_socket(self.sock, server_side=False, do_handshake_on_connect=False,
-                                         server_hostname=self.floor.host)
+        self.sock = self._tls().wrap_socket(self.sock, server_side=False,
+                                            do_handshake_on_connect=False,
+                                            server_hostname=self.floor.host)
         self.handshaking = True
 
     def connection_made(self) -> None:
@@ -292,11 +293,16 @@ class Caller(Conn):
 
 
 class Listener:
-    def __init__(self, floor: "Floor") -> None:
+    """The floor's listening socket: a fresh port, or ``port`` shared with other floor processes
+    through ``SO_REUSEPORT`` (``reuseport``), as several gateways share theirs."""
+
+    def __init__(self, floor: "Floor", port: int = 0, reuseport: bool = False) -> None:
         self.floor = floor
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        if reuseport:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self.sock.bind(("127.0.0.1", port))
         self.sock.listen(1024)
         self.sock.setblocking(False)
         floor.loop.add(self.sock.fileno(), self, 1)
@@ -310,8 +316,11 @@ class Listener:
             Caller(self.floor, sock)
 
 
-class Floor:
+class Floor(Commands):
+    """The floor relay's state, and its commands: ``status`` (its errors) and the base's."""
+
     def __init__(self, upstream: str, transcode: bool, control: bool = True) -> None:
+        super().__init__(control)
         parts = urlsplit(upstream)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or (443 if parts.scheme == "wss" else 80)
@@ -324,15 +333,9 @@ class Floor:
 
             self.ulaw2lin, self.lin2ulaw, self.ratecv = audioop.ulaw2lin, audioop.lin2ulaw, audioop.ratecv
         self.errors: list[str] = []
-        self.loop = Loop(self.command, control)
 
-    def command(self, cmd: dict) -> dict | None:
-        if cmd["cmd"] == "exit":
-            self.loop.running = False
-            return {"ok": True}
-        if cmd["cmd"] == "status":
-            return {"errors": self.errors[-20:], "error_count": len(self.errors)}
-        return {"error": f"unknown command {cmd['cmd']!r}"}
+    def cmd_status(self, cmd: dict) -> dict:
+        return {"errors": self.errors[-20:], "error_count": len(self.errors)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -340,9 +343,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--upstream", required=True, help="the Deepgram side: ws[s]://HOST:PORT/PATH")
     parser.add_argument("--transcode", action="store_true",
                         help="mu-law 8 kHz to the caller, linear16 16 kHz to the Deepgram side")
+    parser.add_argument("--reuseport", type=int, default=0, metavar="PORT",
+                        help="listen on PORT with SO_REUSEPORT, beside other floor processes")
     args = parser.parse_args(argv)
     floor = Floor(args.upstream, args.transcode)
-    listener = Listener(floor)
+    listener = Listener(floor, args.reuseport, reuseport=bool(args.reuseport))
     floor.loop.reply({"hello": "floor", "port": listener.sock.getsockname()[1]})
     floor.loop.run()
     for error in floor.errors[:20]:

@@ -30,7 +30,7 @@ from typing import Any
 
 from gateway.bench.framing import (OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameParser,
                                    client_handshake, encode_frame)
-from gateway.bench.loop import FRAME_NS, Conn, Loop, connect_nonblocking, percentiles, phase_ns
+from gateway.bench.loop import FRAME_NS, Commands, Conn, connect_nonblocking, phase_ns
 from gateway.bench.tracking import SeqTrack, stamp, unstamp
 
 ACCOUNT = "AC" + os.urandom(16).hex()
@@ -54,8 +54,9 @@ class Call(Conn):
         self.out = SeqTrack()
         self.out_bytes = 0
         self.got_media = False
-        self.in_send = array("q") if gen.joined else None
-        self.out_recv = array("q") if gen.joined else None
+        # Send and arrival times per 20 ms, for the orchestrator to join (filled when joined).
+        self.in_send = array("q")
+        self.out_recv = array("q")
         self.other = 0
         super().__init__(gen.loop, connect_nonblocking(gen.host, gen.port), connecting=True)
 
@@ -107,7 +108,7 @@ class Call(Conn):
         msg = _MEDIA % (self.seq, n + 1, n * 20, binascii.b2a_base64(payload, newline=False), self.sid)
         self.write(encode_frame(OP_TEXT, msg, True,
                                 getrandbits(32).to_bytes(4, "big") if gen.random_masks else None))
-        if self.in_send is not None:
+        if gen.joined:
             self.in_send.append(t)
         self.frames = n + 1
         return due + FRAME_NS
@@ -176,7 +177,7 @@ class Call(Conn):
                 continue
             track.see(seq)
             if gen.in_window:
-                gen.out_latency.append(now - t)
+                gen.latency.append(now - t)
 
     def connection_lost(self, why: str) -> None:
         gen = self.gen
@@ -187,9 +188,14 @@ class Call(Conn):
         self.state = "closed"
 
 
-class LoadGen:
+class LoadGen(Commands):
+    """The load generator's commands: ``start`` (open K calls; answers when they are up),
+    ``quiesce``, ``totals``, ``dump``, ``stop`` (answers when they are closed), and the base's."""
+
+    latency_key = "out_latency"
+
     def __init__(self) -> None:
-        self.loop = Loop(self.command)
+        super().__init__()
         self.calls: list[Call] = []
         self.reset({})
 
@@ -203,60 +209,45 @@ class LoadGen:
         self.errors: list[str] = []
         self.closed_calls = 0
         self.in_window = False
-        self.lateness: list[int] = []
-        self.out_latency: list[int] = []
+        self.lateness = []
+        self.latency = []
         self._waiting: str | None = None
+        self._expected = 0
+        self._deadline = 0.0
 
-    def command(self, cmd: dict) -> dict | None:
-        kind = cmd["cmd"]
-        if kind == "start":
-            self.reset(cmd)
-            now = time.monotonic_ns()
-            gap = int(1e9 / cmd.get("ramp_rate", 100.0))
-            for i in range(cmd["calls"]):
-                self.loop.call_at(now + i * gap, self._opener(cmd.get("first_index", 0) + i))
-            self._waiting = "ready"
-            self._deadline = time.monotonic() + cmd.get("timeout_s", 30.0)
-            self.loop.call_at(now + 50_000_000, self._poll)
-            self._expected = cmd["calls"]
-            return None
-        if kind == "mark":
-            self.lateness, self.out_latency = [], []
-            self.in_window = True
-            self._cpu0 = time.process_time()
-            self._t0 = time.monotonic()
-            return {"ok": True}
-        if kind == "endwindow":
-            self.in_window = False
-            cpu = time.process_time() - self._cpu0
-            wall = time.monotonic() - self._t0
-            return {"cpu_s": cpu, "wall_s": wall, "cpu_pct": 100.0 * cpu / wall,
-                    "lateness": percentiles(self.lateness),
-                    "out_latency": percentiles(self.out_latency)}
-        if kind == "quiesce":
-            for call in self.calls:
-                call.sending = False
-            return {"ok": True}
-        if kind == "totals":
-            return {"calls": {c.index: {"in_sent": c.frames, "out": c.out.as_dict(),
-                                        "out_units": c.out_bytes // 160, "other": c.other}
-                              for c in self.calls},
-                    "errors": self.errors[:20], "error_count": len(self.errors)}
-        if kind == "dump":
-            with open(cmd["path"], "wb") as f:
-                pickle.dump({c.index: (c.in_send, c.out_recv) for c in self.calls}, f)
-            return {"ok": True}
-        if kind == "stop":
-            for call in self.calls:
-                call.send_stop()
-            self._waiting = "closed"
-            self._deadline = time.monotonic() + cmd.get("timeout_s", 15.0)
-            self.loop.call_at(time.monotonic_ns() + 50_000_000, self._poll)
-            return None
-        if kind == "exit":
-            self.loop.running = False
-            return {"ok": True}
-        return {"error": f"unknown command {kind!r}"}
+    def cmd_start(self, cmd: dict) -> None:
+        self.reset(cmd)
+        now = time.monotonic_ns()
+        gap = int(1e9 / cmd.get("ramp_rate", 100.0))
+        for i in range(cmd["calls"]):
+            self.loop.call_at(now + i * gap, self._opener(cmd.get("first_index", 0) + i))
+        self._waiting = "ready"
+        self._deadline = time.monotonic() + cmd.get("timeout_s", 30.0)
+        self.loop.call_at(now + 50_000_000, self._poll)
+        self._expected = cmd["calls"]
+
+    def cmd_quiesce(self, cmd: dict) -> dict:
+        for call in self.calls:
+            call.sending = False
+        return {"ok": True}
+
+    def cmd_totals(self, cmd: dict) -> dict:
+        return {"calls": {c.index: {"in_sent": c.frames, "out": c.out.as_dict(),
+                                    "out_units": c.out_bytes // 160, "other": c.other}
+                          for c in self.calls},
+                "errors": self.errors[:20], "error_count": len(self.errors)}
+
+    def cmd_dump(self, cmd: dict) -> dict:
+        with open(cmd["path"], "wb") as f:
+            pickle.dump({c.index: (c.in_send, c.out_recv) for c in self.calls}, f)
+        return {"ok": True}
+
+    def cmd_stop(self, cmd: dict) -> None:
+        for call in self.calls:
+            call.send_stop()
+        self._waiting = "closed"
+        self._deadline = time.monotonic() + cmd.get("timeout_s", 15.0)
+        self.loop.call_at(time.monotonic_ns() + 50_000_000, self._poll)
 
     def _opener(self, index: int) -> Any:
         def open_call(now: int, due: int) -> None:

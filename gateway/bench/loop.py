@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Callable
 
-__all__ = ["Loop", "Conn", "percentiles", "FRAME_NS", "BURST_SLOTS", "phase_ns"]
+__all__ = ["Loop", "Conn", "Commands", "percentiles", "FRAME_NS", "BURST_SLOTS", "phase_ns"]
 
 FRAME_NS = 20_000_000
 _IN = select.EPOLLIN
@@ -82,9 +82,15 @@ class Conn:
         loop.add(self.fd, self, _IN | _OUT if (connecting or self.handshaking) else _IN)
 
     def _wrap(self) -> None:
-        self.sock = self.tls.wrap_socket(self.sock, server_side=self.server_side,
-                                         do_handshake_on_connect=False)
+        self.sock = self._tls().wrap_socket(self.sock, server_side=self.server_side,
+                                            do_handshake_on_connect=False)
         self.handshaking = True
+
+    def _tls(self) -> ssl.SSLContext:
+        """The TLS context (only called on a TLS connection)."""
+        if self.tls is None:
+            raise RuntimeError("not a TLS connection")
+        return self.tls
 
     # -- hooks
     def connection_made(self) -> None:
@@ -139,7 +145,7 @@ class Conn:
             else:
                 self.loop.modify(self.fd, _IN | _OUT if self.wbuf else _IN)
                 self.connection_made()
-        if self.handshaking:
+        if self.handshaking and isinstance(self.sock, ssl.SSLSocket):
             try:
                 self.sock.do_handshake()
             except ssl.SSLWantReadError:
@@ -281,6 +287,55 @@ class Loop:
             obj = handlers.get(fd)
             if obj is not None:
                 obj.on_event(ev)
+
+
+class Commands:
+    """
+    The command base of the load-side processes (load generator, peer, floor): a `Loop` whose
+    control channel dispatches ``{"cmd": NAME, ...}`` to the method ``cmd_NAME``, which returns
+    the answer (or None to answer later, through ``loop.reply``). Every process answers
+    ``exit``; the measuring sides (`measures`) also ``mark`` and ``endwindow``: a measured
+    window's own CPU, scheduling lateness of the 20 ms deadlines (``lateness``, appended by the
+    subclass while ``in_window``) and the one-way latencies it saw (``latency``), reported under
+    `latency_key`.
+    """
+
+    #: The name ``endwindow`` gives the latencies this side measures.
+    latency_key = "latency"
+
+    def __init__(self, control: bool = True) -> None:
+        self.loop = Loop(self.command, control)
+        self.in_window = False
+        self.lateness: list[int] = []
+        self.latency: list[int] = []
+        self._cpu0 = 0.0
+        self._t0 = 0.0
+
+    def command(self, cmd: dict) -> dict | None:
+        handler = getattr(self, "cmd_" + str(cmd.get("cmd")), None)
+        if handler is None:
+            return {"error": f"unknown command {cmd.get('cmd')!r}"}
+        answer: dict | None = handler(cmd)
+        return answer
+
+    def cmd_exit(self, cmd: dict) -> dict:
+        self.loop.running = False
+        return {"ok": True}
+
+    def cmd_mark(self, cmd: dict) -> dict:
+        self.lateness, self.latency = [], []
+        self.in_window = True
+        self._cpu0 = time.process_time()
+        self._t0 = time.monotonic()
+        return {"ok": True}
+
+    def cmd_endwindow(self, cmd: dict) -> dict:
+        self.in_window = False
+        cpu = time.process_time() - self._cpu0
+        wall = time.monotonic() - self._t0
+        return {"cpu_s": cpu, "wall_s": wall, "cpu_pct": 100.0 * cpu / wall,
+                "lateness": percentiles(self.lateness),
+                self.latency_key: percentiles(self.latency)}
 
 
 def connect_nonblocking(host: str, port: int) -> socket.socket:

@@ -26,7 +26,7 @@ from typing import Any
 
 from gateway.bench.framing import (OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameParser,
                                    encode_frame, parse_http_head, server_handshake_response)
-from gateway.bench.loop import FRAME_NS, Conn, Loop, percentiles, phase_ns
+from gateway.bench.loop import FRAME_NS, Commands, Conn, phase_ns
 from gateway.bench.tracking import SeqTrack, stamp, unstamp
 
 _APPLIED = encode_frame(OP_TEXT, b'{"type":"SettingsApplied"}')
@@ -44,8 +44,9 @@ class PeerConn(Conn):
         self.frames = 0
         self.inbound = SeqTrack()
         self.in_bytes = 0
-        self.in_recv = array("q") if peer.joined else None
-        self.out_send = array("q") if peer.joined else None
+        # Arrival and send times per 20 ms, for the orchestrator to join (filled when joined).
+        self.in_recv = array("q")
+        self.out_send = array("q")
         self.texts = 0
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -169,7 +170,7 @@ class PeerConn(Conn):
                 continue
             track.see(seq)
             if peer.in_window:
-                peer.in_latency.append(now - t)
+                peer.latency.append(now - t)
 
     def connection_lost(self, why: str) -> None:
         if not (self.state == "closing" and getattr(self, "close_code", None) == 1000):
@@ -198,9 +199,14 @@ class Listener:
             self.peer.accepted += 1
 
 
-class Peer:
+class Peer(Commands):
+    """The peer's commands: ``reset``, ``quiesce``, ``totals``, ``status``, ``dump``, and the
+    base's."""
+
+    latency_key = "in_latency"
+
     def __init__(self, tls: ssl.SSLContext | None) -> None:
-        self.loop = Loop(self.command)
+        super().__init__()
         self.tls = tls
         self.open_conns: set[PeerConn] = set()
         self.accepted = 0
@@ -215,48 +221,33 @@ class Peer:
         self.by_index: dict[int, PeerConn] = {}
         self.errors: list[str] = []
         self.in_window = False
-        self.lateness: list[int] = []
-        self.in_latency: list[int] = []
+        self.lateness = []
+        self.latency = []
 
-    def command(self, cmd: dict) -> dict | None:
-        kind = cmd["cmd"]
-        if kind == "reset":
-            self.reset(cmd)
-            return {"ok": True}
-        if kind == "mark":
-            self.lateness, self.in_latency = [], []
-            self.in_window = True
-            self._cpu0 = time.process_time()
-            self._t0 = time.monotonic()
-            return {"ok": True}
-        if kind == "endwindow":
-            self.in_window = False
-            cpu = time.process_time() - self._cpu0
-            wall = time.monotonic() - self._t0
-            return {"cpu_s": cpu, "wall_s": wall, "cpu_pct": 100.0 * cpu / wall,
-                    "lateness": percentiles(self.lateness),
-                    "in_latency": percentiles(self.in_latency)}
-        if kind == "quiesce":
-            for conn in self.by_index.values():
-                conn.sending = False
-            return {"ok": True}
-        if kind == "totals":
-            return {"calls": {i: {"out_sent": c.frames, "in": c.inbound.as_dict(),
-                                  "in_units": c.in_bytes // self.in_unit, "texts": c.texts}
-                              for i, c in self.by_index.items()},
-                    "open": len(self.open_conns), "errors": self.errors[:20],
-                    "error_count": len(self.errors)}
-        if kind == "status":
-            return {"open": len(self.open_conns), "accepted": self.accepted,
-                    "errors": self.errors[:20], "error_count": len(self.errors)}
-        if kind == "dump":
-            with open(cmd["path"], "wb") as f:
-                pickle.dump({i: (c.in_recv, c.out_send) for i, c in self.by_index.items()}, f)
-            return {"ok": True}
-        if kind == "exit":
-            self.loop.running = False
-            return {"ok": True}
-        return {"error": f"unknown command {kind!r}"}
+    def cmd_reset(self, cmd: dict) -> dict:
+        self.reset(cmd)
+        return {"ok": True}
+
+    def cmd_quiesce(self, cmd: dict) -> dict:
+        for conn in self.by_index.values():
+            conn.sending = False
+        return {"ok": True}
+
+    def cmd_totals(self, cmd: dict) -> dict:
+        return {"calls": {i: {"out_sent": c.frames, "in": c.inbound.as_dict(),
+                              "in_units": c.in_bytes // self.in_unit, "texts": c.texts}
+                          for i, c in self.by_index.items()},
+                "open": len(self.open_conns), "errors": self.errors[:20],
+                "error_count": len(self.errors)}
+
+    def cmd_status(self, cmd: dict) -> dict:
+        return {"open": len(self.open_conns), "accepted": self.accepted,
+                "errors": self.errors[:20], "error_count": len(self.errors)}
+
+    def cmd_dump(self, cmd: dict) -> dict:
+        with open(cmd["path"], "wb") as f:
+            pickle.dump({i: (c.in_recv, c.out_send) for i, c in self.by_index.items()}, f)
+        return {"ok": True}
 
 
 def main(argv: list[str] | None = None) -> None:

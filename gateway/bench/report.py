@@ -28,14 +28,18 @@ def table(steps: list[dict]) -> str:
     """
     One row per (mode, calls): medians over the repeats; under it, when the floor ran, the
     floor's row on the same traffic, and the gateway's CPU per call over the floor's (``x floor``).
+    ``CPU%`` is summed over the measured processes (``procs``, and HAProxy in tls-haproxy);
+    ``kern%`` is the kernel's share of it (system time over user + system).
     """
-    head = ("mode", "target", "calls", "rep", "CPU%", "ms CPU/call-s", "x floor", "KB/call",
+    head = ("mode", "target", "calls", "procs", "rep", "CPU%", "kern%", "ms CPU/call-s", "x floor",
+            "KB/call",
             "in p50", "in p99", "out p50", "out p99", "in lost/dup/reord", "out lost/dup/reord",
             "load CPU%", "flags")
     rows = [head]
 
     def row(s: dict, target: str, versus: str) -> tuple:
-        return (s["mode"], target, str(s["calls"]), str(s["repeats"]), _f(s["gateway_cpu_pct"], 1),
+        return (s["mode"], target, str(s["calls"]), str(s.get("procs", 1)), str(s["repeats"]),
+                _f(s["gateway_cpu_pct"], 1), _f(s.get("kernel_pct_of_cpu"), 0),
                 _f(s["cpu_ms_per_call_s"]), versus, _f(s["rss_kb_per_call"], 1),
                 _f(s["in_p50_ms"]), _f(s["in_p99_ms"]), _f(s["out_p50_ms"]), _f(s["out_p99_ms"]),
                 _lost(s["inbound"]), _lost(s["outbound"]), _f(s["load_cpu_pct"], 1),

@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         load = subprocess.Popen([sys.executable, "-m", "gateway.bench.soak", "--load",
                                  f"ws://127.0.0.1:{port}", "--calls", str(args.calls)],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert load.stdout is not None
         os.set_blocking(load.stdout.fileno(), False)
         state["load"] = load
         task.LoopingCall(sample).start(args.every_s, now=True)

@@ -170,3 +170,49 @@ class CoalescedSmokeTests(TestCase):
             self.assertGreater(run["latency_in_ms"]["p99"], 15.0, run["latency_in_ms"])
 
         return d.addCallback(ran)
+
+
+class ProductionShapeSmokeTests(TestCase):
+    """
+    ``gateway-bench --smoke --mode tls-haproxy --procs 2``: TLS offloaded to a real HAProxy
+    (deploy/haproxy-deepgram-tls.cfg's shape), two gateway processes and two floor processes on
+    one port each (SO_REUSEPORT); nothing lost, HAProxy's CPU counted, the knee reported.
+    """
+
+    timeout = 150
+
+    def test_offloaded_tls_on_two_processes(self) -> None:
+        """Every frame arrives once, in order, through both processes and HAProxy."""
+        from gateway.bench.proxy import find_haproxy
+
+        if find_haproxy() is None:
+            if os.environ.get("CI") == "true":
+                self.fail("haproxy is missing (apt-get install haproxy)")
+            raise self.skipTest("no haproxy (apt-get install haproxy)")
+        json_path = temp_path(self, "shapes.json")
+        d = threads.deferToThread(run_bench, ["--smoke", "--quiet", "--mode", "tls-haproxy",
+                                              "--procs", "2", "--json", json_path], 120)
+
+        def ran(completed: subprocess.CompletedProcess) -> None:
+            self.assertEqual(completed.returncode, 0, completed.stderr[-3000:])
+            with open(json_path) as f:
+                document = json.load(f)
+            self.assertEqual(document["settings"]["procs"], 2)
+            runs = document["runs"] + document["floor_runs"]
+            self.assertEqual(sorted(r["target"] for r in runs), ["floor", "gateway"])
+            for run in runs:
+                self.assertEqual((run["mode"], run["procs"], run["ready"], run["error_count"]),
+                                 ("tls-haproxy", 2, CALLS, 0), run["errors"])
+                self.assertGreater(run["proxy_cpu_s"], 0, run)
+                for direction in ("inbound", "outbound"):
+                    counts = run[direction]
+                    self.assertGreaterEqual(counts["sent"], CALLS * 50 * 4, counts)
+                    self.assertEqual((counts["received"], counts["lost"], counts["duplicated"],
+                                      counts["reordered"], counts["misrouted"]),
+                                     (counts["sent"], 0, 0, 0, 0), counts)
+            shutdown = document["shutdown"]["tls-haproxy"]
+            self.assertEqual((shutdown["gateway_tracebacks"], shutdown["proxy_exit"]), (0, [0, 0]))
+            knee = document["knee"]["tls-haproxy x2"]
+            self.assertEqual((knee["procs"], knee["calls"]), (2, CALLS))
+
+        return d.addCallback(ran)
