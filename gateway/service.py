@@ -22,13 +22,12 @@ from twisted.logger import Logger
 
 from gateway.admission import AUTH_TIMEOUT_MESSAGE, Admission, AdmissionCollector
 from gateway.api import make_site
-from gateway.assembly import ConfiguredGateway
 from gateway.call import Call
+from gateway.config import ConfiguredGateway
 from gateway.diagnostics import Diagnosis
 from gateway.legs.deepgram import connect_deepgram
 from gateway.legs.caller import CallerFactory, ClientProtocol, TwilioProtocol
 from gateway.metrics import GatewayMetrics
-from gateway.plugin import StartsService, StopsService, UsesAdmission
 from gateway.webhooks import ReportSender
 
 __all__ = ["Gateway", "GatewayService", "CALLER_OPTIONS", "UPSTREAM_OPTIONS"]
@@ -82,11 +81,12 @@ class Gateway:
         stages = []
         self._admission_aware = False
         for name, factory in configured.stages:
-            if isinstance(factory, UsesAdmission):
-                factory = factory.with_admission(self.admission)
+            bind = getattr(factory, "with_admission", None)
+            if bind is not None:
+                factory = bind(self.admission)
                 self._admission_aware = True
             stages.append((name, factory))
-        self.configured = configured.rebind(stages)
+        self.configured = attrs.evolve(configured, stages=tuple(stages))
         self.reports: ReportSender | None = None
         if self.config.webhook_url:
             self.reports = ReportSender(
@@ -185,7 +185,12 @@ class Gateway:
 
     def caller_options(self) -> dict[str, Any]:
         """Autobahn options of the caller legs; stage factories may contribute (keepalive's pings)."""
-        return {**CALLER_OPTIONS, **self.configured.caller_protocol_options}
+        options = dict(CALLER_OPTIONS)
+        for _, factory in self.configured.stages:
+            contribute = getattr(factory, "caller_protocol_options", None)
+            if contribute is not None:
+                options.update(contribute())
+        return options
 
     def make_site(self) -> Any:
         options = self.caller_options()
@@ -281,8 +286,9 @@ class GatewayService(service.Service):
         # Stage factories with process-wide work (the recording's retention sweep, the live
         # events' sender) start it now and finish it on stop.
         for _, factory in self.gateway.configured.stages:
-            if isinstance(factory, StartsService):
-                factory.start_service(self.reactor)
+            start = getattr(factory, "start_service", None)
+            if start is not None:
+                start(self.reactor)
         address = self.port.getHost()
         self.log.info(
             "gateway listening on {host}:{port} (mode {mode}, chain {chain})",
@@ -321,8 +327,9 @@ class GatewayService(service.Service):
         yield self.gateway.drain(self.gateway.config.drain_deadline_s)
         finishing = []
         for _, factory in self.gateway.configured.stages:
-            if isinstance(factory, StopsService):
-                finishing.append(defer.maybeDeferred(factory.stop_service))
+            stop = getattr(factory, "stop_service", None)
+            if stop is not None:
+                finishing.append(defer.maybeDeferred(stop))
         if finishing:
             # Queued live events and recordings still being written get a bounded moment.
             waiting = defer.DeferredList(finishing, consumeErrors=True)
