@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
                         "reuseport: endpoint), and N floor processes likewise; CPU and memory are "
                         "summed over them (and HAProxy's, in tls-haproxy). With --pin, process i "
                         "runs on CPU i mod the CPUs, the load side on CPU 1. Default 1")
+    p.add_argument("--nice", type=int, default=0, metavar="N",
+                   help="run every child (gateways, floors, HAProxy, peer, load generator) at "
+                        "niceness N; a negative N puts the measurement ahead of the host's other "
+                        "work on a shared machine (needs root or CAP_SYS_NICE). Default 0")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -135,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "chain_extra": chain_extra,
                                              "floor": args.floor, "mask": args.mask,
                                              "burst": args.burst, "procs": args.procs,
+                                             "nice": args.nice,
                                              "config": "legacy" if args.legacy_config else "default"},
                                 "runs": [], "steps": []}
     if args.floor:
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                          say=say, coalesce_ms=args.coalesce_ms, sample_dir=args.sample,
                          py_spy=py_spy, target=target, mask=args.mask, burst=args.burst,
                          legacy_config=args.legacy_config, chain_extra=chain_extra,
-                         procs=args.procs)
+                         procs=args.procs, nice=args.nice)
             made.start()
             key = "baseline_rss_kb" if target == "gateway" else "floor_baseline_rss_kb"
             document.setdefault(key, {}).setdefault(mode, []).append(made.baseline_rss_kb)

@@ -47,7 +47,8 @@ class Bench:
     One mode: ``procs`` gateways (or, with ``target="floor"``, floor relays), a peer and a load
     generator, kept up across that mode's steps. ``mask`` ("random" or "zero") and ``burst`` shape
     the load generator's traffic; ``legacy_config`` runs the gateway with the bench's old config;
-    ``chain_extra`` adds plugins to its chain (`CHAIN_EXTRAS`).
+    ``chain_extra`` adds plugins to its chain (`CHAIN_EXTRAS`); ``nice`` is every child's
+    niceness (`gateway.bench.workers.child_setup`).
     """
 
     def __init__(self, mode: str, pin: bool = False, profile: str | None = None,
@@ -55,7 +56,7 @@ class Bench:
                  coalesce_ms: int = 0, sample_dir: str | None = None, py_spy: str | None = None,
                  target: str = "gateway", mask: str = "random", burst: bool = False,
                  legacy_config: bool = False, chain_extra: Sequence[str] = (),
-                 procs: int = 1) -> None:
+                 procs: int = 1, nice: int = 0) -> None:
         self.mode = mode
         self.chain_extra = tuple(chain_extra)
         self.target = target
@@ -63,6 +64,7 @@ class Bench:
         self.burst = burst
         self.legacy_config = legacy_config
         self.procs = procs
+        self.nice = nice
         self.coalesce_ms = coalesce_ms
         self.sample_dir = sample_dir
         self.py_spy = py_spy
@@ -132,14 +134,14 @@ class Bench:
             ca, cert, key = make_certificates(self.dir)
             peer_argv += ["--cert", cert, "--key", key]
             env["SSL_CERT_FILE"] = ca
-        self.peer = Worker("peer", peer_argv, load_cpu)
+        self.peer = Worker("peer", peer_argv, load_cpu, nice=self.nice)
         port = self.peer.hello["port"]
         scheme = "wss" if self.tls else "ws"
         if self.offload:
             haproxy = find_haproxy()
             if haproxy is None:
                 raise RuntimeError("--mode tls-haproxy needs haproxy (apt-get install haproxy)")
-            self.proxy = HAProxy(haproxy, self.dir, port, ca, self._cpu(0))
+            self.proxy = HAProxy(haproxy, self.dir, port, ca, self._cpu(0), self.nice)
             scheme, port = "ws", self.proxy.port
         upstream = f"{scheme}://127.0.0.1:{port}"
         if self.target == "floor":
@@ -170,7 +172,7 @@ class Bench:
             with open(log_path, "wb") as log:
                 self.gateways.append(subprocess.Popen(
                     argv, stdout=log, stderr=subprocess.STDOUT, env=child_env(env),
-                    preexec_fn=child_setup(self._cpu(i))))
+                    preexec_fn=child_setup(self._cpu(i), self.nice)))
         for proc, log_path in zip(self.gateways, self.log_paths):
             self.gateway_port = self._listening(proc, log_path)
 
@@ -196,12 +198,13 @@ class Bench:
             log_path = os.path.join(self.dir, f"floor-{self.mode}-{i}.log")
             self.log_paths.append(log_path)
             with open(log_path, "wb") as log:
-                self.floors.append(Worker("floor", argv, self._cpu(i), stderr=log, env=env))
+                self.floors.append(Worker("floor", argv, self._cpu(i), stderr=log, env=env,
+                                          nice=self.nice))
         self.gateway_port = self.floors[0].hello["port"]
 
     def _prime(self) -> None:
         self.loadgen = Worker("loadgen", [sys.executable, "-m", "gateway.bench.loadgen"],
-                              LOAD_CPU if self.pin else None)
+                              LOAD_CPU if self.pin else None, nice=self.nice)
         # Primer calls (a pair per process, the kernel's spread permitting), so that what the
         # first call imports or builds is in the baseline.
         primer = self.run_step(2 * self.procs, warmup_s=0.5, window_s=0.5, primer=True)

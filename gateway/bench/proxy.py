@@ -56,7 +56,7 @@ class HAProxy:
     """A foreground HAProxy (``-db``) from `render_config`, pinned to ``cpu`` when given."""
 
     def __init__(self, binary: str, directory: str, peer_port: int, ca_file: str,
-                 cpu: int | None) -> None:
+                 cpu: int | None, nice: int = 0) -> None:
         with open(TEMPLATE) as f:
             template = f.read()
         self.port = free_port()
@@ -67,7 +67,7 @@ class HAProxy:
         log: IO[bytes]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([binary, "-db", "-f", self.config_path], stdout=log,
-                                         stderr=subprocess.STDOUT, preexec_fn=child_setup(cpu))
+                                         stderr=subprocess.STDOUT, preexec_fn=child_setup(cpu, nice))
         deadline = time.monotonic() + 10
         while not self._listening():
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -21,8 +21,9 @@ __all__ = ["Worker", "child_setup", "child_env", "free_port", "GATEWAY_CPU", "LO
 GATEWAY_CPU, LOAD_CPU = 0, 1
 
 
-def child_setup(cpu: int | None) -> Callable[[], None]:
-    """A ``preexec_fn``: die with the orchestrator, and run on ``cpu`` when given."""
+def child_setup(cpu: int | None, nice: int = 0) -> Callable[[], None]:
+    """A ``preexec_fn``: die with the orchestrator, run on ``cpu`` when given, and at niceness
+    ``nice`` (negative: ahead of the host's other work; needs root or CAP_SYS_NICE)."""
     def setup() -> None:
         # Die with the orchestrator (PR_SET_PDEATHSIG = 1), so that nothing outlives a killed run.
         try:
@@ -31,6 +32,8 @@ def child_setup(cpu: int | None) -> Callable[[], None]:
             pass
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})
+        if nice:
+            os.nice(nice)
     return setup
 
 
@@ -55,11 +58,11 @@ class Worker:
     """A load-side process (peer, load generator, floor) spoken to in JSON lines."""
 
     def __init__(self, name: str, argv: list[str], cpu: int | None, stderr: Any = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, nice: int = 0) -> None:
         self.name = name
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=stderr, env=child_env(env),
-                                     preexec_fn=child_setup(cpu))
+                                     preexec_fn=child_setup(cpu, nice))
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._stdin: IO[bytes] = self.proc.stdin
         self._stdout: IO[bytes] = self.proc.stdout
