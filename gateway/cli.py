@@ -20,7 +20,10 @@ import sys
 import tempfile
 import threading
 import time
-from typing import IO, Any, Sequence
+from typing import IO, TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 __all__ = ["main"]
 
@@ -100,13 +103,24 @@ class _Child:
         return self.proc.wait()
 
 
+def load_config(path: str | None, environ: Any = None, **options: Any) -> Any:
+    """
+    The assembly's `gateway.assembly.load_config` with the built-in plugins. Imported here, not
+    at the top: every ``gateway`` command would otherwise pay for the plugins and Deepgram's SDK
+    (about a second) even when it only spawns ``twistd`` or prints its help.
+    """
+    import plugins
+    from gateway.assembly import load_config as assemble_config
+
+    return assemble_config(path, environ, builtins=plugins.BUILTINS, **options)
+
+
 def _demo_problem(args: argparse.Namespace, env: dict[str, str]) -> str | None:
     """What stops the demo before anything starts, in one line: the configuration or the WAV path."""
     if args.handover and (args.mode != "agent" or args.config):
         return ("demo: --handover shows the Voice Agent remembering across a restart with its own "
                 "configuration; --mode listen/flux and --config do not apply")
     if args.config:
-        from gateway.config import load_config
         from gateway.errors import ConfigError, PluginLoadError
 
         try:
@@ -311,18 +325,12 @@ def effective_upstream(configured: Any, leg: str = "twilio") -> tuple[str, Any]:
     section the transcoder derives, the plugins' functions), else ``("url", the query URL)``.
     The same functions the settings stage uses build it.
     """
-    from gateway.call import CALLER_FORMATS
     from gateway.codecs import deepgram
-    from gateway.functions import declarations
     from plugins.settings import _add_functions
 
-    caller = CALLER_FORMATS[leg]
-    upstream_in, upstream_out = caller, caller
+    upstream_in, upstream_out = configured.formats[leg]
     options = None
     for name, factory in configured.stages:
-        negotiate = getattr(factory, "upstream_formats", None)
-        if negotiate is not None:
-            upstream_in, upstream_out = negotiate(caller)
         if name == "settings":
             options = factory.options
     if options is None:
@@ -330,8 +338,7 @@ def effective_upstream(configured: Any, leg: str = "twilio") -> tuple[str, Any]:
     mode = configured.config.mode
     if mode == "agent":
         settings = deepgram.build_settings(options.template, upstream_in, upstream_out)
-        functions = declarations(dict(configured.stages))
-        _add_functions(settings, [spec.declaration(n) for n, (_, spec) in functions.items()])
+        _add_functions(settings, [spec.declaration(n) for n, (_, spec) in configured.functions.items()])
         return "settings", settings
     # listen_url/listen_params, flux_url/flux_params...: one builder per query-string mode.
     build = getattr(deepgram, f"build_{mode}_url")
@@ -344,7 +351,6 @@ def check_config(args: argparse.Namespace) -> int:
     Validate a configuration and its plugins; print the result in one line. With ``--print``,
     also what Deepgram would receive: the effective Settings (agent mode) or query URL.
     """
-    from gateway.config import load_config
     from gateway.errors import ConfigError, PluginLoadError
 
     try:
@@ -374,7 +380,6 @@ def doctor(args: argparse.Namespace) -> int:
     """Check the configuration, the key and a real session; exit 0 only if one was configured."""
     from twisted.internet import task
 
-    from gateway.config import load_config
     from gateway.doctor import run_doctor
     from gateway.errors import ConfigError, PluginLoadError
 
@@ -385,7 +390,7 @@ def doctor(args: argparse.Namespace) -> int:
         return 1
     status: list[int] = []
 
-    def main(reactor: object) -> object:
+    def main(reactor: Any) -> Deferred[None]:
         return run_doctor(reactor, configured).addCallback(status.append)
 
     try:

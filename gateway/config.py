@@ -1,6 +1,10 @@
 """
 The configuration: a TOML file plus environment variables, validated into frozen values.
 
+Values only: `parse_config` turns the TOML data (a dict, so tests need no file on disk) and the
+environment into a `GatewayConfig`; it loads no plugin. Loading the plugins of ``gateway.chain``
+and configuring them is `gateway.assembly`'s job, one layer up.
+
 Every problem names its key: unknown keys (with the nearest valid one), wrong types and missing
 required values raise `ConfigError`, which the command line turns into one line and exit status 1.
 Secrets come only from the environment and have redacting reprs.
@@ -8,23 +12,24 @@ Secrets come only from the environment and have redacting reprs.
 
 from __future__ import annotations
 
-import difflib
 import os
 import tomllib
-from typing import Any, Callable, Mapping, Sequence
+import xml.etree.ElementTree as ET
+from typing import Any, Mapping
 
 import attrs
 
 from gateway.admission import AdmissionOptions, admission_options
 from gateway.codecs.deepgram import DEFAULT_AGENT_URL, DEFAULT_FLUX_URL, DEFAULT_LISTEN_URL
-from gateway.errors import ConfigError, PluginLoadError
+from gateway.errors import ConfigError
 from gateway.httplimits import HttpLimits, http_limits
+from gateway.section import Section, type_name
 
 __all__ = [
-    "Section",
     "GatewayConfig",
-    "ConfiguredGateway",
-    "load_config",
+    "parse_config",
+    "read_toml",
+    "CORE_SECTIONS",
     "DEFAULT_CHAIN",
     "REQUIRED_STAGES",
 ]
@@ -38,90 +43,8 @@ DEFAULT_CHAIN = (
 #: settings is what opens the Deepgram leg with a validated configuration.
 REQUIRED_STAGES = ("auth", "settings")
 
-_MISSING = object()
-
-
-def _type_name(value: object) -> str:
-    return {str: "string", int: "integer", float: "number", bool: "boolean", list: "array",
-            dict: "table"}.get(type(value), type(value).__name__)
-
-
-class Section:
-    """
-    A TOML table being validated: typed getters that name the key on error, and `finish` that
-    rejects every key nobody asked for.
-    """
-
-    def __init__(self, path: str, data: Mapping[str, Any] | None) -> None:
-        self.path = path
-        self.data = dict(data or {})
-        self._known: set[str] = set()
-
-    def key(self, name: str) -> str:
-        """The full dotted path of ``name`` in this section."""
-        return f"{self.path}.{name}" if self.path else name
-
-    def _get(self, name: str, default: Any, types: tuple[type, ...], expected: str) -> Any:
-        self._known.add(name)
-        value = self.data.get(name, _MISSING)
-        if value is _MISSING:
-            if default is _MISSING:
-                raise ConfigError(self.key(name), "missing required value")
-            return default
-        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            raise ConfigError(
-                self.key(name), f"expected {expected}, got {_type_name(value)} {value!r:.60}"
-            )
-        return value
-
-    def str(self, name: str, default: Any = _MISSING, choices: Sequence[str] | None = None) -> str:
-        value = self._get(name, default, (str,), "a string")
-        if choices is not None and value not in choices:
-            raise ConfigError(
-                self.key(name), f"expected one of {', '.join(map(repr, choices))}, got {value!r}"
-            )
-        return value
-
-    def int(self, name: str, default: Any = _MISSING, minimum: int | None = None) -> int:
-        value = self._get(name, default, (int,), "an integer")
-        if minimum is not None and value < minimum:
-            raise ConfigError(self.key(name), f"expected at least {minimum}, got {value}")
-        return value
-
-    def float(self, name: str, default: Any = _MISSING, minimum: float | None = None) -> float:
-        value = float(self._get(name, default, (int, float), "a number"))
-        if minimum is not None and value < minimum:
-            raise ConfigError(self.key(name), f"expected at least {minimum}, got {value}")
-        return value
-
-    def bool(self, name: str, default: Any = _MISSING) -> bool:
-        return self._get(name, default, (bool,), "true or false")
-
-    def str_list(self, name: str, default: Any = _MISSING) -> list[str]:
-        value = self._get(name, default, (list,), "an array of strings")
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                raise ConfigError(
-                    f"{self.key(name)}[{i}]", f"expected a string, got {_type_name(item)}"
-                )
-        return list(value)
-
-    def table(self, name: str, default: Any = _MISSING) -> dict[str, Any]:
-        return dict(self._get(name, default, (dict,), "a table"))
-
-    def section(self, name: str) -> Section:
-        """A sub-table as a `Section` of its own (empty when absent)."""
-        return Section(self.key(name), self.table(name, {}))
-
-    def finish(self) -> None:
-        """Raise `ConfigError` for the first key nobody asked for, suggesting the nearest."""
-        for name in self.data:
-            if name not in self._known:
-                near = difflib.get_close_matches(name, sorted(self._known), n=1)
-                hint = f"; did you mean {near[0]!r}?" if near else ""
-                valid = ", ".join(sorted(self._known)) or "none"
-                raise ConfigError(self.key(name), f"unknown key{hint} (valid keys: {valid})")
-
+#: The TOML tables the core reads; every other table belongs to a plugin of that name.
+CORE_SECTIONS = ("gateway", "deepgram", "report", "twiml", "admission", "http")
 
 @attrs.frozen
 class GatewayConfig:
@@ -170,7 +93,6 @@ class GatewayConfig:
     twiml_forward: tuple[str, ...] = ("From", "To", "CallSid")
     twiml_after_connect: str = ""
     config_dir: str = "."
-    plugin_sections: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict, repr=False)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -189,14 +111,6 @@ class GatewayConfig:
         elif base.startswith("http://"):
             base = "ws://" + base[len("http://") :]
         return base + "/twilio"
-
-
-@attrs.frozen
-class ConfiguredGateway:
-    """The validated configuration and each chain stage's name and per-call factory."""
-
-    config: GatewayConfig
-    stages: tuple[tuple[str, Callable[..., Any]], ...]
 
 
 def _ws_url(key: str, value: str) -> str:
@@ -219,13 +133,11 @@ TWIML_PARAMETER_MAX_CHARS = 500
 
 def _twiml_section(twiml: Section) -> tuple[dict[str, str], tuple[str, ...], str]:
     """``[twiml]``: extra ``<Parameter>``s, the forwarded webhook fields, TwiML after ``</Connect>``."""
-    import xml.etree.ElementTree as ET
-
     parameters = twiml.table("parameters", {})
     for name, value in parameters.items():
         key = twiml.key(f"parameters.{name}")
         if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string, got {_type_name(value)}")
+            raise ConfigError(key, f"expected a string, got {type_name(value)}")
         if not name:
             raise ConfigError(key, "expected a non-empty parameter name")
         if len(name) + len(value) >= TWIML_PARAMETER_MAX_CHARS:
@@ -249,27 +161,32 @@ def _twiml_section(twiml: Section) -> tuple[dict[str, str], tuple[str, ...], str
     return dict(parameters), forward, after_connect
 
 
-def load_config(
-    path: str | None,
+def read_toml(path: str) -> dict[str, Any]:
+    """The TOML file at ``path`` as a dict; `ConfigError` (key ``--config``) if missing or invalid."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("--config", f"no such file: {path}")
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("--config", f"{path} is not valid TOML: {e}")
+
+
+def parse_config(
+    data: Mapping[str, Any],
     environ: Mapping[str, str] | None = None,
+    *,
+    path: str | None = None,
     demo: bool = False,
     require_api_key: bool = True,
-) -> ConfiguredGateway:
+) -> GatewayConfig:
     """
-    Read ``path`` (None: every default), apply ``environ`` (default ``os.environ``), load and
-    configure the chain's plugins. Raises `ConfigError` or `PluginLoadError` naming the key or
-    file.
+    The core's tables of ``data`` (the parsed TOML; ``path`` is where it came from, for relative
+    directories) and ``environ`` (default ``os.environ``) as a `GatewayConfig`. The plugins'
+    tables are not read here (`gateway.assembly` hands each to its plugin). Raises `ConfigError`
+    naming the key.
     """
     env = os.environ if environ is None else environ
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigError("--config", f"no such file: {path}")
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError("--config", f"{path} is not valid TOML: {e}")
     root = Section("", data)
     gw = root.section("gateway")
     dg = root.section("deepgram")
@@ -419,36 +336,4 @@ def load_config(
         config_dir=base,
         warnings=tuple(warnings),
     )
-    from gateway.redact import register_config
-
-    register_config(config)  # the keys are masked by value in every redacted log structure
-
-    from gateway.plugin import load_plugins
-
-    available = load_plugins(list(dropin_dirs))
-    for name in chain:
-        if name not in available:
-            near = difflib.get_close_matches(name, sorted(available), n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ConfigError("gateway.chain", f"unknown plugin {name!r}{hint}")
-    known_sections = {"gateway", "deepgram", "report", "twiml", "admission", "http"} | set(available)
-    for name, value in data.items():
-        if name not in known_sections:
-            near = difflib.get_close_matches(name, sorted(known_sections), n=1)
-            hint = f"; did you mean [{near[0]}]?" if near else ""
-            raise ConfigError(name, f"unknown section{hint}")
-        if not isinstance(value, dict):
-            raise ConfigError(name, f"expected a table, got {_type_name(value)}")
-    stages = []
-    for name in chain:
-        section = Section(name, data.get(name, {}))
-        plugin = available[name]
-        try:
-            factory = plugin.configure(section, config)
-        except ConfigError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a drop-in's configure is user code
-            raise PluginLoadError(name, f"configure() failed: {type(e).__name__}: {e}")
-        section.finish()
-        stages.append((name, factory))
-    return ConfiguredGateway(config=config, stages=tuple(stages))
+    return config

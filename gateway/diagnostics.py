@@ -9,11 +9,14 @@ codes, not prose. The classification of raw closes into these codes is in
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import attrs
 
-__all__ = ["Entry", "DIAGNOSES", "Diagnosis", "entry", "caller_close_for"]
+from gateway.codecs.close_codes import classify_upstream_close
+from gateway.events import UpstreamClosed
+
+__all__ = ["Entry", "DIAGNOSES", "Diagnosis", "entry", "caller_close_for", "diagnose_upstream"]
 
 #: Close codes the gateway sends to callers (besides 1000 and 1001).
 AUTH_TIMEOUT = 4001
@@ -239,3 +242,28 @@ class Diagnosis:
 def caller_close_for(diagnosis: Diagnosis) -> tuple[int, str]:
     """The (code, reason) the caller's WebSocket is closed with for ``diagnosis``."""
     return diagnosis.caller_close, diagnosis.code[:123]
+
+
+def diagnose_upstream(event: UpstreamClosed, last_error: Mapping[str, Any] | None) -> Diagnosis:
+    """The diagnosis of a Deepgram leg that ended as ``event`` says."""
+    if event.connect_failed:
+        code = "DG_UNREACHABLE"
+    else:
+        code = classify_upstream_close(
+            event.code, event.reason, event.http_status, event.phase, last_error
+        )
+    return Diagnosis(
+        code=code,
+        leg="upstream",
+        phase=event.phase,
+        close_code=event.code,
+        close_reason=event.reason,
+        http_status=event.http_status,
+        dg_error=event.dg_error,
+        dg_request_id=event.dg_request_id,
+        error=(
+            {"code": str(last_error.get("code")), "description": str(last_error.get("description"))}
+            if last_error
+            else None
+        ),
+    )

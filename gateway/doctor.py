@@ -26,11 +26,12 @@ from twisted.internet import defer, task
 
 from gateway.call import Call
 from gateway.codecs.signatures import compute_signature
-from gateway.config import ConfiguredGateway
+from gateway.assembly import ConfiguredGateway
 from gateway.events import Audio, DeepgramEvent, Handshake, StreamStarted, StreamStopped
 from gateway.interfaces import LegState
 from gateway.legs.deepgram import connect_deepgram
 from gateway.service import UPSTREAM_OPTIONS
+from gateway.upstream import UpstreamPort
 
 __all__ = ["run_doctor", "key_check_base", "DEFAULT_API_URL", "KEY_OK", "KEY_REFUSED",
            "KEY_UNREACHABLE", "KEY_INCONCLUSIVE"]
@@ -139,9 +140,9 @@ def probe_session(reactor: Any, configured: ConfiguredGateway, say: Callable[[st
     configured = attrs.evolve(configured, config=config)
     options = dict(UPSTREAM_OPTIONS, openHandshakeTimeout=config.connect_timeout_s)
 
-    def connector(url: str, headers: dict, call: Call) -> defer.Deferred:
+    def connector(url: str, headers: dict, port: UpstreamPort) -> defer.Deferred:
         say(f"session: connecting to {config.upstream_url} ({config.mode} mode)")
-        return connect_deepgram(reactor, url, headers, call, options)
+        return connect_deepgram(reactor, url, headers, port, options)
 
     call = Call(configured, "twilio", reactor, connector, call_id="doctor")
     headers: dict[str, str] = {}

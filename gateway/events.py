@@ -19,7 +19,6 @@ from gateway.codecs.formats import AudioFormat
 __all__ = [
     "Direction",
     "Handshake",
-    "HandshakeRefused",
     "ClientHello",
     "StreamStarted",
     "Audio",
@@ -28,7 +27,6 @@ __all__ = [
     "StreamStopped",
     "CallerControl",
     "CallerClosed",
-    "OpenUpstream",
     "UpstreamMessage",
     "UpstreamOpened",
     "DeepgramEvent",
@@ -61,25 +59,13 @@ class Handshake:
     A caller's WebSocket upgrade request, before the socket opens.
 
     ``leg`` is ``twilio`` or ``client``; ``headers`` have lower-case names. A stage that refuses
-    it raises `gateway.errors.AuthError`, which becomes an HTTP error on the upgrade.
+    it calls ``ctx.refuse(http_status, code, message)``, which becomes an HTTP error on the upgrade.
     """
 
     leg: str
     path: str
     headers: Mapping[str, str] = attrs.field(converter=_frozen_dict, repr=False)
     peer: str = ""
-
-
-@attrs.frozen
-class HandshakeRefused:
-    """
-    A stage's verdict replacing a `Handshake`: refuse the upgrade with ``http_status``.
-    ``code`` is the diagnosis code (``AUTH_FAILED``); ``message`` is for the log, never the peer.
-    """
-
-    http_status: int
-    code: str
-    message: str
 
 
 @attrs.frozen
@@ -190,14 +176,6 @@ class CallerClosed:
 
 
 # --- towards Deepgram (inbound, handled at the end of the chain) -------------------------------
-
-
-@attrs.frozen
-class OpenUpstream:
-    """Open the Deepgram leg at ``url`` (the settings stage decides the URL and its query)."""
-
-    url: str
-    mode: str
 
 
 @attrs.frozen

@@ -2,7 +2,7 @@
 Client-side function calls: the Voice Agent asks, a plugin answers.
 
 A stage factory declares the functions its stages serve with a ``functions`` mapping (name ->
-`FunctionSpec`); its stages implement ``call_function(name, arguments)``, returning the result
+`gateway.plugin.FunctionSpec`, schemas checked once by `gateway.assembly`); its stages implement ``call_function(name, arguments)``, returning the result
 (a string, or anything JSON-serialisable) or a Deferred of it. The settings stage adds every
 declaration to ``agent.think.functions``; when Deepgram sends a ``FunctionCallRequest`` item with
 ``client_side: true``, the call dispatches it here and sends the ``FunctionCallResponse`` with
@@ -25,53 +25,10 @@ import attrs
 import jsonschema
 from twisted.internet import defer
 
-__all__ = ["FunctionSpec", "FunctionDispatcher", "declarations"]
+# The contract's FunctionSpec, re-exported for drop-ins written against this module.
+from gateway.plugin import FunctionSpec
 
-
-@attrs.frozen
-class FunctionSpec:
-    """One function a plugin serves: its description and the JSON Schema of its parameters."""
-
-    description: str
-    parameters: Mapping[str, Any] = attrs.field(factory=lambda: {"type": "object", "properties": {}})
-
-    def declaration(self, name: str) -> dict[str, Any]:
-        """The ``agent.think.functions`` item (no ``endpoint``: it runs here, client-side)."""
-        return {"name": name, "description": self.description, "parameters": dict(self.parameters)}
-
-
-#: `declarations` of the configurations seen, by the identity of their factories: a schema is
-#: checked once per configuration, not once per call (it was ~85 % of what a new call cost).
-_DECLARED: dict[tuple[int, ...], tuple[tuple[Any, ...], dict[str, tuple[str, FunctionSpec]]]] = {}
-
-
-def declarations(factories: Mapping[str, Any]) -> dict[str, tuple[str, FunctionSpec]]:
-    """
-    Every declared function: name -> (the plugin serving it, its spec). Cached per set of
-    factories (a configuration's are made once, at start-up); the result must not be changed.
-    """
-    key = tuple(id(factory) for factory in factories.values())
-    cached = _DECLARED.get(key)
-    if cached is not None and all(a is b for a, b in zip(cached[0], factories.values())):
-        return cached[1]
-    found = _declarations(factories)
-    if len(_DECLARED) >= 32:
-        _DECLARED.clear()
-    _DECLARED[key] = (tuple(factories.values()), found)
-    return found
-
-
-def _declarations(factories: Mapping[str, Any]) -> dict[str, tuple[str, FunctionSpec]]:
-    found: dict[str, tuple[str, FunctionSpec]] = {}
-    for plugin, factory in factories.items():
-        for name, spec in (getattr(factory, "functions", None) or {}).items():
-            if name in found:
-                from gateway.errors import ConfigError
-
-                raise ConfigError(f"{plugin}", f"function {name!r} is already served by {found[name][0]!r}")
-            jsonschema.Draft202012Validator.check_schema(dict(spec.parameters))
-            found[name] = (plugin, spec)
-    return found
+__all__ = ["FunctionSpec", "FunctionDispatcher"]
 
 
 @attrs.define

@@ -1,5 +1,8 @@
 """
-The stream-plugin contract: what a plugin is, what a per-call stage is, and how both are found.
+The stream-plugin contract, whole, in one module: what a plugin is, what a per-call stage is, what
+a stage may ask of its call, and every optional hook. A drop-in author reads this module and
+``examples/order_status/order_status.py`` (a drop-in that uses every hook). Finding and loading
+plugins is `gateway.assembly`'s job.
 
 Two layers (STYLE.md §3):
 
@@ -12,23 +15,31 @@ Two layers (STYLE.md §3):
   cancels its timers when the call ends. A handler returns the event to pass on (the same or a
   replacement) or ``None`` to drop it; everything else (emitting, timers, logging, counting,
   ending the call) goes through its `StageContext`.
+
+Optional hooks, each a ``typing.Protocol`` below; a factory or stage has a hook when it has the
+attribute (they are checked with ``isinstance`` once, at assembly or when the call is made):
+
+- on the factory: `NegotiatesFormats` (``upstream_formats``: the audio towards and from Deepgram),
+  `HoldsAudio` (``hold_audio_ms``), `ServesFunctions` (``functions``: the client-side functions
+  its stages answer), `CallerProtocolOptions` (Autobahn options for the caller legs),
+  `StartsService` / `StopsService` (process-wide work), `UsesAdmission`
+  (``with_admission``: a factory bound to the process's admission control);
+- on the stage: `FunctionServer` (``call_function``), `KeepsState` (``save_state`` /
+  ``restore_state``: what a call handed over to another process carries).
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.plugin import IPlugin, getPlugins
 from zope.interface import Attribute, Interface
-from zope.interface.exceptions import Invalid
-from zope.interface.verify import verifyObject
 
-from gateway.errors import PluginLoadError
+from gateway.callinfo import CallInfo
+from gateway.codecs.formats import AudioFormat
+from gateway.diagnostics import Diagnosis
 
 __all__ = [
     "cancel",
@@ -37,8 +48,17 @@ __all__ = [
     "StageFactory",
     "Routes",
     "StageContext",
-    "load_plugins",
     "Handler",
+    "FunctionSpec",
+    "NegotiatesFormats",
+    "HoldsAudio",
+    "ServesFunctions",
+    "CallerProtocolOptions",
+    "StartsService",
+    "StopsService",
+    "UsesAdmission",
+    "FunctionServer",
+    "KeepsState",
 ]
 
 Handler = Callable[[Any], Any]
@@ -94,16 +114,16 @@ class StageFactory(Protocol):
 
 class StageContext(Protocol):
     """
-    What a stage may use (and the only way it affects the call).
+    What a stage may use, and the only way it affects the call.
 
-    ``call`` is the call's shared facts (`gateway.call.CallInfo`): ids, mode, audio formats,
+    ``call`` is the call's shared facts (`gateway.callinfo.CallInfo`): ids, mode, audio formats,
     Deepgram request id, last Deepgram Error and Warning, phase, counters. ``clock`` is the
     call's `IReactorTime`: every timer comes from it. ``log`` adds ``call_id`` and ``phase`` to
     every event.
     """
 
-    call: Any
-    clock: Any
+    call: CallInfo
+    clock: IReactorTime
     log: Logger
 
     def emit_inbound(self, event: object) -> None:
@@ -112,10 +132,25 @@ class StageContext(Protocol):
     def emit_outbound(self, event: object) -> None:
         """Send ``event`` towards the caller, through the stages before this one."""
 
-    def end_call(self, diagnosis: object) -> None:
-        """End the call with ``diagnosis`` (a `gateway.diagnostics.Diagnosis`)."""
+    def open_upstream(self, url: str) -> None:
+        """Open the Deepgram session at ``url`` (the settings stage, once the caller is known)."""
 
-    def upstream_failed(self, diagnosis: object) -> None:
+    def refuse(self, http_status: int, code: str, message: str) -> None:
+        """
+        Refuse the caller's WebSocket upgrade (only while handling the `Handshake`): the leg
+        answers ``http_status`` with ``code`` and ``message``, and the call ends with ``code``.
+        """
+
+    def diagnose(self, diagnosis: Diagnosis) -> None:
+        """
+        The diagnosis of the close being handled (a `CallerClosed`, `StreamStopped` or
+        `UpstreamClosed`): it decides what the call does next and what the caller is told.
+        """
+
+    def end_call(self, diagnosis: Diagnosis) -> None:
+        """End the call with ``diagnosis``."""
+
+    def upstream_failed(self, diagnosis: Diagnosis) -> None:
         """
         Give up on the current Deepgram session (e.g. it never confirmed the Settings): the call
         closes it and, if ``diagnosis`` is retryable and the reconnect budget allows, opens a new
@@ -131,106 +166,99 @@ class StageContext(Protocol):
     def resume_handling(self, cls: type, direction: str = "inbound") -> None:
         """Put this stage back on the route of ``cls``, with the handler its routes gave."""
 
+    def snapshot(self) -> dict[str, Any]:
+        """What another process needs to take this call up (the handover stage)."""
+
+    def restore(self, record: Mapping[str, Any]) -> None:
+        """Become the call ``record`` describes (the handover stage, taking a call up)."""
+
+
+# --- optional hooks ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class FunctionSpec:
+    """One function a plugin serves: its description and the JSON Schema of its parameters."""
+
+    description: str
+    parameters: Mapping[str, Any] = attrs.field(factory=lambda: {"type": "object", "properties": {}})
+
+    def declaration(self, name: str) -> dict[str, Any]:
+        """The ``agent.think.functions`` item (no ``endpoint``: it runs here, client-side)."""
+        return {"name": name, "description": self.description, "parameters": dict(self.parameters)}
+
+
+@runtime_checkable
+class NegotiatesFormats(Protocol):
+    """A factory that changes the audio Deepgram gets and sends (the transcoder)."""
+
+    def upstream_formats(self, caller: AudioFormat) -> tuple[AudioFormat, AudioFormat]:
+        """(audio towards Deepgram, audio from Deepgram) for a caller leg sending ``caller``."""
+
+
+@runtime_checkable
+class HoldsAudio(Protocol):
+    """A factory that bounds the audio a call holds before its session is live (settings)."""
+
+    hold_audio_ms: int
+
+
+@runtime_checkable
+class ServesFunctions(Protocol):
+    """A factory whose stages answer client-side function calls (they are `FunctionServer`s)."""
+
+    @property
+    def functions(self) -> Mapping[str, FunctionSpec]:
+        """Name -> spec; the settings stage declares them in ``agent.think.functions``."""
+
+
+@runtime_checkable
+class FunctionServer(Protocol):
+    """A stage that answers the functions its factory declares."""
+
+    def call_function(self, name: str, arguments: dict[str, Any]) -> Any:
+        """The result (a str, or anything JSON-serialisable), or a Deferred of it."""
+
+
+@runtime_checkable
+class CallerProtocolOptions(Protocol):
+    """A factory that sets Autobahn options of the caller legs (keepalive's pings)."""
+
+    def caller_protocol_options(self) -> Mapping[str, Any]: ...
+
+
+@runtime_checkable
+class StartsService(Protocol):
+    """A factory with process-wide work, started with the service (the recordings' sweep)."""
+
+    def start_service(self, reactor: Any) -> None: ...
+
+
+@runtime_checkable
+class StopsService(Protocol):
+    """A factory with process-wide work to finish at the service's stop (queued events)."""
+
+    def stop_service(self) -> Any:
+        """None, or a Deferred the service waits for (bounded) after the drain."""
+
+
+@runtime_checkable
+class UsesAdmission(Protocol):
+    """A factory told when calls authenticate (auth): bound to the process's admission once."""
+
+    def with_admission(self, admission: Any) -> StageFactory: ...
+
+
+@runtime_checkable
+class KeepsState(Protocol):
+    """A stage whose state a handed-over call carries to the next process."""
+
+    def save_state(self) -> Mapping[str, Any] | None: ...
+
+    def restore_state(self, state: Mapping[str, Any]) -> None: ...
+
 
 def cancel(delayed_call: Any) -> None:
     """Cancel a timer from ``clock.callLater`` if it is still pending (None is fine)."""
     if delayed_call is not None and delayed_call.active():
         delayed_call.cancel()
-
-
-# --- discovery ----------------------------------------------------------------------------------
-
-_log = Logger()
-
-
-def _builtins() -> dict[str, Any]:
-    import plugins
-
-    return {p.name: p for p in plugins.BUILTINS}
-
-
-def _check(plugin: object, where: str) -> None:
-    try:
-        verifyObject(IStreamPlugin, plugin)
-    except Invalid as e:
-        raise PluginLoadError(where, f"does not provide IStreamPlugin: {e}".replace("\n", " "))
-    if not isinstance(plugin.name, str) or not plugin.name.isidentifier():  # type: ignore[attr-defined]
-        raise PluginLoadError(where, f"plugin name must be an identifier, got {plugin.name!r}")  # type: ignore[attr-defined]
-
-
-def _load_dropins(directories: list[str]) -> dict[str, tuple[Any, str]]:
-    """
-    Import every ``.py`` file of ``directories`` as a module of `gateway.dropins` and return its
-    plugins by name. Strict where ``getPlugins`` is forgiving (ops-notes §2): an import error, a
-    file that defines no plugin, a file name that is not an identifier, the same module name in
-    two directories, and two plugins with one name each stop start-up naming the file.
-    """
-    import gateway.dropins as pkg
-
-    found: dict[str, tuple[Any, str]] = {}
-    seen_modules: dict[str, str] = {}
-    for directory in directories:
-        if not os.path.isdir(directory):
-            raise PluginLoadError(directory, "drop-in directory does not exist")
-        stale = os.path.join(directory, "dropin.cache")
-        if os.path.exists(stale):
-            # A stale cache hides replaced files (an older mtime after cp -p / tar x).
-            try:
-                os.remove(stale)
-            except OSError:
-                pass
-        for filename in sorted(os.listdir(directory)):
-            if not filename.endswith(".py") or filename.startswith("_"):
-                continue
-            path = os.path.join(directory, filename)
-            modname = filename[:-3]
-            if not modname.isidentifier():
-                raise PluginLoadError(path, "file name is not a Python identifier; rename it")
-            if modname in seen_modules:
-                raise PluginLoadError(path, f"module name {modname!r} also in {seen_modules[modname]}")
-            seen_modules[modname] = path
-        if directory not in pkg.__path__:
-            pkg.__path__.append(directory)
-    for modname, path in seen_modules.items():
-        fullname = f"{pkg.__name__}.{modname}"
-        try:
-            module = sys.modules.get(fullname) or importlib.import_module(fullname)
-        except Exception as e:  # noqa: BLE001 - any failure of user code names the file
-            raise PluginLoadError(path, f"import failed: {type(e).__name__}: {e}")
-        provided = [
-            v for v in vars(module).values()
-            if IStreamPlugin.providedBy(v) and IPlugin.providedBy(v)
-        ]
-        if not provided:
-            half = [v for v in vars(module).values() if IStreamPlugin.providedBy(v)]
-            hint = " (it provides IStreamPlugin but not twisted.plugin.IPlugin)" if half else ""
-            raise PluginLoadError(
-                path, "defines no module-level object providing IPlugin and IStreamPlugin" + hint
-            )
-        for plugin in {id(p): p for p in provided}.values():
-            _check(plugin, path)
-            if plugin.name in found and found[plugin.name][0] is not plugin:
-                raise PluginLoadError(
-                    path, f"plugin name {plugin.name!r} already defined in {found[plugin.name][1]}"
-                )
-            found[plugin.name] = (plugin, path)
-    # getPlugins is the documented discovery; it must agree with the strict scan above.
-    if seen_modules:
-        listed = {id(p) for p in getPlugins(IStreamPlugin, pkg)}
-        for name, (plugin, path) in found.items():
-            if id(plugin) not in listed:
-                raise PluginLoadError(path, f"plugin {name!r} not found by twisted.plugin.getPlugins")
-    return found
-
-
-def load_plugins(dropin_dirs: list[str]) -> dict[str, Any]:
-    """
-    Every available plugin by name: the built-ins of the ``plugins`` package, then the drop-ins
-    found in ``dropin_dirs``. A drop-in may not take a built-in's name.
-    """
-    available = _builtins()
-    for name, (plugin, path) in _load_dropins(dropin_dirs).items():
-        if name in available:
-            raise PluginLoadError(path, f"plugin name {name!r} is a built-in plugin's name")
-        available[name] = plugin
-    return available

@@ -22,12 +22,14 @@ from twisted.logger import Logger
 
 from gateway.admission import AUTH_TIMEOUT_MESSAGE, Admission, AdmissionCollector
 from gateway.api import make_site
+from gateway.assembly import ConfiguredGateway
 from gateway.call import Call
-from gateway.config import ConfiguredGateway
 from gateway.diagnostics import Diagnosis
 from gateway.legs.deepgram import connect_deepgram
 from gateway.legs.caller import CallerFactory, ClientProtocol, TwilioProtocol
 from gateway.metrics import GatewayMetrics
+from gateway.plugin import StartsService, StopsService, UsesAdmission
+from gateway.upstream import UpstreamPort
 from gateway.webhooks import ReportSender
 
 __all__ = ["Gateway", "GatewayService", "CALLER_OPTIONS", "UPSTREAM_OPTIONS"]
@@ -81,12 +83,11 @@ class Gateway:
         stages = []
         self._admission_aware = False
         for name, factory in configured.stages:
-            bind = getattr(factory, "with_admission", None)
-            if bind is not None:
-                factory = bind(self.admission)
+            if isinstance(factory, UsesAdmission):
+                factory = factory.with_admission(self.admission)
                 self._admission_aware = True
             stages.append((name, factory))
-        self.configured = attrs.evolve(configured, stages=tuple(stages))
+        self.configured = configured.rebind(stages)
         self.reports: ReportSender | None = None
         if self.config.webhook_url:
             self.reports = ReportSender(
@@ -101,8 +102,9 @@ class Gateway:
     def handover(self) -> Any:
         """The handover stage's factory (its options and the store), if handover is on."""
         for name, factory in self.configured.stages:
-            if name == "handover" and getattr(factory, "options", None) is not None:
-                return factory if factory.options.enabled else None
+            options = getattr(factory, "options", None)
+            if name == "handover" and options is not None:
+                return factory if options.enabled else None
         return None
 
     @property
@@ -170,8 +172,8 @@ class Gateway:
                        leg=call.info.leg, reason=reason)
         call.end(diagnosis)
 
-    def _connect(self, url: str, headers: dict, call: Call) -> defer.Deferred:
-        return connect_deepgram(self.reactor, url, headers, call, self._upstream_options)
+    def _connect(self, url: str, headers: dict, port: UpstreamPort) -> defer.Deferred:
+        return connect_deepgram(self.reactor, url, headers, port, self._upstream_options)
 
     def _closed(self, call: Call) -> None:
         self.calls.discard(call)
@@ -185,12 +187,7 @@ class Gateway:
 
     def caller_options(self) -> dict[str, Any]:
         """Autobahn options of the caller legs; stage factories may contribute (keepalive's pings)."""
-        options = dict(CALLER_OPTIONS)
-        for _, factory in self.configured.stages:
-            contribute = getattr(factory, "caller_protocol_options", None)
-            if contribute is not None:
-                options.update(contribute())
-        return options
+        return {**CALLER_OPTIONS, **self.configured.caller_protocol_options}
 
     def make_site(self) -> Any:
         options = self.caller_options()
@@ -286,9 +283,8 @@ class GatewayService(service.Service):
         # Stage factories with process-wide work (the recording's retention sweep, the live
         # events' sender) start it now and finish it on stop.
         for _, factory in self.gateway.configured.stages:
-            start = getattr(factory, "start_service", None)
-            if start is not None:
-                start(self.reactor)
+            if isinstance(factory, StartsService):
+                factory.start_service(self.reactor)
         address = self.port.getHost()
         self.log.info(
             "gateway listening on {host}:{port} (mode {mode}, chain {chain})",
@@ -327,9 +323,8 @@ class GatewayService(service.Service):
         yield self.gateway.drain(self.gateway.config.drain_deadline_s)
         finishing = []
         for _, factory in self.gateway.configured.stages:
-            stop = getattr(factory, "stop_service", None)
-            if stop is not None:
-                finishing.append(defer.maybeDeferred(stop))
+            if isinstance(factory, StopsService):
+                finishing.append(defer.maybeDeferred(factory.stop_service))
         if finishing:
             # Queued live events and recordings still being written get a bounded moment.
             waiting = defer.DeferredList(finishing, consumeErrors=True)

@@ -1,5 +1,6 @@
 """
-``twistd gateway``: the command-line options and the service they make.
+``twistd gateway``: the command-line options and the service they make; this entry point hands
+the built-in plugins (``plugins.BUILTINS``) to the assembly.
 
 A configuration error writes one line naming the key (or the drop-in file) to stderr and exits
 with status 1 before the reactor starts (``SystemExit`` from ``postOptions``).
@@ -13,7 +14,8 @@ from typing import Any
 from twisted.application import service
 from twisted.python import usage
 
-from gateway.config import ConfiguredGateway, load_config
+import plugins
+from gateway.assembly import ConfiguredGateway, load_config
 from gateway.errors import ConfigError, PluginLoadError
 
 __all__ = ["Options", "makeService"]
@@ -32,7 +34,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            self.configured = load_config(self["config"], demo=bool(self["demo"]))
+            self.configured = load_config(self["config"], builtins=plugins.BUILTINS, demo=bool(self["demo"]))
         except (ConfigError, PluginLoadError) as e:
             sys.stderr.write(f"gateway: configuration error: {e}\n")
             sys.stderr.flush()
@@ -41,7 +43,7 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> service.IService:
     """The gateway's service tree."""
-    from gateway.service import GatewayService
+    from gateway.service import GatewayService  # here, not above: it imports the reactor (ops-notes §1.4)
 
     top = service.MultiService()
     GatewayService(options.configured, options["port"], handle_second_signal=True).setServiceParent(top)

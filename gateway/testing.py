@@ -6,7 +6,8 @@ writing drop-in plugins.
   `twisted.internet.task.Clock`.
 - `FakeCallerLeg`, `FakeUpstreamLeg` and `FakeConnector`: stand-ins for the two legs, so that a
   `gateway.call.Call` runs with no sockets.
-- `configure`: a `ConfiguredGateway` from a dict shaped like the TOML file.
+- `configure`: a `ConfiguredGateway` from a dict shaped like the TOML file; `load_config`: the
+  assembly's `gateway.assembly.load_config` with the built-in plugins.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 
-from gateway.call import CallInfo
+import plugins
+from gateway import assembly
+from gateway.assembly import ConfiguredGateway
+from gateway.callinfo import CallInfo
 from gateway.codecs.formats import AudioFormat, MULAW_8K
-from gateway.config import ConfiguredGateway, load_config
+from gateway.diagnostics import Diagnosis
 from gateway.events import DeepgramEvent
 from gateway.interfaces import LegState
 
@@ -34,6 +38,7 @@ __all__ = [
     "FakeUpstreamLeg",
     "FakeConnector",
     "configure",
+    "load_config",
     "call_info",
     "TEST_API_KEY",
 ]
@@ -87,9 +92,28 @@ class RecordingContext:
     counters: collections.Counter = attrs.field(factory=collections.Counter)
     unrouted: list[tuple[type, str]] = attrs.field(factory=list)
     rerouted: list[tuple[type, str]] = attrs.field(factory=list)
+    #: ``ctx.open_upstream`` URLs, ``ctx.refuse`` verdicts, ``ctx.diagnose`` diagnoses, in order.
+    opened: list[str] = attrs.field(factory=list)
+    refused: list[tuple[int, str, str]] = attrs.field(factory=list)
+    diagnosed: list[Diagnosis] = attrs.field(factory=list)
 
     def emit_inbound(self, event: object) -> None:
         self.inbound.append(event)
+
+    def open_upstream(self, url: str) -> None:
+        self.opened.append(url)
+
+    def refuse(self, http_status: int, code: str, message: str) -> None:
+        self.refused.append((http_status, code, message))
+
+    def diagnose(self, diagnosis: Diagnosis) -> None:
+        self.diagnosed.append(diagnosis)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, record: Mapping[str, Any]) -> None:
+        pass
 
     def emit_outbound(self, event: object) -> None:
         self.outbound.append(event)
@@ -212,6 +236,13 @@ class FakeConnector:
         d: Deferred = Deferred()
         self.attempts.append((url, headers, call, d))
         return d
+
+
+def load_config(
+    path: str | None, environ: Mapping[str, str] | None = None, **options: Any
+) -> ConfiguredGateway:
+    """`gateway.assembly.load_config` with the built-in plugins (``plugins.BUILTINS``)."""
+    return assembly.load_config(path, environ, builtins=plugins.BUILTINS, **options)
 
 
 def configure(

@@ -40,10 +40,11 @@ from zope.interface import implementer
 from gateway.admission import AUTH_TIMEOUT_MESSAGE, REFUSAL_DIAGNOSES
 from gateway.codecs.formats import LINEAR16_16K
 from gateway.codecs.signatures import validate_signature
-from gateway.config import GatewayConfig, Section
+from gateway.config import GatewayConfig
+from gateway.section import Section
 from gateway.diagnostics import Diagnosis
 from gateway.errors import AuthError
-from gateway.events import CallerError, ClientHello, Handshake, HandshakeRefused, StreamStarted
+from gateway.events import CallerError, ClientHello, Handshake, StreamStarted
 from gateway.handover import HANDOVER_PARAMETER, RESUME_PARAMETER
 from gateway.plugin import IStreamPlugin, Routes, StageContext, cancel
 from gateway.redact import remember_secret
@@ -121,18 +122,20 @@ class AuthStage:
             remember_secret(signature)  # masked by value wherever it may be logged later
             if not validate_signature(token, self.options.stream_url, signature):
                 self.ctx.count("auth_failures", reason="bad_signature" if signature else "no_signature")
-                return HandshakeRefused(
+                self.ctx.refuse(
                     403,
                     "AUTH_FAILED",
                     "X-Twilio-Signature missing" if not signature else "X-Twilio-Signature does not match",
                 )
+                return None
         if self.options.twilio_at_start():
             return event
         # Authenticated by the signature (or unchecked): a slot now, or a 503 on the upgrade.
         refusal = self._admit()
         if refusal is not None:
-            return HandshakeRefused(503, REFUSAL_DIAGNOSES.get(refusal, "DRAINED"),
-                                    f"no call slot on the upgrade: {refusal}")
+            self.ctx.refuse(503, REFUSAL_DIAGNOSES.get(refusal, "DRAINED"),
+                            f"no call slot on the upgrade: {refusal}")
+            return None
         return event
 
     def on_hello(self, event: ClientHello) -> Any:

@@ -31,11 +31,12 @@ from twisted.internet import defer
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from gateway.config import GatewayConfig, Section
+from gateway.config import GatewayConfig
+from gateway.section import Section
 from gateway.diagnostics import Diagnosis
 from gateway.errors import ConfigError
 from gateway.events import Clear, DeepgramEvent, Dtmf, MarkEchoed, SendMark, UpstreamMessage
-from gateway.functions import FunctionSpec
+from gateway.plugin import FunctionSpec
 from gateway.plugin import IStreamPlugin, Routes, StageContext, cancel
 
 __all__ = ["plugin", "CallControlStage", "CallControlOptions"]

@@ -1,7 +1,8 @@
 """
 close_codes: turn every close on either leg into a diagnosis.
 
-For a Deepgram close the stage attaches a `gateway.diagnostics.Diagnosis`: the stable code (from
+For a Deepgram close the stage gives the call a `gateway.diagnostics.Diagnosis` (``ctx.diagnose``,
+also attached to the event for the stages after it): the stable code (from
 the table in `gateway.codecs.close_codes`), the phase it happened in, the ``dg-request-id``,
 ``dg-error`` and the last Deepgram ``Error`` (the only explanation of a close with no status
 code), and logs it in one line. That diagnosis decides what the caller gets; codes that must not
@@ -16,10 +17,10 @@ import attrs
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from gateway.call import diagnose_upstream
 from gateway.codecs.close_codes import classify_caller_close
-from gateway.config import GatewayConfig, Section
-from gateway.diagnostics import Diagnosis
+from gateway.config import GatewayConfig
+from gateway.section import Section
+from gateway.diagnostics import Diagnosis, diagnose_upstream
 from gateway.events import CallerClosed, UpstreamClosed
 from gateway.plugin import IStreamPlugin, Routes, StageContext
 
@@ -47,6 +48,7 @@ class CloseCodesStage:
             description=diagnosis.describe(),
             dg_request_id=diagnosis.dg_request_id or self.ctx.call.request_id,
         )
+        self.ctx.diagnose(diagnosis)
         return attrs.evolve(event, diagnosis=diagnosis)
 
     def on_caller(self, event: CallerClosed) -> Any:
@@ -54,6 +56,7 @@ class CloseCodesStage:
         diagnosis = Diagnosis(code, leg="caller", phase=self.ctx.call.phase, close_code=event.code,
                               close_reason=event.reason)
         self.ctx.count("caller_closes", diagnosis=code)
+        self.ctx.diagnose(diagnosis)
         return attrs.evolve(event, diagnosis=diagnosis)
 
     def close(self) -> None:

@@ -33,7 +33,8 @@ import attrs
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from gateway.config import GatewayConfig, Section
+from gateway.config import GatewayConfig
+from gateway.section import Section
 from gateway.errors import ConfigError
 from gateway.events import Audio, CallerClosed, StreamStopped, UpstreamMessage
 from gateway.plugin import IStreamPlugin, Routes, StageContext, cancel

@@ -48,7 +48,8 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from gateway.codecs.client import handover_message
-from gateway.config import GatewayConfig, Section
+from gateway.config import GatewayConfig
+from gateway.section import Section
 from gateway.diagnostics import Diagnosis
 from gateway.errors import AuthError, ConfigError
 from gateway.events import (

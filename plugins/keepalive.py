@@ -27,7 +27,8 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from gateway.codecs.deepgram import KEEPALIVE
-from gateway.config import GatewayConfig, Section
+from gateway.config import GatewayConfig
+from gateway.section import Section
 from gateway.diagnostics import Diagnosis
 from gateway.events import Audio, UpstreamMessage, UpstreamOpened, UpstreamReconnecting
 from gateway.plugin import IStreamPlugin, Routes, StageContext, cancel

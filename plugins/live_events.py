@@ -33,7 +33,9 @@ import attrs
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from gateway.config import ConfigError, GatewayConfig, Section
+from gateway.config import GatewayConfig
+from gateway.errors import ConfigError
+from gateway.section import Section
 from gateway.events import DeepgramEvent, StreamStarted, UpstreamMessage
 from gateway.plugin import IStreamPlugin, Routes, StageContext
 from gateway.webhooks import BatchLimits, BatchSender

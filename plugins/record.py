@@ -38,7 +38,9 @@ from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.config import ConfigError, GatewayConfig, Section
+from gateway.config import GatewayConfig
+from gateway.errors import ConfigError
+from gateway.section import Section
 from gateway.events import Audio, Clear, DeepgramEvent, StreamStarted
 from gateway.plugin import IStreamPlugin, Routes, StageContext, cancel
 from gateway.recording import CallRecording, FrameLog, S3Target, finish_recording, sweep, write_chunks
@@ -411,7 +413,11 @@ class RecordFactory:
 
     def track(self, d: defer.Deferred) -> None:
         self.pending.add(d)
-        d.addBoth(lambda result: (self.pending.discard(d), result)[1])
+        def forget(result: Any) -> Any:
+            self.pending.discard(d)
+            return result
+
+        d.addBoth(forget)
 
     def idle(self) -> defer.Deferred:
         """Fires once every recording job started so far is over."""

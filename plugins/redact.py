@@ -36,7 +36,9 @@ import attrs
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from gateway.config import ConfigError, GatewayConfig, Section
+from gateway.config import GatewayConfig
+from gateway.errors import ConfigError
+from gateway.section import Section
 from gateway.events import DeepgramEvent
 from gateway.plugin import IStreamPlugin, Routes, StageContext
 
@@ -175,7 +177,9 @@ class RedactStage:
 
     def _results(self, message: Mapping[str, Any]) -> dict[str, Any] | None:
         channel = message.get("channel")
-        alternatives = channel.get("alternatives") if isinstance(channel, dict) else None
+        if not isinstance(channel, dict):
+            return None
+        alternatives = channel.get("alternatives")
         if not isinstance(alternatives, list):
             return None
         changed, rules = False, []

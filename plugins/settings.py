@@ -12,7 +12,7 @@ settings: the Deepgram configuration of each call, sent before any audio.
   ``eager_eot_threshold``, ``eot_timeout_ms``, ``keyterm``...) plus allowed parameters, checked
   as the SDK names Flux's options; the session is confirmed by Flux's ``Connected``.
 
-The stage opens the Deepgram leg (`OpenUpstream`) when an authenticated `StreamStarted` reaches
+The stage opens the Deepgram leg (``ctx.open_upstream``) when an authenticated `StreamStarted` reaches
 it and, on the Voice Agent, sends ``Settings`` once Deepgram's ``Welcome`` has arrived. The call
 holds the caller's audio and every other message (bounded by ``hold_audio_ms``, counted when
 over) until the session is confirmed (``SettingsApplied``, Flux's ``Connected``, or the open
@@ -49,12 +49,12 @@ from gateway.codecs.deepgram_types import (
     check_settings,
     listen_parameters,
 )
-from gateway.config import GatewayConfig, Section
+from gateway.config import GatewayConfig
+from gateway.section import Section
 from gateway.diagnostics import Diagnosis
 from gateway.errors import ConfigError, SettingsError
 from gateway.events import (
     DeepgramEvent,
-    OpenUpstream,
     StreamStarted,
     UpstreamMessage,
     UpstreamOpened,
@@ -170,7 +170,7 @@ class SettingsStage:
             self.ctx.end_call(Diagnosis("SESSION_SETUP_FAILED", leg="gateway", phase=call.phase))
             return None
         self.ctx.emit_inbound(event)
-        self.ctx.emit_inbound(OpenUpstream(url, self.options.mode))
+        self.ctx.open_upstream(url)
         return None
 
     def _per_call_values(self, custom: Mapping[str, str]) -> dict[str, Any]:

@@ -20,7 +20,9 @@ from zope.interface import implementer
 from gateway.codecs.formats import AudioFormat
 from gateway.codecs.transcode import make_transcoder
 
-from gateway.config import ConfigError, GatewayConfig, Section
+from gateway.config import GatewayConfig
+from gateway.errors import ConfigError
+from gateway.section import Section
 from gateway.events import Audio
 from gateway.plugin import IStreamPlugin, Routes, StageContext
 

@@ -10,7 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.bench.cli import main
 from gateway.bench.orchestrate import gateway_config
-from gateway.config import DEFAULT_CHAIN, load_config
+from gateway.config import DEFAULT_CHAIN
+from gateway.testing import load_config
 from gateway.testing import temp_path
 
 

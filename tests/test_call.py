@@ -219,7 +219,7 @@ class ReconnectTests(SynchronousTestCase):
 
     def live_call(self, config: dict | None = None) -> CallHarness:
         h = CallHarness(config or {"deepgram": {"reconnect_attempts": 2, "reconnect_backoff_s": 1}})
-        h.call._budget.random = lambda: 1.0
+        h.call.sessions.budget.random = lambda: 1.0
         h.start()
         h.open_upstream("req-1")
         h.call.from_upstream(dg("SettingsApplied"))
@@ -314,7 +314,7 @@ class ReportTests(SynchronousTestCase):
     def test_report(self) -> None:
         """Ids, mode, duration, frames and bytes, drops, reconnects, request ids, last Error, diagnosis."""
         h = CallHarness({"deepgram": {"reconnect_attempts": 1, "replay_ms": 0}})
-        h.call._budget.random = lambda: 0.0
+        h.call.sessions.budget.random = lambda: 0.0
         h.start()
         h.open_upstream("req-1")
         h.call.from_upstream(dg("SettingsApplied"))
@@ -336,7 +336,7 @@ class ReportTests(SynchronousTestCase):
         self.assertEqual(report["duration_s"], 2.5)
         self.assertEqual(report["frames"], {"caller_in": 2, "caller_out": 1, "deepgram_in": 1, "deepgram_out": 1})
         self.assertEqual(report["bytes"], {"caller_in": 160, "caller_out": 80, "deepgram_in": 80, "deepgram_out": 160})
-        self.assertEqual(report["dropped"], {"empty_at_leg": 1} if "empty_frames" not in h.call._chain.names
+        self.assertEqual(report["dropped"], {"empty_at_leg": 1} if "empty_frames" not in h.call.chain.names
                          else {"empty": 1})
         self.assertEqual(report["reconnects"], 1)
         self.assertEqual(report["dg_request_ids"], ["req-1", "req-2"])
@@ -385,7 +385,7 @@ class UpstreamLifecycleTests(SynchronousTestCase):
 
     def live_call(self, config: dict | None = None) -> CallHarness:
         h = CallHarness(config or {"deepgram": {"reconnect_backoff_s": 1}})
-        h.call._budget.random = lambda: 1.0
+        h.call.sessions.budget.random = lambda: 1.0
         h.start()
         h.open_upstream("req-1")
         h.call.from_upstream(dg("SettingsApplied"))
@@ -402,8 +402,8 @@ class UpstreamLifecycleTests(SynchronousTestCase):
         first = h.upstream
         first.state = LegState.CLOSING
         h.call.caller_audio(Audio(b"\x02" * 160))
-        h.call._chain.inbound(UpstreamMessage({"type": "InjectUserMessage", "content": "5"}))
-        h.call._chain.inbound(UpstreamMessage({"type": "KeepAlive"}))
+        h.call.chain.inbound(UpstreamMessage({"type": "InjectUserMessage", "content": "5"}))
+        h.call.chain.inbound(UpstreamMessage({"type": "KeepAlive"}))
         h.call.upstream_closed(UpstreamClosed(1011, "NET-0000", True))
         self.assertEqual(h.call.phase, "reconnecting")
         h.call.caller_audio(Audio(b"\x03" * 160))
@@ -436,7 +436,7 @@ class UpstreamLifecycleTests(SynchronousTestCase):
         """A DTMF injection before the leg opens is queued and delivered after SettingsApplied, after Settings."""
         h = CallHarness()
         h.start()
-        h.call._chain.inbound(UpstreamMessage({"type": "InjectUserMessage", "content": "Key 1"}))
+        h.call.chain.inbound(UpstreamMessage({"type": "InjectUserMessage", "content": "Key 1"}))
         h.call.caller_audio(Audio(b"\x01" * 160))
         h.open_upstream(welcome=False)
         self.assertEqual(h.upstream.sent, [], "nothing before Welcome")
@@ -461,7 +461,7 @@ class UpstreamLifecycleTests(SynchronousTestCase):
     def test_setup_timeout_is_retried(self) -> None:
         """No SettingsApplied in time: that session is closed and a new one opened; the caller stays."""
         h = CallHarness({"settings": {"applied_timeout_s": 2}, "deepgram": {"reconnect_backoff_s": 1}})
-        h.call._budget.random = lambda: 1.0
+        h.call.sessions.budget.random = lambda: 1.0
         h.start()
         h.open_upstream("req-1")
         h.clock.advance(2)
@@ -481,7 +481,7 @@ class UpstreamLifecycleTests(SynchronousTestCase):
     def test_no_welcome_is_diagnosed(self) -> None:
         """A session that never says Welcome is retried, then the call ends with DG_NO_WELCOME."""
         h = CallHarness({"settings": {"welcome_timeout_s": 1}, "deepgram": {"reconnect_attempts": 1}})
-        h.call._budget.random = lambda: 1.0
+        h.call.sessions.budget.random = lambda: 1.0
         h.start()
         h.open_upstream(welcome=False)
         h.clock.advance(1)
@@ -498,7 +498,7 @@ class UpstreamLifecycleTests(SynchronousTestCase):
         reconnect_window_max times in the window, with a growing backoff; then DG_UNSTABLE, 4501.
         """
         h = CallHarness({"deepgram": {"reconnect_backoff_s": 0.5, "reconnect_window_max": 3}})
-        h.call._budget.random = lambda: 1.0
+        h.call.sessions.budget.random = lambda: 1.0
         h.start()
         delays = []
         while h.call.phase not in ("ending", "closed"):
@@ -507,8 +507,8 @@ class UpstreamLifecycleTests(SynchronousTestCase):
             h.call.from_upstream(dg("SettingsApplied"))
             h.clock.advance(0.5)
             h.call.upstream_closed(UpstreamClosed(1011, "See https://dpgr.am/net0000", True))
-            if h.call._retry_timer is not None and h.call._retry_timer.active():
-                delays.append(h.call._retry_timer.getTime() - h.clock.seconds())
+            if h.call.sessions.retry_timer is not None and h.call.sessions.retry_timer.active():
+                delays.append(h.call.sessions.retry_timer.getTime() - h.clock.seconds())
                 h.clock.advance(delays[-1])
         self.assertEqual(len(h.connector.attempts), 4)
         self.assertEqual(delays, sorted(delays))
@@ -523,7 +523,7 @@ class UpstreamLifecycleTests(SynchronousTestCase):
         """reconnect_max_per_call bounds the reconnects of the whole call, however far apart."""
         h = CallHarness({"deepgram": {"reconnect_backoff_s": 0.1, "reconnect_max_per_call": 2},
                         "keepalive": {"caller_idle_timeout_s": 0}})
-        h.call._budget.random = lambda: 1.0
+        h.call.sessions.budget.random = lambda: 1.0
         h.start()
         while h.call.phase not in ("ending", "closed"):
             h.upstream = FakeUpstreamLeg()

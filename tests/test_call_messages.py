@@ -278,7 +278,7 @@ class FluxCallTests(SynchronousTestCase):
         start = dg("TurnInfo", event="StartOfTurn", transcript="", turn_index=0)
         h.call.from_upstream(start)
         self.assertNotIn(("clear", None), h.caller.sent)
-        h.call._chain.outbound(Audio(b"\xff" * 160, "outbound"))  # a plugin's prompt to the caller
+        h.call.chain.outbound(Audio(b"\xff" * 160, "outbound"))  # a plugin's prompt to the caller
         h.call.from_upstream(start)
         self.assertEqual(h.caller.sent.count(("clear", None)), 1)
         h.call.from_upstream(start)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.config import load_config
+from gateway.testing import load_config
 from gateway.errors import ConfigError
 from gateway.testing import configure
 

@@ -477,7 +477,7 @@ class ConfiguredListenTests(SynchronousTestCase):
                                                "settings": {"parameters": {"lang": "language"}}})
         stage.routes().inbound[StreamStarted](StreamStarted("MZ1", custom_parameters={"lang": "en-GB"}))
         self.assertEqual(ctx.ended, [])
-        self.assertIn("language=en-GB", ctx.inbound[-1].url)
+        self.assertIn("language=en-GB", ctx.opened[-1])
 
 
 class CachingTests(SynchronousTestCase):

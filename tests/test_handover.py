@@ -64,7 +64,7 @@ class GivingAwayTests(SynchronousTestCase):
         tick(h, 1)
         self.assertEqual(h.store.records, {}, "the agent is speaking")
         h.call.from_upstream(dg("AgentAudioDone"))
-        h.call._chain.outbound(SendMark("turn-1"))
+        h.call.chain.outbound(SendMark("turn-1"))
         tick(h, 1)
         self.assertEqual(h.store.records, {}, "its audio is still playing at Twilio")
         echo_marks(h)

@@ -10,7 +10,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import resource
 
-from gateway.config import Section
+from gateway.section import Section
 from gateway.errors import ConfigError
 from gateway.httplimits import LINGER_S, HttpLimits, LimitedSite, http_limits
 

@@ -24,7 +24,8 @@ class DocumentationTests(SynchronousTestCase):
 
     def test_example_config_is_valid_and_complete(self) -> None:
         """deploy/gateway.example.toml loads, and sets every key the gateway reads."""
-        from gateway.config import Section, load_config
+        from gateway.section import Section
+        from gateway.testing import load_config
 
         path = os.path.join(ROOT, "deploy", "gateway.example.toml")
         env = {"DEEPGRAM_API_KEY": "k", "TWILIO_AUTH_TOKEN": "t", "GATEWAY_PUBLIC_URL": "https://gw.example.com"}

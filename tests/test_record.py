@@ -491,7 +491,8 @@ def example_keys_read(test: Any, plugin: str, uncomment: str = "") -> tuple[dict
     """
     import re
 
-    from gateway.config import Section, load_config
+    from gateway.section import Section
+    from gateway.testing import load_config
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "deploy", "gateway.example.toml")) as f:

@@ -26,7 +26,7 @@ from twisted.internet import defer
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from gateway.functions import FunctionSpec
+from gateway.plugin import FunctionSpec
 from gateway.plugin import IStreamPlugin, Routes
 
 ORDER_STATUS = FunctionSpec(

@@ -122,7 +122,7 @@ class Harness:
         reactor.seconds = self.clock  # callLater and txaio's timers (the global reactor) use it
 
         from gateway.bench.orchestrate import gateway_config
-        from gateway.config import load_config
+        from gateway.cli import load_config
         from gateway.service import Gateway
 
         with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:

@@ -3,8 +3,7 @@ Handing a live call to another gateway process (issue 17).
 
 - `gateway.handover.store`: where a handed-over call's resumable state waits for the process that
   takes the call up: an embedded SQLite file for one host, Redis for several.
-- `gateway.handover.record`: what is saved, and the resume token that names it.
-- `gateway.handover.quiet`: when a call may be handed over without cutting anyone off.
+- `gateway.handover.record`: what is saved (the resume token that names it is `gateway.tokens`'s).
 """
 
 __all__ = ["HANDOVER_PARAMETER", "RESUME_PARAMETER"]

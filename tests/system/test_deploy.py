@@ -593,7 +593,7 @@ class ManifestTests(TestCase):
 
     def test_kubernetes_config_loads(self) -> None:
         """The ConfigMap's gateway.toml is a valid gateway configuration (with the secrets set)."""
-        from gateway.config import load_config
+        from gateway.testing import load_config
 
         text = self.k8s_text()["configmap.yaml"]
         block = text.split("gateway.toml: |\n", 1)[1]

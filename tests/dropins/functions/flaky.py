@@ -5,7 +5,7 @@ from twisted.internet import defer, task
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from gateway.functions import FunctionSpec
+from gateway.plugin import FunctionSpec
 from gateway.plugin import IStreamPlugin, Routes
 
 EMPTY = {"type": "object", "properties": {}}
