@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from twisted.internet import abstract
+from twisted.internet import abstract, tcp
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -28,13 +29,30 @@ class _Stuck(abstract.FileDescriptor):
         pass
 
 
+class _RecordingSocket:
+    """Enough of a socket for a ``tcp.Connection``: records the sizes asked of ``recv``."""
+
+    def __init__(self) -> None:
+        self.recv_sizes: list[int] = []
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return 99
+
+    def recv(self, size: int) -> bytes:
+        self.recv_sizes.append(size)
+        return b"x"
+
+
 class _NoReactor:
     def callLater(self, *a, **k):  # pragma: no cover - not used
         raise AssertionError
 
 
 class PressureTests(SynchronousTestCase):
-    """The budget is Twisted's bufferSize; a producer left by twisted.web is replaced."""
+    """The budget limits the send buffer only; a producer left by twisted.web is replaced."""
 
     def test_pause_at_budget(self) -> None:
         """Congested once more than the budget waits; not before."""
@@ -46,6 +64,30 @@ class PressureTests(SynchronousTestCase):
         self.assertTrue(pressure.congested)
         pressure.resumeProducing()
         self.assertFalse(pressure.congested)
+
+    def test_budget_is_write_side_only(self) -> None:
+        """
+        The transport's read size stays Twisted's 64 KiB: only what waits to be written is
+        held to the budget (a 1 MiB read buffer made every recv an mmap and a munmap).
+        """
+        transport = _Stuck()
+        attach(transport, 1024 * 1024)
+        self.assertEqual(transport.bufferSize, abstract.FileDescriptor.bufferSize)
+        self.assertEqual(transport.bufferSize, 64 * 1024)
+
+    def test_tcp_reads_keep_twisted_size(self) -> None:
+        """A leg's TCP connection asks recv for 64 KiB, and still pauses only past the budget."""
+        sock = _RecordingSocket()
+        transport = tcp.Connection(sock, Protocol(), _NoReactor())
+        transport.connected = True
+        transport.startWriting = lambda: None  # type: ignore[method-assign]
+        pressure = attach(transport, 200 * 1024)
+        transport.doRead()
+        self.assertEqual(sock.recv_sizes, [64 * 1024])
+        transport.write(b"x" * (200 * 1024))
+        self.assertFalse(pressure.congested)
+        transport.write(b"x")
+        self.assertTrue(pressure.congested)
 
     def test_replaces_http_channel(self) -> None:
         """The HTTP channel registered by twisted.web gives way."""

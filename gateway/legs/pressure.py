@@ -1,17 +1,24 @@
 """
 Backpressure on a leg: know when a peer reads slower than we write.
 
-A `Pressure` is registered as the streaming producer of a leg's transport, whose ``bufferSize``
-is set to the leg's budget. Twisted pauses the producer when more than that is waiting to be
-written and resumes it once the buffer has drained; the call then drops audio towards that peer
-(real-time audio cannot be slowed down at its source: pausing Twilio's reads would not make the
-caller speak slower) and counts it, while control messages still go. So what a slow peer can
-cost is bounded by the budget plus one message per leg.
+A `Pressure` is registered as the streaming producer of a leg's transport, and the transport's
+send-buffer check is given the leg's budget. Twisted pauses the producer when more than that is
+waiting to be written and resumes it once the buffer has drained; the call then drops audio
+towards that peer (real-time audio cannot be slowed down at its source: pausing Twilio's reads
+would not make the caller speak slower) and counts it, while control messages still go. So what
+a slow peer can cost is bounded by the budget plus one message per leg.
 
 The budget is far above Twisted's 64 KiB default on purpose: Twisted checks the limit when data
 is *queued*, before it tries to send, so a legitimate burst in one reactor turn (the audio held
 until ``SettingsApplied`` released at once, or a second of agent speech) would otherwise look like
 a stuck peer. Only a peer that does not read for a long time fills a megabyte.
+
+The budget applies to the write side only. Twisted keeps one limit, ``bufferSize``, for both:
+above it a streaming producer is paused, and it is also the size of every ``recv``. Raising it to
+a megabyte made every read of the leg ask for a 1 MiB buffer, above glibc's mmap threshold, so
+each 20 ms frame could cost an mmap and a munmap (the trap the bench itself fell in, commit
+ea384e4). So ``bufferSize`` keeps Twisted's 64 KiB and the transport's ``_isSendBufferFull`` (the
+one place Twisted compares what waits to be written with a limit) compares it with the budget.
 """
 
 from __future__ import annotations
@@ -56,6 +63,24 @@ class Pressure:
 DEFAULT_BUDGET_BYTES = 1024 * 1024
 
 
+class _SendBudget:
+    """
+    A transport's ``_isSendBufferFull`` with the send budget as its limit (Twisted's own compares
+    with ``bufferSize``, which is also the transport's read size): more than ``budget_bytes``
+    waiting to be written, counted as Twisted counts it.
+    """
+
+    __slots__ = ("_transport", "budget_bytes")
+
+    def __init__(self, transport: Any, budget_bytes: int) -> None:
+        self._transport = transport
+        self.budget_bytes = budget_bytes
+
+    def __call__(self) -> bool:
+        t = self._transport
+        return len(t.dataBuffer) + t._tempDataLen > self.budget_bytes
+
+
 def attach(transport: Any, budget_bytes: int = DEFAULT_BUDGET_BYTES, leg: Any = None) -> Pressure:
     """
     Register a new `Pressure` on ``transport`` (replacing a producer left by twisted.web), whose
@@ -64,8 +89,8 @@ def attach(transport: Any, budget_bytes: int = DEFAULT_BUDGET_BYTES, leg: Any = 
     pressure = Pressure(leg)
     if transport is None:
         return pressure
-    if hasattr(transport, "bufferSize"):
-        transport.bufferSize = budget_bytes
+    if hasattr(transport, "_isSendBufferFull") and hasattr(transport, "dataBuffer"):
+        transport._isSendBufferFull = _SendBudget(transport, budget_bytes)
     if getattr(transport, "producer", None) is not None:
         # After a WebSocket upgrade through twisted.web the HTTP channel is still registered.
         transport.unregisterProducer()
