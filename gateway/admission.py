@@ -68,7 +68,7 @@ class AdmissionOptions:
 
 
 def admission_options(section: Any) -> AdmissionOptions:
-    """Validate the ``[admission]`` section (a `gateway.config.Section`)."""
+    """Validate the ``[admission]`` section (a `gateway.section.Section`)."""
     max_pending = section.int("max_pending", 128, minimum=1)
     per_address = section.int("max_pending_per_address", 16, minimum=1)
     if per_address > max_pending:

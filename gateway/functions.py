@@ -90,7 +90,8 @@ class FunctionDispatcher:
             if failure.check(defer.TimeoutError):
                 return self._done(call_id, name, label, "timeout",
                                   f"Error: {name} did not answer within {self.timeout_s:g} seconds.")
-            self.log.failure("function {function} failed", failure, function=name)
+            self.log.failure("function {function} failed", failure, function=name,
+                             log_category="FUNCTION_FAILED")
             return self._done(call_id, name, label, "exception",
                               f"Error: {name} failed: {failure.getErrorMessage()}")
 
@@ -120,6 +121,7 @@ class FunctionDispatcher:
         self.count("function_calls", function=label, outcome=outcome)
         if outcome != "ok":
             self.log.warn("function call {function} ({call_id}): {outcome}: {content}",
-                          function=name, call_id=call_id, outcome=outcome, content=content)
+                          function=name, call_id=call_id, outcome=outcome, content=content,
+                          log_category="FUNCTION_CALL_NOT_OK")
         self.respond({"type": "FunctionCallResponse", "id": call_id, "name": name, "content": content})
         return defer.succeed(None)

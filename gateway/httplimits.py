@@ -66,7 +66,7 @@ class HttpLimits:
 
 
 def http_limits(section: Any, head_timeout_s: float = 10.0) -> HttpLimits:
-    """Validate the ``[http]`` section (a `gateway.config.Section`)."""
+    """Validate the ``[http]`` section (a `gateway.section.Section`)."""
     return HttpLimits(
         max_body_bytes=section.int("max_body_bytes", 64 * 1024, minimum=1024),
         body_timeout_s=section.float("body_timeout_s", 10.0, minimum=0.1),

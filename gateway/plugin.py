@@ -81,7 +81,7 @@ class IStreamPlugin(Interface):
         """
         Validate this plugin's configuration and return a per-call stage factory.
 
-        ``section`` is a `gateway.config.Section` over the plugin's TOML table (empty when
+        ``section`` is a `gateway.section.Section` over the plugin's TOML table (empty when
         absent); ``gateway`` the validated `gateway.config.GatewayConfig`. Raise
         `gateway.errors.ConfigError` naming the key for anything wrong. The returned factory is
         called with a `StageContext` once per call and returns a `Stage`.

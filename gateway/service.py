@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import attrs
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
@@ -262,13 +261,13 @@ class GatewayService(service.Service):
         service.Service.startService(self)
         config = self.gateway.config
         for warning in config.warnings:
-            self.log.warn("{startup_warning}", startup_warning=warning)
+            self.log.warn("{startup_warning}", startup_warning=warning, log_category="STARTUP_WARNING")
         site = self.gateway.make_site()
         try:
             self.port = yield serverFromString(self.reactor, self.endpoint).listen(site)
         except Exception as e:  # noqa: BLE001 - any reason not to listen ends the process
             self.log.critical("cannot listen on {endpoint}: {error}", endpoint=self.endpoint,
-                              error=f"{type(e).__name__}: {e}")
+                              error=f"{type(e).__name__}: {e}", log_category="LISTEN_FAILED")
             if self._handle_second_signal:
                 # Under twistd a service that cannot listen must not look alive to supervisord
                 # or systemd: exit with status 1 as any start-up error does.
@@ -309,7 +308,7 @@ class GatewayService(service.Service):
         def again(signum: int, frame: Any) -> None:
             self.reactor.callFromThread(
                 self.log.warn, "signal {signum} again: still draining, exiting when calls end",
-                signum=signum,
+                signum=signum, log_category="SIGNAL_WHILE_DRAINING",
             )
 
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -332,6 +331,7 @@ class GatewayService(service.Service):
             try:
                 yield waiting
             except defer.TimeoutError:
-                self.log.warn("plugins still finishing 10 s after the drain; stopping anyway")
+                self.log.warn("plugins still finishing 10 s after the drain; stopping anyway",
+                              log_category="PLUGINS_STILL_FINISHING")
         if self.port is not None:
             yield self.port.stopListening()

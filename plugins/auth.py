@@ -221,7 +221,8 @@ class AuthStage:
             return True
         if refusal in REFUSAL_DIAGNOSES:
             code = REFUSAL_DIAGNOSES[refusal]
-            self.ctx.log.warn("authenticated, but no call slot: {refusal}", refusal=refusal)
+            self.ctx.log.warn("authenticated, but no call slot: {refusal}", refusal=refusal,
+                              log_category="AUTH_NO_CALL_SLOT")
             self.ctx.emit_outbound(CallerError(code, _REFUSAL_MESSAGES[refusal]))
             self.ctx.end_call(Diagnosis(code, leg="gateway", phase=self.ctx.call.phase))
         # "closed": admission already ended the call.
@@ -235,7 +236,8 @@ class AuthStage:
 
     def _fail(self, code: str, detail: str) -> None:
         self.ctx.count("auth_failures", reason=code.lower())
-        self.ctx.log.warn("authentication failed: {code} ({detail})", code=code, detail=detail)
+        self.ctx.log.warn("authentication failed: {code} ({detail})", code=code, detail=detail,
+                          log_category="AUTH_REFUSED")
         self.ctx.emit_outbound(CallerError(code, _PUBLIC_ERRORS[code]))
         self.ctx.end_call(Diagnosis(code, leg="caller", phase=self.ctx.call.phase))
 

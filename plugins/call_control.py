@@ -173,7 +173,8 @@ class CallControlStage:
         self._ending = False
         self.close()
         if why == "timeout":
-            self.ctx.log.warn("ending the call: the agent's last audio was not confirmed played in time")
+            self.ctx.log.warn("ending the call: the agent's last audio was not confirmed played in time",
+                              log_category="END_CALL_AUDIO_UNCONFIRMED")
         self.ctx.end_call(Diagnosis("AGENT_ENDED_CALL", leg="gateway", phase=self.ctx.call.phase))
 
     @defer.inlineCallbacks
@@ -194,7 +195,7 @@ class CallControlStage:
         body = yield response.text()
         if not 200 <= response.code < 300:
             self.ctx.log.error("transfer_call: Twilio answered {status}: {body}", status=response.code,
-                               body=body[:300])
+                               body=body[:300], log_category="TRANSFER_FAILED")
             return f"Error: the transfer failed (Twilio answered {response.code}). Apologise to the caller."
         self.ctx.count("transfers")
         self.ctx.log.info("transfer_call: the call was redirected to {destination}",

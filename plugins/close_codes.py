@@ -47,6 +47,7 @@ class CloseCodesStage:
             closed_phase=diagnosis.phase,
             description=diagnosis.describe(),
             dg_request_id=diagnosis.dg_request_id or self.ctx.call.request_id,
+            log_category="DG_LEG_CLOSED",
         )
         self.ctx.diagnose(diagnosis)
         return attrs.evolve(event, diagnosis=diagnosis)

@@ -57,6 +57,7 @@ class EmptyFramesStage:
             self.ctx.log.warn(
                 "dropped a caller audio frame ({reason}); further drops of this kind are only counted",
                 reason=reason,
+                log_category="CALLER_FRAME_DROPPED",
             )
         return None
 

@@ -172,7 +172,7 @@ class HandoverStage:
                 key = event.call_sid
         except AuthError as e:
             self.ctx.log.warn("HANDOVER_RESUME_REFUSED: resume token refused ({why}); a fresh call",
-                              why=e.message, code="HANDOVER_RESUME_REFUSED")
+                              why=e.message, log_category="HANDOVER_RESUME_REFUSED")
             self.ctx.count("handovers_in", result="refused")
             return fresh
         d = self.factory.get_store().take(key)
@@ -184,7 +184,7 @@ class HandoverStage:
             # The client's resume token was good, so its record was taken already: a replay.
             self.ctx.log.warn("HANDOVER_RECORD_MISSING: no handover record for this /client resume "
                               "token (already taken, or expired); refused",
-                              code="HANDOVER_RECORD_MISSING")
+                              log_category="HANDOVER_RECORD_MISSING")
             self.ctx.count("handovers_in", result="missing")
             self.ctx.count("auth_failures", reason="auth_failed")
             self.ctx.emit_outbound(CallerError("AUTH_FAILED", "the resume token was already used"))
@@ -193,7 +193,7 @@ class HandoverStage:
         if record is None:
             self.ctx.log.warn("HANDOVER_RECORD_MISSING: no handover record for CallSid {call_sid} "
                               "(expired or already taken); a fresh call",
-                              call_sid=fresh.call_sid, code="HANDOVER_RECORD_MISSING")
+                              call_sid=fresh.call_sid, log_category="HANDOVER_RECORD_MISSING")
             self.ctx.count("handovers_in", result="missing")
             self.ctx.emit_inbound(fresh)
             return
@@ -218,7 +218,7 @@ class HandoverStage:
 
     def _store_failed(self, failure: Any, fresh: StreamStarted) -> None:
         self.ctx.log.error("HANDOVER_STORE_DOWN: handover store failed ({why}); a fresh call",
-                           why=failure.getErrorMessage(), code="HANDOVER_STORE_DOWN")
+                           why=failure.getErrorMessage(), log_category="HANDOVER_STORE_DOWN")
         self.ctx.count("handovers_in", result="store_down")
         self.ctx.emit_inbound(fresh)
 
@@ -302,7 +302,7 @@ class HandoverStage:
             self.ctx.count("handovers_out", result="store_down")
             self.ctx.log.error("HANDOVER_FAILED: the handover store failed ({why}); the call stays "
                                "here and the plain drain applies", why=failure.getErrorMessage(),
-                               code="HANDOVER_FAILED")
+                               log_category="HANDOVER_FAILED")
 
         d.addCallbacks(saved, failed)
 

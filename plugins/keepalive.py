@@ -78,7 +78,7 @@ class KeepaliveStage:
         if frames == self._caller_frames:
             self._idle_timer = None
             self.ctx.log.warn("no audio from the caller for {timeout_s} s; ending the call",
-                              timeout_s=self.options.caller_idle_timeout_s)
+                              timeout_s=self.options.caller_idle_timeout_s, log_category="CALLER_IDLE")
             self.ctx.end_call(Diagnosis("CALLER_IDLE", leg="caller", phase=self.ctx.call.phase))
             return
         self._caller_frames = frames

@@ -223,7 +223,8 @@ class RecordStage:
         """Writing this recording failed in the writer: stop recording the call, say why."""
         if not self.stopped:
             self.ctx.log.error("recording {path} failed ({problem}); the call goes on unrecorded",
-                               path=self.recording.wav_path if self.recording else "", problem=problem)
+                               path=self.recording.wav_path if self.recording else "", problem=problem,
+                               log_category="RECORDING_WRITE_FAILED")
             self._stop("write_failed")
 
     def _stop(self, reason: str) -> None:
@@ -289,11 +290,12 @@ class RecordStage:
                           duration_s=result["duration_s"])
         if result.get("upload_error"):
             self.ctx.log.warn("recording {path} not uploaded to S3: {problem}", path=result["path"],
-                              problem=result["upload_error"])
+                              problem=result["upload_error"], log_category="RECORDING_UPLOAD_FAILED")
 
     def _finish_failed(self, failure: Failure) -> None:
         self.ctx.log.failure("finishing the recording {path} failed", failure,
-                             path=self.recording.wav_path if self.recording else "")
+                             path=self.recording.wav_path if self.recording else "",
+                             log_category="RECORDING_FINISH_FAILED")
 
 
 @attrs.define(eq=False)
@@ -435,7 +437,7 @@ class RecordFactory:
 def _log_failure(failure: Failure, what: str = "recording retention sweep failed") -> None:
     from twisted.logger import Logger
 
-    Logger(namespace="plugins.record").failure(what, failure)
+    Logger(namespace="plugins.record").failure(what, failure, log_category="RECORDING_JOB_FAILED")
 
 
 def _s3_options(section: Section) -> S3Options | None:

@@ -166,7 +166,7 @@ class SettingsStage:
                 url = build_listen_url(self.options.listen_url, params, call.upstream_input)
         except SettingsError as e:
             self.ctx.log.error("per-call settings invalid: {field}: {message}",
-                               field=e.field, message=e.message)
+                               field=e.field, message=e.message, log_category="SETTINGS_PER_CALL_INVALID")
             self.ctx.end_call(Diagnosis("SESSION_SETUP_FAILED", leg="gateway", phase=call.phase))
             return None
         self.ctx.emit_inbound(event)
@@ -264,7 +264,7 @@ class SettingsStage:
     def _no_welcome(self) -> None:
         self._timer = None
         self.ctx.log.error("Deepgram sent no Welcome within {timeout_s} s of opening the session",
-                           timeout_s=self.options.welcome_timeout_s)
+                           timeout_s=self.options.welcome_timeout_s, log_category="DG_NO_WELCOME")
         self.ctx.upstream_failed(Diagnosis("DG_NO_WELCOME", leg="upstream", phase=self.ctx.call.phase))
 
     def _not_applied(self) -> None:
@@ -273,6 +273,7 @@ class SettingsStage:
             "Deepgram sent no {confirmation} within {timeout_s} s",
             confirmation="Connected" if self.options.mode == "flux" else "SettingsApplied",
             timeout_s=self.options.applied_timeout_s,
+            log_category="DG_NO_SETTINGS_APPLIED",
         )
         self.ctx.upstream_failed(Diagnosis("DG_SETUP_TIMEOUT", leg="upstream", phase=self.ctx.call.phase))
 

@@ -161,3 +161,27 @@ class LayerTests(SynchronousTestCase):
             if lines > MAX_LINES and relative not in LONG_MODULES:
                 long[relative] = lines
         self.assertEqual(long, {})
+
+    def test_every_warning_has_a_stable_code(self) -> None:
+        """
+        Every warning, error and failure the gateway logs carries ``log_category``, an UPPER_SNAKE
+        code that operators filter on and tests assert instead of prose (crossbar's convention).
+        """
+        missing = []
+        for path in _modules().values():
+            with open(path) as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                    continue
+                if node.func.attr not in ("warn", "error", "critical", "failure"):
+                    continue
+                if "log" not in ast.unparse(node.func.value).lower():
+                    continue
+                codes = [k.value for k in node.keywords if k.arg == "log_category"]
+                ok = len(codes) == 1 and isinstance(codes[0], ast.Constant) and isinstance(
+                    codes[0].value, str) and codes[0].value.isupper() and codes[0].value.isidentifier()
+                if not ok:
+                    missing.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}")
+        self.assertEqual(missing, [])
+
