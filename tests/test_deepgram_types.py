@@ -465,7 +465,7 @@ class ConfiguredListenTests(SynchronousTestCase):
         """language=english from a <Parameter> ends the call before Deepgram is contacted."""
         from gateway.events import StreamStarted
         from gateway.testing import RecordingContext
-        from tests.test_plugins import stage_for
+        from tests.stages import stage_for
 
         ctx = RecordingContext()
         stage, _ = stage_for("settings", ctx, {"gateway": {"mode": "listen"},
