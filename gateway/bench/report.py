@@ -1,4 +1,7 @@
-"""The benchmark's output: a plain-text table per mode, and the JSON document."""
+"""
+The benchmark's output: a plain-text table per mode, the JSON document, and (``python -m
+gateway.bench.report RUN.json...``) the Markdown table of BENCHMARKS.md from saved runs.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import platform
 import sys
 from typing import Any
 
-__all__ = ["table", "machine", "write_json", "profile_summary"]
+__all__ = ["table", "markdown", "machine", "write_json", "profile_summary"]
 
 
 def _f(value: Any, digits: int = 2) -> str:
@@ -101,3 +104,67 @@ def profile_summary(stats_path: str, limit: int = 25) -> str:
     stats.strip_dirs().sort_stats("tottime").print_stats(limit)
     stats.sort_stats("cumulative").print_stats(limit)
     return out.getvalue()
+
+
+def _runs(step: dict, runs: list[dict]) -> str:
+    """CPU per call of each run of ``step``, in the order they ran."""
+    values = [r["cpu_ms_per_call_s"] for r in runs
+              if r["mode"] == step["mode"] and r["calls"] == step["calls"]
+              and r.get("procs", 1) == step.get("procs", 1)]
+    return ", ".join(_f(v) for v in values)
+
+
+def markdown(document: dict) -> str:
+    """
+    The side-by-side table of one run of ``gateway-bench`` in Markdown: per step the gateway's
+    row and the floor's, CPU per call (each run's in brackets), the ratio to the floor, the ratio
+    to the relay mode's gateway at the same calls and process count (``x relay``, when the run
+    had a relay step), the kernel's share, memory per call and the one-way latencies.
+    """
+    head = ("| mode, calls x procs | target | CPU % | ms CPU / call-s (runs) | x floor | x relay "
+            "| kernel % | HAProxy CPU % | KB / call | in p50 / p99 | out p50 / p99 | lost/dup/reord |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    relay = {(s["calls"], s.get("procs", 1)): s["cpu_ms_per_call_s"]
+             for s in document["steps"] if s["mode"] == "relay"}
+    floor_relay = {(s["calls"], s.get("procs", 1)): s["cpu_ms_per_call_s"]
+                   for s in document.get("floor_steps", []) if s["mode"] == "relay"}
+
+    def row(s: dict, target: str, runs: list[dict], versus: str, base: dict) -> str:
+        key = (s["calls"], s.get("procs", 1))
+        x_relay = (_f(s["cpu_ms_per_call_s"] / base[key]) if key in base and base[key]
+                   and s["cpu_ms_per_call_s"] is not None else "-")
+        lost = f"{_lost(s['inbound'])}, {_lost(s['outbound'])}"
+        name = f"{s['mode']} {s['calls']} x{s.get('procs', 1)}" if target == "gateway" else ""
+        return (f"| {name} | {target} | {_f(s['gateway_cpu_pct'], 1)} | "
+                f"{_f(s['cpu_ms_per_call_s'])} ({_runs(s, runs)}) | {versus} | {x_relay} | "
+                f"{_f(s.get('kernel_pct_of_cpu'), 0)} | {_f(s.get('proxy_cpu_pct'), 1)} | "
+                f"{_f(s['rss_kb_per_call'], 1)} | {_f(s['in_p50_ms'])} / {_f(s['in_p99_ms'], 1)} | "
+                f"{_f(s['out_p50_ms'])} / {_f(s['out_p99_ms'], 1)} | {lost} |")
+
+    for s in document["steps"]:
+        versus = s.get("vs_floor")
+        ratio = (f"**{_f(versus['cpu_ms_per_call_s'])}** "
+                 f"({', '.join(_f(v) for v in versus['cpu_ms_per_call_s_runs'])})" if versus else "-")
+        lines.append(row(s, "gateway", document["runs"], ratio, relay))
+        if s.get("floor"):
+            lines.append(row(s["floor"], "floor", document["floor_runs"], "1", floor_relay))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print("usage: python -m gateway.bench.report RUN.json...", file=sys.stderr)
+        return 2
+    for path in paths:
+        with open(path) as f:
+            document = json.load(f)
+        print(f"<!-- {os.path.basename(path)}: {document.get('started')}, "
+              f"gateway-bench {' '.join(document.get('argv', []))} -->")
+        print(markdown(document))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
