@@ -88,11 +88,16 @@ def assemble(config: GatewayConfig, stages: tuple[tuple[str, StageFactory], ...]
         upstream_in, upstream_out = caller, caller
         for _, factory in stages:
             if isinstance(factory, NegotiatesFormats):
-                upstream_in, upstream_out = factory.upstream_formats(caller)
+                chosen = factory.upstream_formats(caller)
+                # The caller's own audio both ways is the default: no change asked, so a stage
+                # saying it leaves the choice of an earlier one (the transcoder's) alone.
+                if chosen != (caller, caller):
+                    upstream_in, upstream_out = chosen
         formats[leg] = (upstream_in, upstream_out)
     hold_ms = DEFAULT_HOLD_AUDIO_MS
     for _, factory in stages:
-        if isinstance(factory, HoldsAudio):
+        # Likewise the default hold leaves the settings stage's choice alone.
+        if isinstance(factory, HoldsAudio) and factory.hold_audio_ms != DEFAULT_HOLD_AUDIO_MS:
             hold_ms = factory.hold_audio_ms
     functions: dict[str, tuple[str, FunctionSpec]] = {}
     for plugin, factory in stages:

@@ -1,8 +1,8 @@
 """
 The stream-plugin contract, whole, in one module: what a plugin is, what a per-call stage is, what
 a stage may ask of its call, and every optional hook. A drop-in author reads this module and
-``examples/order_status/order_status.py`` (a drop-in that uses every hook). Finding and loading
-plugins is `gateway.assembly`'s job.
+``examples/every_hook/every_hook.py`` (a drop-in that uses every hook, each commented with when the
+gateway calls it). Finding and loading plugins is `gateway.assembly`'s job.
 
 Two layers (STYLE.md §3):
 
@@ -193,12 +193,20 @@ class NegotiatesFormats(Protocol):
     """A factory that changes the audio Deepgram gets and sends (the transcoder)."""
 
     def upstream_formats(self, caller: AudioFormat) -> tuple[AudioFormat, AudioFormat]:
-        """(audio towards Deepgram, audio from Deepgram) for a caller leg sending ``caller``."""
+        """
+        (audio towards Deepgram, audio from Deepgram) for a caller leg sending ``caller``.
+        ``(caller, caller)``, the default, asks for no change; of the factories asking for one,
+        the last in the chain decides.
+        """
 
 
 @runtime_checkable
 class HoldsAudio(Protocol):
-    """A factory that bounds the audio a call holds before its session is live (settings)."""
+    """
+    A factory that bounds the audio a call holds before its session is live (settings). The
+    default, ``gateway.assembly.DEFAULT_HOLD_AUDIO_MS``, asks for no change; of the factories
+    asking for one, the last in the chain decides.
+    """
 
     hold_audio_ms: int
 
