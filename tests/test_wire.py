@@ -13,6 +13,7 @@ import re
 import socket
 import struct
 
+import autobahn
 import txaio
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
@@ -28,10 +29,19 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.legs.wire import FastLane, frame_header, mask, write_now
+from gateway.legs import wire
+from gateway.legs.wire import (
+    FastLane,
+    autobahn_supported,
+    frame_header,
+    mask,
+    mask_python,
+    write_now,
+)
 from gateway.service import CALLER_OPTIONS, UPSTREAM_OPTIONS
 
 OPEN = WebSocketProtocol.STATE_OPEN
@@ -272,14 +282,29 @@ class MaskAndHeaderTests(_ClockLoop, SynchronousTestCase):
     @PROPERTY
     @given(st.binary(max_size=2000), keys)
     def test_mask(self, payload: bytes, key: bytes) -> None:
-        """Byte-wise XOR with the key repeated; applying it twice gives the payload back."""
-        self.assertEqual(mask(payload, key), xor(payload, key))
-        self.assertEqual(mask(mask(payload, key), key), payload)
+        """
+        Byte-wise XOR with the key repeated; applying it twice gives the payload back; the C
+        masker (when installed) and the Python one agree, and both give bytes.
+        """
+        for masker in (mask, mask_python):
+            self.assertEqual(masker(payload, key), xor(payload, key))
+            self.assertEqual(masker(masker(payload, key), key), payload)
+            self.assertIs(type(masker(payload, key)), bytes)
 
     def test_mask_known(self) -> None:
         """RFC 6455 §5.7's masked "Hello", and the empty payload."""
-        self.assertEqual(mask(b"Hello", b"\x37\xfa\x21\x3d"), b"\x7f\x9f\x4d\x51\x58")
-        self.assertEqual(mask(b"", b"\x01\x02\x03\x04"), b"")
+        for masker in (mask, mask_python):
+            self.assertEqual(masker(b"Hello", b"\x37\xfa\x21\x3d"), b"\x7f\x9f\x4d\x51\x58")
+            self.assertEqual(masker(b"", b"\x01\x02\x03\x04"), b"")
+
+    def test_masker_chosen(self) -> None:
+        """The lane masks in C when the websockets package is installed (as in this suite)."""
+        try:
+            from websockets.speedups import apply_mask
+        except ImportError:
+            self.assertEqual((wire.MASKER, mask), ("python", mask_python))
+        else:
+            self.assertEqual((wire.MASKER, mask), ("websockets.speedups", apply_mask))
 
     def test_header_by_hand(self) -> None:
         """7- and 16-bit lengths, masked and not, decoded by hand."""
@@ -498,3 +523,56 @@ class WriteNowTests(SynchronousTestCase):
             transport.socket = sock
             write_now(transport, b"hello")
             self.assertEqual(b"".join(transport._tempDataBuffer), queued)
+
+
+class AutobahnRangeTests(_ClockLoop, SynchronousTestCase):
+    """
+    The lane reaches into Autobahn's internals: it opens only on the releases it was written
+    against (`AUTOBAHN_RANGE`); on any other, Autobahn does everything and a warning says so.
+    """
+
+    def test_versions(self) -> None:
+        """Release strings inside and outside the range, and ones that cannot be read."""
+        for version, expected in (("26.10.2", True), ("26.11.1", True), ("26.10", True),
+                                  ("26.12.0rc1", True), ("26.9.3", False), ("25.12.1", False),
+                                  ("27.0.0", False), ("", False), ("dev", False),
+                                  ("26.1x.0", False)):
+            self.assertEqual(autobahn_supported(version, ((26, 10), (27, 0))), expected, version)
+        self.assertTrue(autobahn_supported(autobahn.__version__))  # what this suite runs on
+
+    def test_outside_range_is_autobahn(self) -> None:
+        """
+        Outside the range the same reads and sends give exactly what stock Autobahn gives, none
+        of it through the lane, and the first connection (only) logs WIRE_AUTOBAHN_UNSUPPORTED.
+        """
+        self.patch(FastLane, "_lane_allowed", False)
+        self.patch(wire, "_fallback_logged", False)
+        lane_writes: list[bytes] = []
+        self.patch(wire, "write_now", lambda transport, data: lane_writes.append(data))
+        self.patch(FastLane, "_take_frames", lambda self, data: self.fail("lane parsed a frame"))
+        k = b"\x11\x22\x33\x44"
+        reads = [encode(1, b'{"event":"media"}', k) + encode(2, b"abc", k), encode(9, b"hi", k),
+                 encode(1, b"!echo", k), encode(8, b"\x03\xe8", k)]
+        with capturedLogs() as events:
+            for opener, fast, stock in ((open_server, FastServer, StockServer),
+                                        (open_client, FastClient, StockClient)):
+                server = opener is open_server
+                (fp, ft), (sp, stt) = opener(fast), opener(stock)
+                self.assertEqual((fp._lane_in_limit, fp._lane_out_limit), (0, -1))
+                for chunk in reads:
+                    if not server:  # a server's frames are unmasked
+                        chunk = b"".join(encode(f[2], f[4]) for f in decode(chunk))
+                    fp.dataReceived(chunk)
+                    sp.dataReceived(chunk)
+                    if sp.state == OPEN:
+                        fp.sendMessage(b"out", isBinary=True)
+                        sp.sendMessage(b"out", isBinary=True)
+                    self.assertEqual(fp.events, sp.events)
+                    self.assertEqual([f[:3] + f[4:] for f in decode(ft.value())],
+                                     [f[:3] + f[4:] for f in decode(stt.value())])
+                    self.assertEqual(snapshot(fp), snapshot(sp))
+        self.assertEqual(lane_writes, [])
+        warned = [e for e in events if e.get("log_category") == "WIRE_AUTOBAHN_UNSUPPORTED"]
+        self.assertEqual(len(warned), 1)
+        self.assertEqual(warned[0]["log_level"], LogLevel.warn)
+        self.assertEqual(warned[0]["autobahn_version"], autobahn.__version__)

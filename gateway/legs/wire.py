@@ -23,6 +23,12 @@ common case itself:
 - **Out**: ``sendMessage`` of an unfragmented message builds the frame itself (masked with a
   fresh random key on the client side, RFC 6455 §5.3) and writes it with `write_now`.
 
+The lane reaches into Autobahn's internals (its parser's state, send queue, options and traffic
+counters), so it opens only on the Autobahn releases it was written and tested against,
+`AUTOBAHN_RANGE`: on any other, every frame takes Autobahn's own path (the same behaviour, at
+Autobahn's cost) and the first connection logs a warning, ``WIRE_AUTOBAHN_UNSUPPORTED``. Widen the
+range once ``tests/test_wire.py`` (differential against stock Autobahn) passes on the new release.
+
 What is not reproduced: Autobahn's ``message`` observers (``protocol.on("message", ...)``,
 which nothing in the gateway uses), per-frame ``logFrames``/``logOctets``/``trackTimings``
 (when any of those is on, or per-message compression was negotiated, the lane stays closed and
@@ -33,14 +39,26 @@ itself handled (the call keeps its own counters of frames and bytes per leg).
 from __future__ import annotations
 
 import errno
+import re
 from random import getrandbits
 from struct import Struct
 from typing import Any
 
+import autobahn
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import tcp
+from twisted.logger import Logger
 
-__all__ = ["FastLane", "write_now", "mask", "frame_header"]
+__all__ = ["FastLane", "write_now", "mask", "mask_python", "MASKER", "frame_header",
+           "AUTOBAHN_RANGE", "autobahn_supported"]
+
+#: The Autobahn releases the lane was written and tested against (26.10.2, 26.11.1): from the
+#: first (year, month) up to, not including, the second.
+AUTOBAHN_RANGE = ((26, 10), (27, 0))
+
+_log = Logger(namespace="gateway.legs.wire")
+#: Whether the fallback has been logged (once per process).
+_fallback_logged = False
 
 _STATE_OPEN = WebSocketProtocol.STATE_OPEN
 _HEADER_16 = Struct("!BBH")
@@ -51,7 +69,7 @@ _LANE_LIMIT = 0xFFFF
 _RETRY_LATER = (errno.EWOULDBLOCK, errno.EAGAIN, errno.ENOBUFS, errno.EINTR)
 
 
-def mask(payload: bytes, key: bytes) -> bytes:
+def mask_python(payload: bytes, key: bytes) -> bytes:
     """XOR ``payload`` with the 4-byte masking ``key`` repeated (RFC 6455 §5.3); self-inverse."""
     n = len(payload)
     if not n:
@@ -60,6 +78,22 @@ def mask(payload: bytes, key: bytes) -> bytes:
     return (int.from_bytes(payload, "little") ^ int.from_bytes(keys, "little")).to_bytes(
         n, "little"
     )
+
+
+# Masking is the largest per-frame cost the lane has left in Python: the big-integer XOR above
+# converts every byte twice (about 20k instructions for a 382-byte Twilio media message, 10k for
+# 160 bytes of audio towards Deepgram: 14 % of a relayed frame pair, issue 21). The `websockets`
+# package ships the same operation in C (``websockets.speedups.apply_mask``: about 1.2k for
+# either); it is used when installed, with the same result for every input (tests/test_wire.py).
+try:
+    from websockets.speedups import apply_mask as _apply_mask
+except ImportError:  # not installed, or a build without its C extension
+    _apply_mask = None
+
+#: ``mask(payload, key)``: `mask_python`, or the C one of ``websockets`` when it is installed.
+mask = _apply_mask if _apply_mask is not None else mask_python
+#: Which masking the lane uses ("websockets.speedups" or "python"), for the bench's records.
+MASKER = "websockets.speedups" if _apply_mask is not None else "python"
 
 
 def frame_header(opcode: int, length: int, key: int | None = None) -> bytes:
@@ -103,6 +137,32 @@ def write_now(transport: Any, data: bytes) -> None:
         transport.write(data[sent:])
 
 
+def autobahn_supported(version: str, supported: tuple = AUTOBAHN_RANGE) -> bool:
+    """Whether Autobahn ``version`` (``"26.11.1"``) is within ``supported`` (`AUTOBAHN_RANGE`)."""
+    found = re.match(r"(\d+)\.(\d+)(?:\.|$)", version)
+    if found is None:
+        return False
+    release = (int(found.group(1)), int(found.group(2)))
+    return bool(supported[0] <= release < supported[1])
+
+
+def _log_fallback() -> None:
+    global _fallback_logged
+    if _fallback_logged:
+        return
+    _fallback_logged = True
+    low, high = AUTOBAHN_RANGE
+    _log.warn(
+        "WebSocket fast lane off: Autobahn {autobahn_version} is outside the releases it was "
+        "written against ({low} up to {high}); every frame takes Autobahn's own path (same "
+        "behaviour, more CPU per frame)",
+        autobahn_version=autobahn.__version__,
+        low="{}.{}".format(*low),
+        high="{}.{}".format(*high),
+        log_category="WIRE_AUTOBAHN_UNSUPPORTED",
+    )
+
+
 def _lane_limit(*limits: int) -> int:
     """The lane's size limit under Autobahn's options ``limits`` (0 means none)."""
     return min([_LANE_LIMIT] + [value for value in limits if value > 0])
@@ -121,10 +181,15 @@ class FastLane:
     _lane_out_limit = -1
     #: Server side: frames in are masked, frames out are not; client side the other way round.
     _lane_server = True
+    #: False outside `AUTOBAHN_RANGE`: everything goes through Autobahn, reads and writes alike.
+    _lane_allowed = autobahn_supported(autobahn.__version__)
 
     def open_fast_lane(self) -> None:
         """Open the lane if nothing this connection negotiated or enabled needs Autobahn's path."""
         p: Any = self
+        if not self._lane_allowed:
+            _log_fallback()
+            return
         self._lane_server = bool(p.factory.isServer)
         if (
             p._perMessageCompress is not None
@@ -148,6 +213,9 @@ class FastLane:
 
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's own dataReceived only adds an eagerly formatted debug log line.
+        if not self._lane_allowed:
+            super().dataReceived(data)  # type: ignore[misc]
+            return
         self._dataReceived(data)
 
     def _dataReceived(self, data: bytes) -> None:
@@ -227,7 +295,7 @@ class FastLane:
         Twisted's buffer, and the peer saw 1006 instead of the code we sent.
         """
         p: Any = self
-        if sync or chopsize or p.send_queue or p.logOctets:
+        if not self._lane_allowed or sync or chopsize or p.send_queue or p.logOctets:
             super().sendData(data, sync, chopsize)  # type: ignore[misc]
             return
         write_now(p.transport, data)
@@ -256,10 +324,18 @@ class FastLane:
         ):
             super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)  # type: ignore[misc]
             return
-        opcode = 2 if isBinary else 1
+        # The header is `frame_header`'s, built here: a call less per frame.
+        b0 = 0x82 if isBinary else 0x81
         if self._lane_server:
-            frame = frame_header(opcode, length) + payload
+            if length < 126:
+                frame = bytes((b0, length)) + payload
+            else:
+                frame = _HEADER_16.pack(b0, 126, length) + payload
         else:
             key = getrandbits(32)
-            frame = frame_header(opcode, length, key) + mask(payload, key.to_bytes(4, "big"))
+            if length < 126:
+                head = _MASKED_HEADER_7.pack(b0, 0x80 | length, key)
+            else:
+                head = _MASKED_HEADER_16.pack(b0, 0xFE, length, key)
+            frame = head + mask(payload, key.to_bytes(4, "big"))
         write_now(p.transport, frame)
