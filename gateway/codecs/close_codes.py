@@ -13,6 +13,8 @@ from typing import Callable, Mapping
 import attrs
 
 __all__ = [
+    "Predicate",
+    "Row",
     "NEVER_SENT",
     "sendable",
     "classify_upstream_close",
@@ -32,49 +34,56 @@ def sendable(code: int) -> bool:
     )
 
 
+#: A row's test: ``(code, reason, http_status, phase, last_error_code) -> bool``.
+Predicate = Callable[[int | None, str | None, int | None, str, str | None], bool]
+
+
 @attrs.frozen
 class Row:
     """``when`` decides on (code, reason, http_status, phase, last_error_code) -> bool."""
 
     diagnosis: str
-    when: Callable[..., bool]
+    when: Predicate
     description: str
 
 
-def _reason_has(*needles: str) -> Callable[..., bool]:
-    def match(code, reason, http_status, phase, error_code):
+def _reason_has(*needles: str) -> Predicate:
+    def match(code: int | None, reason: str | None, http_status: int | None, phase: str,
+              error_code: str | None) -> bool:
         text = (reason or "").lower().replace("-", "")
         return any(n in text for n in needles)
 
     return match
 
 
-def _all(*preds: Callable[..., bool]) -> Callable[..., bool]:
+def _all(*preds: Predicate) -> Predicate:
     return lambda *a: all(p(*a) for p in preds)
 
 
-def _code(*codes: int | None) -> Callable[..., bool]:
+def _code(*codes: int | None) -> Predicate:
     return lambda code, reason, http_status, phase, error_code: code in codes and (
         http_status is None
     )
 
 
-def _http(lo: int, hi: int | None = None) -> Callable[..., bool]:
-    hi = lo if hi is None else hi
+def _http(lo: int, hi: int | None = None) -> Predicate:
+    top = lo if hi is None else hi
     return lambda code, reason, http_status, phase, error_code: (
-        http_status is not None and lo <= http_status <= hi
+        http_status is not None and lo <= http_status <= top
     )
 
 
-def _before_applied(code, reason, http_status, phase, error_code) -> bool:
+def _before_applied(code: int | None, reason: str | None, http_status: int | None, phase: str,
+                    error_code: str | None) -> bool:
     return phase in ("connecting", "configuring")
 
 
-def _has_error(code, reason, http_status, phase, error_code) -> bool:
+def _has_error(code: int | None, reason: str | None, http_status: int | None, phase: str,
+               error_code: str | None) -> bool:
     return error_code is not None
 
 
-def _error_is(*names: str) -> Callable[..., bool]:
+def _error_is(*names: str) -> Predicate:
     return lambda code, reason, http_status, phase, error_code: error_code in names
 
 
