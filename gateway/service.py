@@ -26,6 +26,7 @@ from gateway.call import Call
 from gateway.diagnostics import Diagnosis
 from gateway.legs.deepgram import connect_deepgram
 from gateway.legs.caller import CallerFactory, ClientProtocol, TwilioProtocol
+from gateway.legs import dispatch
 from gateway.metrics import GatewayMetrics
 from gateway.plugin import StartsService, StopsService, UsesAdmission
 from gateway.upstream import UpstreamPort
@@ -259,6 +260,7 @@ class GatewayService(service.Service):
     @defer.inlineCallbacks
     def startService(self) -> Any:
         service.Service.startService(self)
+        dispatch.install(self.reactor)  # epoll: no log context rebuilt per event (issue 21)
         config = self.gateway.config
         for warning in config.warnings:
             self.log.warn("{startup_warning}", startup_warning=warning, log_category="STARTUP_WARNING")

@@ -10,7 +10,9 @@ blocking sockets playing Twilio and Deepgram. Each step sends one Twilio ``media
 and turns the reactor once after each side: ``calls`` frames arrive per reactor turn, so
 ``--calls 1`` is evenly spread traffic (a wake-up per frame) and ``--calls 10`` a burst. The
 reactor's clock is fake and advances 20 ms per step, so the gateway's timers (keepalive, caller
-pings, idle checks) fire as they would in 20 ms steps, at the same frames every run.
+pings, idle checks) fire as they would in 20 ms steps, at the same frames every run. The reactor
+gets the lean event dispatch the service installs at start-up (`gateway.legs.dispatch`);
+``--stock-dispatch`` keeps Twisted's own, to measure what it costs.
 
 ``--callgrind`` runs it twice under ``valgrind --tool=callgrind`` (``frames`` and twice as many
 per call), counting only the measured steps (``--toggle-collect``; set-up, imports and teardown
@@ -34,6 +36,7 @@ import base64
 import functools
 import gc
 import hashlib
+import importlib.util
 import json
 import os
 import random
@@ -89,7 +92,7 @@ class Harness:
     """The gateway on a real epoll reactor, with ``calls`` Twilio and Deepgram sockets."""
 
     def __init__(self, calls: int, transcode: bool, mask: str, legacy: bool,
-                 target: str = "gateway") -> None:
+                 target: str = "gateway", stock_dispatch: bool = False) -> None:
         random.seed(21)               # the gateway's own masking keys towards Deepgram
         self.rng = random.Random(8)   # the Twilio side's keys
         self.mask = mask
@@ -102,14 +105,14 @@ class Harness:
         if target == "floor":
             self._start_floor(port)
         else:
-            self._start_gateway(port, legacy)
+            self._start_gateway(port, legacy, stock_dispatch)
         self.twilio: list[socket.socket] = []
         self.deepgram: list[socket.socket] = []
         for index in range(calls):
             self._open_call(index)
         self.pings = 0
 
-    def _start_gateway(self, port: int, legacy: bool) -> None:
+    def _start_gateway(self, port: int, legacy: bool, stock_dispatch: bool) -> None:
         from twisted.internet import epollreactor
 
         epollreactor.install()
@@ -120,8 +123,15 @@ class Harness:
         reactor.startRunning(installSignalHandlers=False)
         self.clock = _FakeTime()
         reactor.seconds = self.clock  # callLater and txaio's timers (the global reactor) use it
+        if not stock_dispatch:
+            from gateway.legs import dispatch
 
-        from gateway.bench.orchestrate import gateway_config
+            dispatch.install(reactor)  # as GatewayService.startService does
+
+        if importlib.util.find_spec("gateway.bench.configs") is not None:
+            from gateway.bench.configs import gateway_config
+        else:  # before orchestrate.py was split
+            from gateway.bench.orchestrate import gateway_config  # type: ignore[no-redef]
         from gateway.cli import load_config
         from gateway.service import Gateway
 
@@ -280,7 +290,7 @@ class Harness:
 
 def _measure(args: argparse.Namespace) -> dict:
     harness = Harness(args.calls, args.mode == "transcode", args.mask, args.legacy_config,
-                      args.target)
+                      args.target, args.stock_dispatch)
     harness.prepare(args.frames)
     # What set-up left is old: the collector's full passes no longer scan it (as in a gateway
     # that has been up for a while), so that the counts move with the per-frame work only.
@@ -291,8 +301,11 @@ def _measure(args: argparse.Namespace) -> dict:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     harness.stop()
     pairs = args.frames * args.calls
+    from gateway.legs.wire import MASKER
+
     result = {"target": args.target, "frames": args.frames, "calls": args.calls, "pairs": pairs,
-              "mode": args.mode,
+              "lane_masker": MASKER,
+              "mode": args.mode, "stock_dispatch": args.stock_dispatch,
               "mask": args.mask, **seen, "pings_answered": harness.pings,
               "us_per_pair_wall": round(1e6 * wall / pairs, 2),
               "us_per_pair_cpu": round(1e6 * cpu / pairs, 2)}
@@ -321,6 +334,8 @@ def _callgrind(args: argparse.Namespace) -> dict:
                    "--target", args.target]
             if args.legacy_config:
                 cmd.append("--legacy-config")
+            if args.stock_dispatch:
+                cmd.append("--stock-dispatch")
             runs.append((frames, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                                   stderr=subprocess.PIPE, text=True)))
             if len([p for _, p in runs if p.poll() is None]) >= 2:
@@ -339,7 +354,8 @@ def _callgrind(args: argparse.Namespace) -> dict:
     pairs = args.frames * args.calls
     per_pair = (min(counts[2 * args.frames]) - min(counts[args.frames])) / pairs
     return {"target": args.target, "frames": args.frames, "calls": args.calls, "mode": args.mode,
-            "mask": args.mask, "legacy_config": args.legacy_config, "instructions": counts,
+            "mask": args.mask, "legacy_config": args.legacy_config,
+            "stock_dispatch": args.stock_dispatch, "instructions": counts,
             "instructions_per_pair": round(per_pair)}
 
 
@@ -351,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=("relay", "transcode"), default="relay")
     p.add_argument("--mask", choices=("random", "zero"), default="random")
     p.add_argument("--legacy-config", action="store_true")
+    p.add_argument("--stock-dispatch", action="store_true",
+                   help="Twisted's own epoll dispatch (a log context built per event) instead of "
+                        "the lean one the service installs (gateway.legs.dispatch)")
     p.add_argument("--target", choices=("gateway", "floor"), default="gateway",
                    help="what relays the frames: the gateway, or the floor (gateway.bench.floor)")
     p.add_argument("--callgrind", action="store_true",
