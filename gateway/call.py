@@ -41,13 +41,18 @@ from gateway.events import (
     CallerHandover,
     Clear,
     DeepgramEvent,
+    FunctionCallCancelled,
+    FunctionCallRequest,
     Handshake,
     HandoverRequested,
     SendMark,
+    SettingsApplied,
     StreamStarted,
     StreamStopped,
     UpstreamClosed,
     UpstreamMessage,
+    UserStartedSpeaking,
+    typed,
 )
 from gateway.functions import FunctionDispatcher
 from gateway.gate import UpstreamGate
@@ -230,11 +235,12 @@ class Call:
             return
         if self.debug:
             debug_line(self.log, "gateway -> caller", event)
-        if kind is DeepgramEvent:
+        if isinstance(event, DeepgramEvent):
+            event = typed(event)
             self._deepgram_event(event)
             caller = self._caller_sendable()
             if caller is not None:
-                if event.type == "UserStartedSpeaking":
+                if type(event) is UserStartedSpeaking:
                     # Barge-in: drop the agent audio queued at Twilio (clients do it themselves).
                     caller.send_clear()
                 caller.send_event(event)
@@ -284,19 +290,16 @@ class Call:
 
     def _deepgram_event(self, event: DeepgramEvent) -> None:
         """A Deepgram message as it leaves the chain: what the call itself acts on."""
-        kind = event.type
-        if kind == "SettingsApplied" or (kind == "Connected" and self.info.mode == "flux"):
+        if isinstance(event, SettingsApplied) or (event.type == "Connected" and self.info.mode == "flux"):
             # Flux's Connected is its confirmation of the session: the call goes live.
             self.machine.settings_applied()
-        elif kind == "FunctionCallRequest":
-            for item in event.message.get("functions") or ():
-                if isinstance(item, dict) and item.get("client_side"):
-                    self._functions.dispatch(item)
-        elif kind == "FunctionCallCancelled":
+        elif isinstance(event, FunctionCallRequest):
+            for item in event.client_side:
+                self._functions.dispatch(item)
+        elif isinstance(event, FunctionCallCancelled):
             # Deepgram took these requests back: stop them, and never send their responses.
-            for item in event.message.get("functions") or ():
-                if isinstance(item, dict):
-                    self._functions.cancel(str(item.get("id", "")), str(item.get("name", "")))
+            for call_id, name in event.cancelled:
+                self._functions.cancel(call_id, name)
         else:
             self.observer.delivered(event, self.info.mode)
 
@@ -428,7 +431,7 @@ class Call:
         """An event from Deepgram (agent audio goes through `upstream_audio`)."""
         if self.debug:
             debug_line(self.log, "deepgram -> gateway", event)
-        if type(event) is DeepgramEvent:
+        if isinstance(event, DeepgramEvent):
             self.observer.arrived(event)
         self.chain.outbound(event)
 

@@ -3,8 +3,9 @@ The ordered chain of a call's stages, and dispatch by event class.
 
 Inbound events visit the stages in configured order, outbound events in reverse; what leaves the
 chain goes to a sink (the agent leg's side of the call, or the caller's). The dispatch table is
-built once per call: for each event class, the handlers that asked for it. An event no stage
-wants goes straight to its sink, which is what keeps a 20 ms audio frame cheap.
+worked out once per call and event class: the handlers that asked for that class or one of its
+bases (a stage routing `DeepgramEvent` gets every typed Deepgram message). An event no stage wants
+goes straight to its sink, which is what keeps a 20 ms audio frame cheap.
 """
 
 from __future__ import annotations
@@ -39,20 +40,40 @@ class Chain:
         self._inbound_sink = inbound_sink
         self._outbound_sink = outbound_sink
         self._on_error = on_error
-        inbound: dict[type, list[tuple[int, Handler]]] = {}
-        outbound: dict[type, list[tuple[int, Handler]]] = {}
         self._routes = [stage.routes() for stage in self.stages]
+        #: (stage index, class, direction) taken off the route by `stop_handling`.
+        self._stopped: set[tuple[int, type, str]] = set()
+        #: Per direction, each event class seen -> its handlers in order, resolved once (`_resolve`).
+        self._inbound: dict[type, tuple[tuple[int, Handler], ...]] = {}
+        self._outbound: dict[type, tuple[tuple[int, Handler], ...]] = {}
+
+    def _resolve(self, cls: type, direction: str) -> tuple[tuple[int, Handler], ...]:
+        """
+        The handlers of ``cls`` in ``direction``: each stage's handler for the most specific class
+        of ``cls``'s MRO it routes (a stage routing `DeepgramEvent` sees `SettingsApplied` too).
+        Worked out on the first event of a class, then a dictionary lookup.
+        """
+        found = []
         for index, routes in enumerate(self._routes):
-            for cls, handler in routes.inbound.items():
-                inbound.setdefault(cls, []).append((index, handler))
-            for cls, handler in routes.outbound.items():
-                outbound.setdefault(cls, []).append((index, handler))
-        self._inbound = {cls: tuple(hs) for cls, hs in inbound.items()}
-        self._outbound = {cls: tuple(reversed(hs)) for cls, hs in outbound.items()}
+            table = routes.inbound if direction == "inbound" else routes.outbound
+            for base in cls.__mro__:
+                handler = table.get(base)
+                if handler is not None:
+                    if (index, base, direction) not in self._stopped:
+                        found.append((index, handler))
+                    break
+        if direction == "outbound":
+            found.reverse()
+        handlers = tuple(found)
+        (self._inbound if direction == "inbound" else self._outbound)[cls] = handlers
+        return handlers
 
     def inbound(self, event: Any, after: int = -1) -> None:
         """Pass ``event`` towards Deepgram through the stages after index ``after``."""
-        for index, handler in self._inbound.get(type(event), ()):
+        handlers = self._inbound.get(type(event))
+        if handlers is None:
+            handlers = self._resolve(type(event), "inbound")
+        for index, handler in handlers:
             if index <= after:
                 continue
             try:
@@ -70,7 +91,10 @@ class Chain:
     def outbound(self, event: Any, before: int | None = None) -> None:
         """Pass ``event`` towards the caller through the stages before index ``before``."""
         limit = len(self.stages) if before is None else before
-        for index, handler in self._outbound.get(type(event), ()):
+        handlers = self._outbound.get(type(event))
+        if handlers is None:
+            handlers = self._resolve(type(event), "outbound")
+        for index, handler in handlers:
             if index >= limit:
                 continue
             try:
@@ -91,23 +115,13 @@ class Chain:
         a stage that only needed audio for a while (holding it before Settings are applied)
         takes itself off the hot path.
         """
-        table = self._inbound if direction == "inbound" else self._outbound
-        remaining = tuple(h for h in table.get(cls, ()) if h[0] != index)
-        if remaining:
-            table[cls] = remaining
-        else:
-            table.pop(cls, None)
+        self._stopped.add((index, cls, direction))
+        (self._inbound if direction == "inbound" else self._outbound).clear()
 
     def resume_handling(self, index: int, cls: type, direction: str) -> None:
         """Stage ``index`` handles ``cls`` in ``direction`` again, with its original handler."""
-        routes = self._routes[index]
-        handler = (routes.inbound if direction == "inbound" else routes.outbound).get(cls)
-        if handler is None:
-            return
-        table = self._inbound if direction == "inbound" else self._outbound
-        entries = [h for h in table.get(cls, ()) if h[0] != index] + [(index, handler)]
-        entries.sort(key=lambda h: h[0], reverse=direction == "outbound")
-        table[cls] = tuple(entries)
+        self._stopped.discard((index, cls, direction))
+        (self._inbound if direction == "inbound" else self._outbound).clear()
 
     def close(self) -> None:
         """Close every stage (cancel timers); one failing does not stop the others."""

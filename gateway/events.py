@@ -30,6 +30,15 @@ __all__ = [
     "UpstreamMessage",
     "UpstreamOpened",
     "DeepgramEvent",
+    "deepgram_event",
+    "typed",
+    "SettingsApplied",
+    "UserStartedSpeaking",
+    "AgentAudioDone",
+    "FunctionCallRequest",
+    "FunctionCallCancelled",
+    "ConversationText",
+    "DeepgramError",
     "UpstreamClosed",
     "UpstreamReconnecting",
     "Clear",
@@ -200,15 +209,120 @@ class UpstreamOpened:
     mode: str
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)
 class DeepgramEvent:
     """
     A JSON message from Deepgram. ``type`` is its discriminator (``Welcome``, ``SettingsApplied``,
     ``UserStartedSpeaking``, ``Results``, ``Error``...); ``message`` the whole object as received.
+
+    The messages the gateway acts on come as subclasses with typed fields (`SettingsApplied`,
+    `UserStartedSpeaking`, `AgentAudioDone`, `FunctionCallRequest`, `FunctionCallCancelled`,
+    `ConversationText`, `DeepgramError`); `deepgram_event` makes the right one. A stage routing
+    `DeepgramEvent` sees them all; one routing `SettingsApplied` sees only those. Two events are
+    equal when their ``type`` and ``message`` are, whichever class carries them.
     """
 
     type: str
     message: Mapping[str, Any] = attrs.field(converter=_frozen_dict, repr=False)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DeepgramEvent):
+            return NotImplemented
+        return self.type == other.type and self.message == other.message
+
+    def __hash__(self) -> int:
+        return hash(self.type)
+
+
+@attrs.frozen(eq=False)
+class SettingsApplied(DeepgramEvent):
+    """The Voice Agent accepted the session's ``Settings``: the call may go live."""
+
+
+@attrs.frozen(eq=False)
+class UserStartedSpeaking(DeepgramEvent):
+    """The caller started speaking (barge-in: what the agent was saying is cut)."""
+
+
+@attrs.frozen(eq=False)
+class AgentAudioDone(DeepgramEvent):
+    """The agent sent the last audio of its turn."""
+
+
+def _items(message: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    functions = message.get("functions")
+    return [f for f in functions if isinstance(f, Mapping)] if isinstance(functions, (list, tuple)) else []
+
+
+@attrs.frozen(eq=False)
+class FunctionCallRequest(DeepgramEvent):
+    """The agent asks for function calls; ``client_side`` ones run here."""
+
+    @property
+    def client_side(self) -> list[Mapping[str, Any]]:
+        """The requests the gateway answers (``client_side: true``), in order."""
+        return [f for f in _items(self.message) if f.get("client_side")]
+
+
+@attrs.frozen(eq=False)
+class FunctionCallCancelled(DeepgramEvent):
+    """Deepgram took function requests back: no response may be sent for them."""
+
+    @property
+    def cancelled(self) -> list[tuple[str, str]]:
+        """(id, name) of each request taken back."""
+        return [(str(f.get("id", "")), str(f.get("name", ""))) for f in _items(self.message)]
+
+
+@attrs.frozen(eq=False)
+class ConversationText(DeepgramEvent):
+    """One turn of the conversation as text: ``role`` is ``user`` or ``assistant``."""
+
+    @property
+    def role(self) -> str:
+        role = self.message.get("role")
+        return role if isinstance(role, str) else ""
+
+    @property
+    def content(self) -> str:
+        content = self.message.get("content")
+        return content if isinstance(content, str) else ""
+
+
+@attrs.frozen(eq=False)
+class DeepgramError(DeepgramEvent):
+    """Deepgram's ``Error`` message (usually followed by a close)."""
+
+    @property
+    def code(self) -> str:
+        return str(self.message.get("code", ""))
+
+    @property
+    def description(self) -> str:
+        return str(self.message.get("description", ""))
+
+
+_TYPED: Mapping[str, type[DeepgramEvent]] = {
+    "SettingsApplied": SettingsApplied,
+    "UserStartedSpeaking": UserStartedSpeaking,
+    "AgentAudioDone": AgentAudioDone,
+    "FunctionCallRequest": FunctionCallRequest,
+    "FunctionCallCancelled": FunctionCallCancelled,
+    "ConversationText": ConversationText,
+    "Error": DeepgramError,
+}
+
+
+def deepgram_event(message: Mapping[str, Any]) -> DeepgramEvent:
+    """The event of one Deepgram message (a dict with a string ``type``), typed when it is acted on."""
+    kind = message["type"]
+    return _TYPED.get(kind, DeepgramEvent)(kind, message)
+
+
+def typed(event: DeepgramEvent) -> DeepgramEvent:
+    """``event`` as the class its ``type`` calls for (a stage may have made a plain `DeepgramEvent`)."""
+    cls = _TYPED.get(event.type, DeepgramEvent)
+    return event if type(event) is cls else cls(event.type, event.message)
 
 
 @attrs.frozen

@@ -144,7 +144,7 @@ class RedactStage:
             message = self._turn_info(event.message)
         else:
             return event
-        return event if message is None else DeepgramEvent(kind, message)
+        return event if message is None else attrs.evolve(event, message=message)
 
     def _count(self, rules: list[str]) -> None:
         for rule in rules:

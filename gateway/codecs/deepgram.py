@@ -17,7 +17,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 from gateway.codecs import bounded_json
 from gateway.codecs.formats import AudioFormat
 from gateway.errors import UpstreamProtocolError
-from gateway.events import DeepgramEvent
+from gateway.events import DeepgramEvent, deepgram_event
 
 __all__ = [
     "DEFAULT_AGENT_URL",
@@ -92,7 +92,7 @@ def parse_server_message(payload: bytes | str) -> DeepgramEvent:
         raise UpstreamProtocolError(
             "no_type", "Deepgram sent a JSON message without a string 'type'"
         )
-    return DeepgramEvent(msg["type"], msg)
+    return deepgram_event(msg)
 
 
 def encode_message(message: Mapping[str, Any]) -> bytes:
