@@ -139,3 +139,67 @@ class ChainTests(SynchronousTestCase):
         chain.close()
         self.assertEqual(inbound, [])
         self.assertEqual([name for name, _ in errors], ["boom", "boom"])
+
+
+@attrs.define
+class Sees:
+    """A stage that records the Deepgram events of ``cls`` it is given (outbound)."""
+
+    cls: type
+    name: str = "sees"
+    seen: list = attrs.field(factory=list)
+
+    def routes(self) -> Routes:
+        return Routes(outbound={self.cls: self.on})
+
+    def on(self, event: Any) -> Any:
+        self.seen.append(event.type)
+        return event
+
+    def close(self) -> None:
+        pass
+
+
+class TypedEventTests(SynchronousTestCase):
+    """Dispatch along the class hierarchy of the typed Deepgram events."""
+
+    def test_base_route_sees_every_typed_event(self) -> None:
+        """A stage routing DeepgramEvent gets SettingsApplied and the rest; a typed route only its own."""
+        from gateway.events import SettingsApplied, deepgram_event
+
+        every, applied = Sees(DeepgramEvent), Sees(SettingsApplied)
+        chain, _, outbound = build(every, applied)
+        for kind in ("Welcome", "SettingsApplied", "ConversationText"):
+            chain.outbound(deepgram_event({"type": kind}))
+        self.assertEqual(every.seen, ["Welcome", "SettingsApplied", "ConversationText"])
+        self.assertEqual(applied.seen, ["SettingsApplied"])
+        self.assertEqual([type(e).__name__ for e in outbound],
+                         ["DeepgramEvent", "SettingsApplied", "ConversationText"])
+
+    def test_stop_handling_the_base_stops_the_subclasses(self) -> None:
+        """stop_handling(DeepgramEvent) takes the stage off every typed event too, until resumed."""
+        from gateway.events import deepgram_event
+
+        every = Sees(DeepgramEvent)
+        chain, _, _ = build(every)
+        chain.outbound(deepgram_event({"type": "UserStartedSpeaking"}))
+        chain.stop_handling(0, DeepgramEvent, "outbound")
+        chain.outbound(deepgram_event({"type": "UserStartedSpeaking"}))
+        chain.resume_handling(0, DeepgramEvent, "outbound")
+        chain.outbound(deepgram_event({"type": "AgentAudioDone"}))
+        self.assertEqual(every.seen, ["UserStartedSpeaking", "AgentAudioDone"])
+
+    def test_typed_fields_and_equality(self) -> None:
+        """Typed accessors read the message; equality is by type and message, not class."""
+        from gateway.events import FunctionCallCancelled, FunctionCallRequest, deepgram_event, typed
+
+        request = deepgram_event({"type": "FunctionCallRequest", "functions": [
+            {"id": "1", "name": "a", "client_side": True}, {"id": "2", "name": "b"}, "junk"]})
+        self.assertIsInstance(request, FunctionCallRequest)
+        self.assertEqual([f["id"] for f in request.client_side], ["1"])
+        cancelled = deepgram_event({"type": "FunctionCallCancelled", "functions": [{"id": "1", "name": "a"}]})
+        self.assertEqual(cancelled.cancelled, [("1", "a")])
+        plain = DeepgramEvent("FunctionCallCancelled", {"type": "FunctionCallCancelled", "functions": [
+            {"id": "1", "name": "a"}]})
+        self.assertEqual(plain, cancelled)
+        self.assertIsInstance(typed(plain), FunctionCallCancelled)
