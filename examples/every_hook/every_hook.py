@@ -105,8 +105,9 @@ class CallNotesStage:
         return {"caller_turns": self.caller_turns, "agent_turns": self.agent_turns,
                 "notes": list(self.notes)}
 
-    # KeepsState.restore_state: called in the process taking the call up (ctx.restore(record)),
-    # on the fresh stage, before the call goes on. The record came over the network: check it.
+    # KeepsState.restore_state: called in the process taking the call up, when its stream starts
+    # (the handover stage's ctx.restore(record)), before the start goes on down the chain. The
+    # record came over the network: check what it says.
     def restore_state(self, state: Mapping[str, Any]) -> None:
         for key in ("caller_turns", "agent_turns"):
             value = state.get(key)
