@@ -20,7 +20,14 @@ from gateway.assembly import DEFAULT_HOLD_AUDIO_MS, ConfiguredGateway
 from gateway.call import Call
 from gateway.codecs.formats import LINEAR16_16K, MULAW_8K
 from gateway.errors import ConfigError
-from gateway.events import DeepgramEvent, Handshake, StreamStarted, StreamStopped, UpstreamClosed
+from gateway.events import (
+    DeepgramEvent,
+    Handshake,
+    StreamStarted,
+    StreamStopped,
+    UpstreamClosed,
+    deepgram_event,
+)
 from gateway.plugin import (
     CallerProtocolOptions,
     FunctionServer,
@@ -34,7 +41,14 @@ from gateway.plugin import (
     UsesAdmission,
 )
 from gateway.service import GatewayService
-from gateway.testing import FakeCallerLeg, FakeConnector, FakeUpstreamLeg, RecordingContext, configure, temp_path
+from gateway.testing import (
+    FakeCallerLeg,
+    FakeConnector,
+    FakeUpstreamLeg,
+    RecordingContext,
+    configure,
+    temp_path,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "every_hook")
@@ -45,7 +59,8 @@ CHAIN = ["auth", "settings", "transcoder", "keepalive", "call_control", "call_no
 
 
 def dg(type_: str, **fields: object) -> DeepgramEvent:
-    return DeepgramEvent(type_, {"type": type_, **fields})
+    """A Deepgram message as the Deepgram leg hands it to the call (typed by the codec)."""
+    return deepgram_event({"type": type_, **fields})
 
 
 class EveryHookTests(SynchronousTestCase):

@@ -38,7 +38,7 @@ from zope.interface import implementer
 from gateway.codecs.formats import AudioFormat
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
-from gateway.events import DeepgramEvent
+from gateway.events import ConversationText
 from gateway.plugin import FunctionSpec, IStreamPlugin, Routes, StageContext
 from gateway.section import Section
 
@@ -74,19 +74,18 @@ class CallNotesStage:
     agent_turns: int = 0
     notes: list[str] = attrs.field(factory=list)
 
-    # Stage.routes: asked once, when the call is made. Only the events named here reach this
-    # stage; the 20 ms audio frames never do.
+    # Stage.routes: asked once, when the call is made. Only the event classes named here reach
+    # this stage (a route for DeepgramEvent would see every Deepgram message); the 20 ms audio
+    # frames never do.
     def routes(self) -> Routes:
-        return Routes(outbound={DeepgramEvent: self.on_deepgram})
+        return Routes(outbound={ConversationText: self.on_turn})
 
-    # Called for every Deepgram message on its way to the caller.
-    def on_deepgram(self, event: DeepgramEvent) -> DeepgramEvent:
-        if event.type == "ConversationText":
-            role = event.message.get("role")
-            if role == "user":
-                self.caller_turns += 1
-            elif role == "assistant":
-                self.agent_turns += 1
+    # Called for each ConversationText on its way from Deepgram to the caller.
+    def on_turn(self, event: ConversationText) -> ConversationText:
+        if event.role == "user":
+            self.caller_turns += 1
+        elif event.role == "assistant":
+            self.agent_turns += 1
         return event  # passed on unchanged (None would drop it)
 
     # FunctionServer.call_function: called when the agent asks for a function the factory
