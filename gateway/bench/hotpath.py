@@ -301,10 +301,10 @@ def _measure(args: argparse.Namespace) -> dict:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     harness.stop()
     pairs = args.frames * args.calls
-    from gateway.legs.wire import MASKER
+    from gateway.legs import wire
 
     result = {"target": args.target, "frames": args.frames, "calls": args.calls, "pairs": pairs,
-              "lane_masker": MASKER,
+              "lane_masker": getattr(wire, "MASKER", "python"),
               "mode": args.mode, "stock_dispatch": args.stock_dispatch,
               "mask": args.mask, **seen, "pings_answered": harness.pings,
               "us_per_pair_wall": round(1e6 * wall / pairs, 2),
