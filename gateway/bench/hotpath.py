@@ -116,9 +116,10 @@ class Harness:
         from twisted.internet import epollreactor
 
         epollreactor.install()
-        from twisted.internet import reactor
+        from twisted.internet import reactor as installed
 
-        self.reactor: Any = reactor
+        reactor: Any = installed  # the epoll reactor just installed, driven by hand below
+        self.reactor = reactor
         # Running (its thread pool resolves the Deepgram host), turned by hand: `turn`.
         reactor.startRunning(installSignalHandlers=False)
         self.clock = _FakeTime()
@@ -230,7 +231,10 @@ class Harness:
         head = [b""]
         self._until(lambda: head.__setitem__(0, head[0] + self._recv(dg)) or b"\r\n\r\n" in head[0],
                     "upgrade request to Deepgram")
-        ws_key = re.search(rb"Sec-WebSocket-Key: (\S+)", head[0], re.I).group(1)
+        found = re.search(rb"Sec-WebSocket-Key: (\S+)", head[0], re.I)
+        if found is None:
+            raise RuntimeError("the gateway's upgrade request to Deepgram has no Sec-WebSocket-Key")
+        ws_key = found.group(1)
         accept = base64.b64encode(hashlib.sha1(ws_key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
         dg.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"

@@ -64,7 +64,8 @@ def install(reactor: Any) -> bool:
     if installed(reactor):
         return True
     doPoll = _lean_do_poll(reactor)
-    reactor.doPoll = reactor.doIteration = doPoll
+    # Replacing this one reactor's bound method is the point (uninstall puts Twisted's back).
+    reactor.doPoll = reactor.doIteration = doPoll  # type: ignore[method-assign]
     return True
 
 

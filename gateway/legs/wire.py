@@ -42,7 +42,7 @@ import errno
 import re
 from random import getrandbits
 from struct import Struct
-from typing import Any
+from typing import Any, Callable
 
 import autobahn
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -85,8 +85,11 @@ def mask_python(payload: bytes, key: bytes) -> bytes:
 # 160 bytes of audio towards Deepgram: 14 % of a relayed frame pair, issue 21). The `websockets`
 # package ships the same operation in C (``websockets.speedups.apply_mask``: about 1.2k for
 # either); it is used when installed, with the same result for every input (tests/test_wire.py).
+_apply_mask: Callable[[Any, bytes], bytes] | None
 try:
-    from websockets.speedups import apply_mask as _apply_mask
+    from websockets.speedups import apply_mask as _c_apply_mask
+
+    _apply_mask = _c_apply_mask
 except ImportError:  # not installed, or a build without its C extension
     _apply_mask = None
 
