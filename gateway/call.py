@@ -214,7 +214,8 @@ class Call:
         info = self.info
         info.frames_from_upstream += 1
         info.bytes_from_upstream += len(event.payload)
-        self.observer.agent_audio()
+        if self.observer.turn_ended_at is not None:  # per frame: an attribute read, not a call
+            self.observer.agent_answered()
         self.chain.outbound(event)
 
     def _outbound_sink(self, event: Any) -> None:

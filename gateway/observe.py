@@ -39,7 +39,8 @@ class SessionObserver:
     count: Any
     transcript: TranscriptKeeper = attrs.field(factory=TranscriptKeeper)
     opened_at: float = 0.0
-    _turn_ended_at: float | None = None
+    #: When the caller's last turn ended, until the agent's first audio after it (then None).
+    turn_ended_at: float | None = None
 
     def arrived(self, event: DeepgramEvent) -> None:
         """A message from Deepgram, before the chain sees it."""
@@ -60,14 +61,14 @@ class SessionObserver:
         elif kind == "SettingsApplied":
             self.metrics.settings_applied(self.clock.seconds() - self.opened_at)
         elif kind == "ConversationText" and event.message.get("role") == "user":
-            self._turn_ended_at = self.clock.seconds()
+            self.turn_ended_at = self.clock.seconds()
             self.heard.user_turn_ended()
 
-    def agent_audio(self) -> None:
-        """Agent audio arrived: the first after the caller's turn times the agent's answer."""
-        if self._turn_ended_at is not None:
-            self.metrics.agent_responded(self.clock.seconds() - self._turn_ended_at)
-            self._turn_ended_at = None
+    def agent_answered(self) -> None:
+        """The first agent audio after the caller's turn (`turn_ended_at` set): time the answer."""
+        if self.turn_ended_at is not None:
+            self.metrics.agent_responded(self.clock.seconds() - self.turn_ended_at)
+            self.turn_ended_at = None
 
     def delivered(self, event: DeepgramEvent, mode: str) -> None:
         """A message from Deepgram, after the chain (as the caller gets it)."""

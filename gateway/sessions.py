@@ -24,6 +24,7 @@ from gateway.config import GatewayConfig
 from gateway.diagnostics import Diagnosis, diagnose_upstream
 from gateway.events import UpstreamClosed, UpstreamOpened, UpstreamReconnecting
 from gateway.interfaces import LegState, UpstreamLeg
+from gateway.plugin import cancel
 from gateway.reconnect import GiveUp, ReconnectBudget, ReconnectPolicy
 from gateway.upstream import Connector, UpstreamPort
 
@@ -222,6 +223,5 @@ class UpstreamSessions:
         self.budget.restored()
 
     def stop_retrying(self) -> None:
-        if self.retry_timer is not None and self.retry_timer.active():
-            self.retry_timer.cancel()
+        cancel(self.retry_timer)
         self.retry_timer = None
