@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.codecs import twilio
@@ -88,6 +90,103 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(
             twilio.parse_message(frame({"event": "stop", "stop": {}, "streamSid": SID})), StreamStopped()
         )
+
+
+def outcome(frame: bytes) -> object:
+    """What parsing ``frame`` gives: the event, or the refusal's reason and message."""
+    try:
+        return twilio.parse_message(frame)
+    except CallerProtocolError as e:
+        return (e.reason, e.message)
+
+
+def general_outcome(frame: bytes) -> object:
+    """The same by the general path alone (no typed fast parse)."""
+    try:
+        return twilio._parse_general(frame)
+    except CallerProtocolError as e:
+        return (e.reason, e.message)
+
+
+# A media message's parts: base64 strict and not (bad characters, padding, length), escapes,
+# non-ASCII; counters of other types, nesting, fields Twilio does not send, repeated keys.
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+payload_text = st.one_of(
+    st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode()),
+    st.text(alphabet=_B64 + "=", max_size=12),
+    st.tuples(st.binary(max_size=12).map(lambda b: base64.b64encode(b).decode()),
+              st.sampled_from(["=", "==", "\n", r"\n", " ", "A", "-", "_", r"\u0041", r"\/", r"\u00e9", "é",
+                               r"\ud800"]),
+              st.integers(0, 16)).map(lambda t: t[0][:t[2]] + t[1] + t[0][t[2]:]),
+)
+json_values = st.one_of(st.text(max_size=4), st.integers(), st.none(), st.booleans(),
+                        st.lists(st.integers(), max_size=2), st.just({"k": [1, {"a": "b"}]}))
+
+
+@st.composite
+def media_frames(draw) -> bytes:
+    """A media-like message as JSON text, assembled by hand (so keys may repeat)."""
+    payload = draw(payload_text)
+    body = [f'"payload":"{payload}"']
+    for name in draw(st.lists(st.sampled_from(["track", "chunk", "timestamp", "payload", "x"]), max_size=4)):
+        value = draw(st.one_of(json_values, st.just("inbound"), st.just("outbound")))
+        if name == "payload":
+            value = draw(payload_text)
+            body.append(f'"payload":"{value}"')
+        else:
+            body.append(f"{json.dumps(name)}:{json.dumps(value)}")
+    draw(st.randoms()).shuffle(body)
+    top = ['"event":"media"', "\"media\":{" + ",".join(body) + "}"]
+    for name in draw(st.lists(st.sampled_from(["sequenceNumber", "streamSid", "event", "extra"]), max_size=3)):
+        top.append(f"{json.dumps(name)}:{json.dumps(draw(st.one_of(json_values, st.just('media'))))}")
+    draw(st.randoms()).shuffle(top)
+    return ("{" + ",".join(top) + "}").encode()
+
+
+class FastParseTests(SynchronousTestCase):
+    """The typed fast parse of ``media`` gives what the general path gives, always."""
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(media_frames())
+    def test_same_as_general(self, frame: bytes) -> None:
+        """Any media-like message: the same event or the same refusal by either path."""
+        self.assertEqual(outcome(frame), general_outcome(frame))
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(payload_text)
+    def test_payloads_same_as_general(self, payload: str) -> None:
+        """Any payload text in Twilio's message: the same audio (or defect) by either path."""
+        frame = ('{"event":"media","sequenceNumber":"4","media":{"track":"inbound","chunk":"2",'
+                 '"timestamp":"5","payload":"%s"},"streamSid":"%s"}' % (payload, SID)).encode()
+        self.assertEqual(outcome(frame), general_outcome(frame))
+
+    def test_twilio_shape_is_typed(self) -> None:
+        """Twilio's own media message (every field it sends) takes the typed parse."""
+        payload = bytes(range(160))
+        frame = json.dumps({
+            "event": "media", "sequenceNumber": "4",
+            "media": {"track": "inbound", "chunk": "2", "timestamp": "5",
+                      "payload": base64.b64encode(payload).decode()},
+            "streamSid": SID}).encode()
+        typed = twilio._decode_frame(frame)
+        self.assertIsNotNone(typed.media)
+        self.assertEqual(typed.media.payload, payload)
+        self.assertEqual(twilio.parse_message(frame), Audio(payload, "inbound"))
+
+    def test_refusals_by_the_typed_parse(self) -> None:
+        """What the typed parse refuses (bad base64, another field, deep nesting) is still parsed."""
+        deep = "[" * 20_000 + "]" * 20_000
+        for frame, expected in [
+            (b'{"event":"media","media":{"payload":"/w="}}', Audio(b"", "inbound", defect="bad_base64")),
+            (b'{"event":"media","media":{"payload":"/w==","extra":1}}', Audio(b"\xff", "inbound")),
+            (b'{"event":"media","media":{"payload":"/w=="},"sequenceNumber":4}', Audio(b"\xff", "inbound")),
+            ('{"event":"media","media":{"payload":"/w==","x":%s}}' % deep, ("too_deep", None)),
+        ]:
+            got = outcome(frame.encode() if isinstance(frame, str) else frame)
+            if isinstance(expected, tuple):
+                self.assertEqual(got[0], expected[0])
+            else:
+                self.assertEqual(got, expected)
 
 
 class MalformedTests(SynchronousTestCase):
