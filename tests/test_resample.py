@@ -60,6 +60,29 @@ def clip(name: str) -> np.ndarray:
     return floats(wav.data)
 
 
+def saturating(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A full-scale square wave plus noise, ``n`` samples: its filtered overshoot saturates."""
+    x = np.tile(np.repeat([32767.0, -32768.0], 30), n // 60 + 1)[:n]
+    return np.clip(x + rng.normal(0, 3000, len(x)), -32768, 32767).round()
+
+
+def direct_form(x: np.ndarray, in_rate_hz: int, out_rate_hz: int, count: int) -> np.ndarray:
+    """
+    The first ``count`` output samples by the textbook definition: zero-stuff by L, convolve with
+    the prototype, keep every M-th sample, round, saturate.
+    """
+    d = design_filter(in_rate_hz, out_rate_hz)
+    stuffed = np.zeros((len(x) + d.delay) * d.up)
+    stuffed[:: d.up][: len(x)] = x
+    taps = d.taps[::-1]
+    expected = []
+    for m in range(count):
+        j = m * d.down  # output m is prototype-rate sample j; taps reach back to j - 2D
+        lo = max(0, j - len(taps) + 1)
+        expected.append(np.dot(stuffed[lo : j + 1], taps[len(taps) - (j + 1 - lo) :]))
+    return np.clip(np.rint(np.array(expected) * 2.0**-30), -32768, 32767)
+
+
 class DesignTests(SynchronousTestCase):
     """The filters meet their specification."""
 
@@ -152,20 +175,10 @@ class QualityTests(SynchronousTestCase):
         """
         rng = np.random.default_rng(5)
         for a, b in PAIRS:
-            d = design_filter(a, b)
-            x = np.tile(np.repeat([32767.0, -32768.0], 30), 40)[: a // 20]
-            x = np.clip(x + rng.normal(0, 3000, len(x)), -32768, 32767).round()
+            x = saturating(rng, a // 20)
             r = Resampler(a, b)
             got = floats(r.process(pcm(x)) + r.flush())
-            stuffed = np.zeros((len(x) + d.delay) * d.up)
-            stuffed[:: d.up][: len(x)] = x
-            taps = d.taps[::-1]
-            expected = []
-            for m in range(len(got)):
-                j = m * d.down  # output m is prototype-rate sample j; taps reach back to j - 2D
-                lo = max(0, j - len(taps) + 1)
-                expected.append(np.dot(stuffed[lo : j + 1], taps[len(taps) - (j + 1 - lo) :]))
-            expected = np.clip(np.rint(np.array(expected) * 2.0**-30), -32768, 32767)
+            expected = direct_form(x, a, b, len(got))
             self.assertEqual(got.tolist(), expected.tolist(), (a, b))
             self.assertEqual((got.max(), got.min()), (32767.0, -32768.0), (a, b))
 
@@ -298,6 +311,65 @@ class StreamingTests(SynchronousTestCase):
         r = Resampler(16000, 16000)
         self.assertEqual(r.process(b"\x01\x02\x03\x04"), b"\x01\x02\x03\x04")
         self.assertEqual((r.flush(), r.delay_samples), (b"", 0))
+
+
+class BlockPathTests(SynchronousTestCase):
+    """
+    The ratios that only go up or only go down run as one product over blocks of the stream,
+    with views and buffers kept per input length and phase: any sizes, in any order, give the
+    textbook's bytes.
+    """
+
+    #: The block path's ratios, 48 kHz both ways included (up by 6, down by 3 and 6).
+    RATIOS = ((8000, 16000), (16000, 8000), (8000, 24000), (24000, 8000), (48000, 16000),
+              (16000, 48000), (8000, 48000), (48000, 8000))
+
+    def test_every_piece_length(self) -> None:
+        """Pieces of every length from 1 to 160 samples, then longer, give the textbook's output."""
+        rng = np.random.default_rng(11)
+        lengths = [*range(1, 161), 257, 320, 400, 961]
+        for a, b in self.RATIOS:
+            x = saturating(rng, sum(lengths))
+            data = pcm(x)
+            r = Resampler(a, b)
+            out, i = [], 0
+            for n in lengths:
+                out.append(r.process(data[2 * i : 2 * (i + n)]))
+                i += n
+            got = floats(b"".join(out) + r.flush())
+            self.assertEqual(got.tolist(), direct_form(x, a, b, len(got)).tolist(), (a, b))
+
+    def test_long_piece_between_frames(self) -> None:
+        """20 ms frames, one 2 s piece (the buffer grows), frames again: one-shot's bytes."""
+        rng = np.random.default_rng(12)
+        for a, b in self.RATIOS:
+            frame = a // 50
+            x = saturating(rng, 5 * frame + 2 * a + 5 * frame + 7)
+            data = pcm(x)
+            one = Resampler(a, b)
+            expected = one.process(data) + one.flush()
+            cuts = [0, *range(frame, 6 * frame, frame), 5 * frame + 2 * a]
+            cuts += range(cuts[-1] + frame, len(x), frame)
+            cuts.append(len(x))
+            r = Resampler(a, b)
+            got = b"".join(r.process(data[2 * p : 2 * q]) for p, q in zip(cuts, cuts[1:]))
+            self.assertEqual(got + r.flush(), expected, (a, b))
+
+    def test_quiet_and_loud(self) -> None:
+        """
+        Clipping is skipped only while no output can overflow: quiet frames after loud ones (the
+        history still loud), loud after quiet, give the textbook's saturated output.
+        """
+        rng = np.random.default_rng(13)
+        for a, b in self.RATIOS:
+            frame = a // 50
+            quiet = rng.normal(0, 300, 4 * frame).round()
+            x = np.concatenate((quiet, saturating(rng, 3), quiet, saturating(rng, frame), quiet))
+            r = Resampler(a, b)
+            data = pcm(x)
+            got = b"".join(r.process(data[i : i + 2 * frame]) for i in range(0, len(data), 2 * frame))
+            got_f = floats(got + r.flush())
+            self.assertEqual(got_f.tolist(), direct_form(x, a, b, len(got_f)).tolist(), (a, b))
 
 
 class SpeechTests(SynchronousTestCase):

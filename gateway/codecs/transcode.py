@@ -62,7 +62,7 @@ class Transcoder:
         """
         if self._identity:
             return data
-        if self._pairs:
+        if self._pairs and (self._carry or len(data) & 1):
             if self._carry:
                 data = self._carry + data
                 self._carry = b""
