@@ -275,7 +275,7 @@ class Resampler:
         plan = self._plans.get((n, self._offset))
         if plan is None:
             plan = self._plan(n)
-        fill, history, recent, windows, count, hi, lo, offset = plan
+        fill, history, recent, windows, part, hi, lo, offset = plan
         fill[...] = np.frombuffer(samples, "<i2")
         quiet = audioop.max(samples, 2) <= self._safe_peak
         safe = quiet and self._history_safe
@@ -286,8 +286,10 @@ class Resampler:
             return b""
         # The product and the int16 output are made per call: kept, they would add 5 KB per
         # call of the gateway (two streams) for 0.1-0.2 µs per frame.
-        y = windows.dot(self._block_taps).reshape(-1)[:count]
+        y = windows.dot(self._block_taps)
         history[...] = recent
+        if part:  # not whole rows: the outputs are the first ``part``
+            y = y.reshape(-1)[:part]
         if not safe:
             np.minimum(y, hi, out=y)
             np.maximum(y, lo, out=y)
@@ -298,8 +300,8 @@ class Resampler:
         """
         The views for ``n`` input samples at the current phase, kept for the next call of the
         same shape (a stream's frames are mostly one size): where the input goes, the history's
-        move, the two-row windows, how many outputs, the clipping bounds; and the phase after
-        the call.
+        move, the two-row windows, how many outputs if not whole rows (else 0), the clipping
+        bounds; and the phase after the call.
         """
         k, up, down, block, outs = self._k, self._up, self._down, self._block, self._block_outs
         off = self._offset
@@ -322,12 +324,15 @@ class Resampler:
         fill = store[k - 1 : k - 1 + n]
         history, recent = store[: k - 1], store[n : n + k - 1]
         windows = hi = lo = None
+        part = 0 if count == rows * outs else count
         if rows:
             windows = np.ndarray(
                 (rows, 2 * block), buffer=store, offset=8 * off, strides=(8 * block, 8)
             )
             hi, lo = _bounds(count)
-        plan = (fill, history, recent, windows, count, hi, lo, offset)
+            if not part:  # shaped as the product: a 20 ms frame is whole rows
+                hi, lo = hi.reshape(rows, outs), lo.reshape(rows, outs)
+        plan = (fill, history, recent, windows, part, hi, lo, offset)
         self._plans[(n, off)] = plan
         return plan
 
