@@ -162,12 +162,24 @@ def _round(y: np.ndarray, out: np.ndarray, safe: bool) -> None:
     out[...] = y
 
 
-@lru_cache(maxsize=32)
 def _bounds(size: int) -> tuple[np.ndarray, np.ndarray]:
     """32767 and -32768 as arrays of ``size`` (shared, read-only): cheaper than a scalar operand."""
+    hi, lo = _bound_arrays(1 << (size - 1).bit_length())
+    return hi[:size], lo[:size]
+
+
+@lru_cache(maxsize=None)
+def _bound_arrays(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """`_bounds` for a power of two: at most twice the largest output piece, shared."""
     hi, lo = np.full(size, 32767.0), np.full(size, -32768.0)
     hi.flags.writeable = lo.flags.writeable = False
     return hi, lo
+
+
+#: The block path converts longer inputs in pieces of this many samples (the same bytes: the
+#: conversion does not depend on chunking), so that a stream's buffer stays small (at most about
+#: 20 KB) whatever size of chunk it was once given.
+_PIECE_SAMPLES = 2048
 
 
 @lru_cache(maxsize=None)
@@ -272,6 +284,11 @@ class Resampler:
         n = len(samples) >> 1
         if not n:
             return b""
+        if n > _PIECE_SAMPLES:
+            step = 2 * _PIECE_SAMPLES
+            return b"".join(
+                [self.process(samples[i : i + step]) for i in range(0, len(samples), step)]
+            )
         plan = self._plans.get((n, self._offset))
         if plan is None:
             plan = self._plan(n)
