@@ -13,18 +13,26 @@ left the call believing, for a round trip, that a closing leg could still be wri
 
 The leg's ``call`` is the `gateway.call.UpstreamPort` of its attempt, which the call detaches once
 it is done with the session; the leg knows it only as a `gateway.interfaces.UpstreamSink`.
+
+``wss://`` runs over `gateway.legs.tls` (the stdlib's ``ssl`` under a thin protocol, not Twisted's
+TLS: see that module for why and the figures). A TLS failure before the WebSocket opened (a
+certificate refused, a wrong host name) is a failed connection, like a refused TCP connection: the
+Deferred of `connect_deepgram` errbacks with the ``ssl.SSLError``, and the call diagnoses
+``DG_UNREACHABLE`` ("DNS, TCP or TLS") with OpenSSL's reason in the detail. (With Twisted's TLS it
+surfaced as a WebSocket that dropped, ``DG_DROPPED``, the SSL error only in the close reason.)
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+import ssl
 from typing import Any, Mapping, cast
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.protocol import connectionDone
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.python.failure import Failure
 
 from gateway.codecs.deepgram import encode_message, parse_server_message
@@ -32,9 +40,10 @@ from gateway.errors import UpstreamProtocolError
 from gateway.events import Audio, UpstreamClosed
 from gateway.interfaces import UpstreamSink
 from gateway.legs.pressure import Pressure, attach
+from gateway.legs.tls import TLSClientFactory
 from gateway.legs.wire import FastLane
 
-__all__ = ["DeepgramProtocol", "DeepgramFactory", "connect_deepgram", "client_tls_options"]
+__all__ = ["DeepgramProtocol", "DeepgramFactory", "connect_deepgram"]
 
 #: Close codes in IANA's registry that Autobahn refuses as reserved (1014: Bad Gateway).
 _REGISTERED_CLOSE_CODES = frozenset({1014})
@@ -108,6 +117,12 @@ class DeepgramProtocol(FastLane, WebSocketClientProtocol):  # type: ignore[misc]
         self._report(received, self.remoteCloseReason, True)
         return result
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self._opened and isinstance(reason.value, ssl.SSLError):
+            # TLS failed before the WebSocket opened: the connection was never made.
+            self.factory.failed(reason)
+        super().connectionLost(reason)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.finished()
         self._report(code, reason, wasClean)
@@ -172,24 +187,14 @@ class DeepgramFactory(WebSocketClientFactory):
         if not self.done.called:
             self.done.callback(None)
 
+    def failed(self, reason: Failure) -> None:
+        """The connection failed before the WebSocket opened (TLS): ``done`` errbacks with it."""
+        if not self.done.called:
+            self.done.errback(reason)
+
     def _cancel(self, d: Deferred) -> None:
         if self.protocol_instance is not None:
             self.protocol_instance.abort()
-
-
-@lru_cache(maxsize=16)
-def client_tls_options(host: str) -> Any:
-    """
-    The TLS client options for ``host``, made once per process and shared by every call.
-
-    Each set of options holds an OpenSSL context, and with it the trust store (the platform's CA
-    bundle, or ``SSL_CERT_FILE``), loaded when the first connection verifies a certificate.
-    Made per call, every call kept a context and a store of its own: hundreds of kilobytes per
-    call with a full CA bundle, and a slower handshake.
-    """
-    from twisted.internet.ssl import optionsForClientTLS
-
-    return optionsForClientTLS(host)
 
 
 def connect_deepgram(
@@ -202,7 +207,8 @@ def connect_deepgram(
     """
     Open a Deepgram leg for ``call``. The returned Deferred fires with the protocol once the
     WebSocket is open (or with None if it closed first, already reported to the call), and
-    errbacks if the TCP or TLS connection fails; cancelling it aborts the attempt.
+    errbacks if the TCP or TLS connection fails (for TLS with the ``ssl.SSLError``); cancelling
+    it aborts the attempt.
     """
     parts = urlsplit(url)
     secure = parts.scheme == "wss"
@@ -211,9 +217,7 @@ def connect_deepgram(
     factory = DeepgramFactory(call, url, headers, reactor=reactor)
     factory.setProtocolOptions(**dict(protocol_options or {}))
     endpoint: Any = HostnameEndpoint(reactor, host, port)
-    if secure:
-        endpoint = wrapClientTLS(client_tls_options(host), endpoint)
-    connecting = endpoint.connect(factory)
+    connecting = endpoint.connect(TLSClientFactory(factory, host) if secure else factory)
 
     def tcp_failed(failure: Failure) -> Failure:
         if not factory.done.called:

@@ -19,6 +19,10 @@ a megabyte made every read of the leg ask for a 1 MiB buffer, above glibc's mmap
 each 20 ms frame could cost an mmap and a munmap (the trap the bench itself fell in, commit
 ea384e4). So ``bufferSize`` keeps Twisted's 64 KiB and the transport's ``_isSendBufferFull`` (the
 one place Twisted compares what waits to be written with a limit) compares it with the budget.
+
+On ``wss://`` the leg's transport is `gateway.legs.tls.TLSClientProtocol`; the budget and the
+producer go to the TCP transport under it. (Under Twisted's TLS, which the leg used before, the
+budget never applied: that wrapper has no send buffer of its own to compare.)
 """
 
 from __future__ import annotations
@@ -89,8 +93,12 @@ def attach(transport: Any, budget_bytes: int = DEFAULT_BUDGET_BYTES, leg: Any = 
     pressure = Pressure(leg)
     if transport is None:
         return pressure
-    if hasattr(transport, "_isSendBufferFull") and hasattr(transport, "dataBuffer"):
-        transport._isSendBufferFull = _SendBudget(transport, budget_bytes)
+    # Under the Deepgram leg's TLS layer (`gateway.legs.tls`) what waits to be sent waits in
+    # the TCP transport beneath it (the layer encrypts each write at once), which also gets the
+    # producer: the budget counts ciphertext there (22 bytes more per record than the frames).
+    buffered = getattr(transport, "tcp_transport", transport)
+    if hasattr(buffered, "_isSendBufferFull") and hasattr(buffered, "dataBuffer"):
+        buffered._isSendBufferFull = _SendBudget(buffered, budget_bytes)
     if getattr(transport, "producer", None) is not None:
         # After a WebSocket upgrade through twisted.web the HTTP channel is still registered.
         transport.unregisterProducer()
