@@ -1,7 +1,8 @@
 """
 ``python -m gateway.bench.hotpath``: the per-frame harness relays every frame both ways, with the
-lean dispatch the service installs or (``--stock-dispatch``) Twisted's own, and says which masker
-the fast lane used. Run in a child process: it installs the epoll reactor and drives it by hand.
+lean dispatch the service installs or (``--stock-dispatch``) Twisted's own, over ws:// or
+(``--mode tls``) wss:// to the harness, and says which masker the fast lane used. Run in a child
+process: it installs the epoll reactor and drives it by hand.
 """
 
 from __future__ import annotations
@@ -35,3 +36,12 @@ class HotpathTests(SynchronousTestCase):
             self.assertEqual((result["inbound_reads"], result["outbound_frames"]), (40, 40))
             self.assertEqual(result["stock_dispatch"], bool(extra))
             self.assertIn(result["lane_masker"], ("websockets.speedups", "python"))
+
+    def test_relays_every_frame_over_tls(self) -> None:
+        """--mode tls: the Deepgram leg over wss:// to the harness (the gateway on its own TLS
+        layer, the floor on ssl sockets), every frame relayed both ways."""
+        for target, stack in (("gateway", "gateway.legs.tls"), ("floor", "ssl.SSLSocket (the floor)")):
+            result = hotpath("--calls", "2", "--mode", "tls", "--target", target)
+            self.assertNotIn("error", result)
+            self.assertEqual((result["inbound_reads"], result["outbound_frames"]), (40, 40))
+            self.assertEqual(result["deepgram_tls"], stack)

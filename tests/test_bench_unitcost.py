@@ -11,10 +11,11 @@ class UnitCostTests(SynchronousTestCase):
     """The three measurements run end to end and give positive figures under their names."""
 
     def test_tls(self) -> None:
-        """Encrypt and decrypt per record for Twisted's TLS, bare pyOpenSSL and the stdlib's ssl
-        (the Twisted connection really decrypted every record: it raises otherwise)."""
+        """Encrypt and decrypt per record for Twisted's TLS, bare pyOpenSSL, the stdlib's ssl and
+        the leg's layer on it (the Twisted connection and the layer really decrypted every
+        record: it raises otherwise)."""
         result = unitcost.tls_costs(repeat=1, n=50)
-        for stack in ("twisted", "pyopenssl", "stdlib"):
+        for stack in ("twisted", "pyopenssl", "stdlib", "layer"):
             for part in ("encrypt", "decrypt", "pair"):
                 self.assertGreater(result[f"{stack}_{part}_us"], 0, (stack, part))
 

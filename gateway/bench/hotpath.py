@@ -24,9 +24,17 @@ Instruction counts repeat closely whatever else the machine is doing.
 ``--target floor`` puts the floor relay (`gateway.bench.floor`, in-process, its loop turned by
 hand) where the gateway was, on the same frames.
 
+``--mode tls`` is the relay with the Deepgram leg over ``wss://``: the harness's Deepgram sockets
+are the server side of TLS (the stdlib's ``ssl``, a throw-away CA from
+`gateway.bench.certificates` that the gateway trusts through ``SSL_CERT_FILE``), so the count
+includes the harness's own TLS work, the same whichever TLS the gateway runs: compare gateways
+(Twisted's TLS before, `gateway.legs.tls` after) at the same mode, and ``tls`` against ``relay``
+for what TLS adds.
+
     python -m gateway.bench.hotpath --frames 2000                  # µs per frame pair (noisy)
     python -m gateway.bench.hotpath --callgrind --frames 1000      # instructions per frame pair
     python -m gateway.bench.hotpath --callgrind --frames 1000 --target floor
+    python -m gateway.bench.hotpath --callgrind --frames 1000 --mode tls
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import os
 import random
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -92,11 +101,22 @@ class Harness:
     """The gateway on a real epoll reactor, with ``calls`` Twilio and Deepgram sockets."""
 
     def __init__(self, calls: int, transcode: bool, mask: str, legacy: bool,
-                 target: str = "gateway", stock_dispatch: bool = False) -> None:
+                 target: str = "gateway", stock_dispatch: bool = False, tls: bool = False) -> None:
         random.seed(21)               # the gateway's own masking keys towards Deepgram
         self.rng = random.Random(8)   # the Twilio side's keys
         self.mask = mask
         self.transcode = transcode
+        self.tls: ssl.SSLContext | None = None
+        self.scheme = "ws"
+        if tls:
+            from gateway.bench.certificates import make_certificates
+
+            ca, cert, key = make_certificates(tempfile.mkdtemp(prefix="hotpath-"))
+            # The gateway (and the floor) verify the harness's certificate against it.
+            os.environ["SSL_CERT_FILE"] = ca
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(cert, key)
+            self.scheme = "wss"
         self.dg = socket.socket()
         self.dg.bind(("127.0.0.1", 0))
         self.dg.listen(64)
@@ -141,7 +161,7 @@ class Harness:
         try:
             configured = load_config(f.name, {
                 "DEEPGRAM_API_KEY": "bench-key",
-                "DEEPGRAM_AGENT_URL": f"ws://127.0.0.1:{port}/v1/agent/converse"})
+                "DEEPGRAM_AGENT_URL": f"{self.scheme}://127.0.0.1:{port}/v1/agent/converse"})
         finally:
             os.unlink(f.name)
         self.gateway = Gateway(configured, reactor)
@@ -156,7 +176,8 @@ class Harness:
 
         self.reactor = None
         self.clock = _FakeTime()
-        floor = Floor(f"ws://127.0.0.1:{port}/v1/agent/converse", self.transcode, control=False)
+        floor = Floor(f"{self.scheme}://127.0.0.1:{port}/v1/agent/converse", self.transcode,
+                      control=False)
         self.listening = Listener(floor).sock.getsockname()[1]
         self.turn = lambda: floor.loop.turn(0)
         self._wait = lambda: floor.loop.turn(0.001)
@@ -187,7 +208,7 @@ class Harness:
     def _recv(sock: socket.socket) -> bytes:
         try:
             return sock.recv(1 << 20)
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantReadError):
             return b""
 
     def _open_call(self, index: int) -> None:
@@ -228,6 +249,17 @@ class Harness:
         dg = conn[0]
         dg.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         dg.setblocking(False)
+        if self.tls is not None:
+            dg = self.tls.wrap_socket(dg, server_side=True, do_handshake_on_connect=False)
+
+            def handshaken() -> bool:
+                try:
+                    dg.do_handshake()
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    return False
+                return True
+
+            self._until(handshaken, "TLS handshake with the gateway")
         head = [b""]
         self._until(lambda: head.__setitem__(0, head[0] + self._recv(dg)) or b"\r\n\r\n" in head[0],
                     "upgrade request to Deepgram")
@@ -294,7 +326,7 @@ class Harness:
 
 def _measure(args: argparse.Namespace) -> dict:
     harness = Harness(args.calls, args.mode == "transcode", args.mask, args.legacy_config,
-                      args.target, args.stock_dispatch)
+                      args.target, args.stock_dispatch, tls=args.mode == "tls")
     harness.prepare(args.frames)
     # What set-up left is old: the collector's full passes no longer scan it (as in a gateway
     # that has been up for a while), so that the counts move with the per-frame work only.
@@ -309,6 +341,8 @@ def _measure(args: argparse.Namespace) -> dict:
 
     result = {"target": args.target, "frames": args.frames, "calls": args.calls, "pairs": pairs,
               "lane_masker": getattr(wire, "MASKER", "python"),
+              "deepgram_tls": (None if args.mode != "tls" else _tls_stack() if args.target == "gateway"
+                               else "ssl.SSLSocket (the floor)"),
               "mode": args.mode, "stock_dispatch": args.stock_dispatch,
               "mask": args.mask, **seen, "pings_answered": harness.pings,
               "us_per_pair_wall": round(1e6 * wall / pairs, 2),
@@ -316,6 +350,12 @@ def _measure(args: argparse.Namespace) -> dict:
     if seen["outbound_frames"] < pairs or seen["inbound_reads"] < pairs * 0.99:
         result["error"] = "frames went missing: the harness measured something else"
     return result
+
+
+def _tls_stack() -> str:
+    """Which TLS the gateway's Deepgram leg runs ("gateway.legs.tls" or Twisted's), for the record."""
+    return ("gateway.legs.tls" if importlib.util.find_spec("gateway.legs.tls") is not None
+            else "twisted.protocols.tls")
 
 
 def _callgrind(args: argparse.Namespace) -> dict:
@@ -368,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
                                 description=__doc__.split("\n\n")[0].strip())
     p.add_argument("--frames", type=int, default=1000, help="frame pairs per call")
     p.add_argument("--calls", type=int, default=1, help="calls (frames per reactor turn)")
-    p.add_argument("--mode", choices=("relay", "transcode"), default="relay")
+    p.add_argument("--mode", choices=("relay", "transcode", "tls"), default="relay",
+                   help="tls: relay with the Deepgram leg over wss:// (the harness ends TLS)")
     p.add_argument("--mask", choices=("random", "zero"), default="random")
     p.add_argument("--legacy-config", action="store_true")
     p.add_argument("--stock-dispatch", action="store_true",

@@ -3,9 +3,11 @@ The production shapes' unit costs (issue 21, item 3), measured in one process:
 
 * **TLS per record**, both ways, for a 166-byte record (a 160-byte binary audio frame with its
   WebSocket header, what the gateway sends Deepgram 50 times a second per call): Twisted's
-  `TLSMemoryBIOProtocol` (what the gateway's ``wss://`` runs: pyOpenSSL memory BIOs under a
+  `TLSMemoryBIOProtocol` (what the gateway's ``wss://`` ran before: pyOpenSSL memory BIOs under a
   Python protocol), bare pyOpenSSL memory BIOs (its floor: the cffi calls only), and the stdlib's
-  ``ssl.SSLObject`` memory BIOs (what a C-level TLS costs from Python);
+  ``ssl.SSLObject`` memory BIOs (what a C-level TLS costs from Python), and the Deepgram leg's
+  own layer on them (`gateway.legs.tls`, what the gateway's ``wss://`` runs since issue 21's
+  item 3: the stdlib's BIOs under a thin Twisted protocol);
 * **the transcoder per 20 ms frame** each way (`gateway.codecs.transcode.Transcoder`: mu-law 8 kHz
   to linear16 16 kHz, and back), and the resampler alone;
 * **batching the 8 -> 16 kHz resampler across calls**: the same filter arithmetic for K calls' frames
@@ -61,7 +63,7 @@ def _pki() -> tuple[str, str, str]:
 
 
 def tls_costs(repeat: int = 7, n: int = 20000) -> dict[str, Any]:
-    """Per-record encrypt and decrypt costs (µs) of the three TLS stacks (see the docstring)."""
+    """Per-record encrypt and decrypt costs (µs) of the four TLS stacks (see the docstring)."""
     import ssl
 
     from OpenSSL import SSL
@@ -227,7 +229,63 @@ def tls_costs(repeat: int = 7, n: int = 20000) -> dict[str, Any]:
             read(65536)
 
     out["stdlib_decrypt_us"] = _per_call(ssl_decrypt, n, repeat, ssl_records)
-    for stack in ("twisted", "pyopenssl", "stdlib"):
+
+    # 4. The Deepgram leg's own layer (gateway.legs.tls): the stdlib's memory BIOs under its
+    # protocol, as the gateway's wss:// runs it: write -> one record handed on (to the socket
+    # in the gateway, to a string transport here, as for Twisted's above); read -> delivered.
+    from gateway.legs.tls import TLSClientProtocol
+
+    class LayerSink(Protocol):
+        received = 0
+
+        def dataReceived(self, data: bytes) -> None:
+            LayerSink.received += len(data)
+
+    layer = TLSClientProtocol(ssl.create_default_context(cafile=ca), "localhost", LayerSink())
+    wire = StringTransport()
+    layer.makeConnection(wire)
+    l_in, l_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    lsrv = sctx.wrap_bio(l_in, l_out, server_side=True)
+    for _ in range(10):
+        l_in.write(wire.value())
+        wire.clear()
+        try:
+            lsrv.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        back = l_out.read()
+        if back:
+            layer.dataReceived(back)
+    if not layer.handshake_done:
+        raise RuntimeError("the layer's handshake did not complete")
+    wire.clear()
+
+    def layer_encrypt(k: int) -> None:
+        write = layer.write
+        for _ in range(k):
+            write(RECORD)
+        if len(wire.value()) < k * len(RECORD):
+            raise RuntimeError("the TLS layer wrote less than it was given")
+        wire.clear()
+
+    out["layer_encrypt_us"] = _per_call(layer_encrypt, n, repeat)
+
+    def layer_records(k: int) -> list[bytes]:
+        made = []
+        for _ in range(k):
+            lsrv.write(RECORD)
+            made.append(l_out.read())
+        return made
+
+    def layer_decrypt(incoming: list[bytes]) -> None:
+        receive = layer.dataReceived
+        for record in incoming:
+            receive(record)
+
+    out["layer_decrypt_us"] = _per_call(layer_decrypt, n, repeat, layer_records)
+    if wire.disconnecting or LayerSink.received != (n // 10 + repeat * n) * len(RECORD):
+        raise RuntimeError("the TLS layer's connection failed while measuring")
+    for stack in ("twisted", "pyopenssl", "stdlib", "layer"):
         out[f"{stack}_pair_us"] = round(out[f"{stack}_encrypt_us"] + out[f"{stack}_decrypt_us"], 3)
     return out
 
