@@ -20,8 +20,11 @@ figure is taken at the gateway: add the network between the gateway and the call
 and the caller's playout buffer for what a person hears. The end of a word that fades out below
 the threshold counts as its end, a few tens of milliseconds early at most.
 
-The per-frame work is ``audioop.max`` over the frame (after ``ulaw2lin`` for mu-law): about
-0.25 µs for a 20 ms Twilio frame; the agent side is one attribute test per frame.
+The per-frame work is one scan of the frame in C: for mu-law, each byte looked up in a table of
+the voiced codes (`_MULAW_VOICED`, made from ``audioop`` itself, so the verdict is the same as
+decoding the frame and taking its peak, at less than half the cost: 2.1k instructions against
+4.4k for a 20 ms Twilio frame, issue 21); for linear16, ``audioop.max``. The agent side is one
+attribute test per frame.
 """
 
 from __future__ import annotations
@@ -76,8 +79,15 @@ class CallerHeardLatency:
                 self._observe(max(0.0, self._clock.seconds() - self._last_voiced_at))
 
 
+#: Per mu-law code, 1 if it decodes to a sample of magnitude `VOICED_PEAK` or more, else 0.
+_MULAW_VOICED = bytes(
+    audioop.max(audioop.ulaw2lin(bytes((code,)), 2), 2) >= VOICED_PEAK for code in range(256)
+)
+
+
 def _mulaw_voiced(payload: bytes) -> bool:
-    return bool(payload) and audioop.max(audioop.ulaw2lin(payload, 2), 2) >= VOICED_PEAK
+    # One byte voiced makes the frame voiced: map each to 1 or 0, then memchr (both in C).
+    return 1 in payload.translate(_MULAW_VOICED)
 
 
 def _linear16_voiced(payload: bytes) -> bool:
