@@ -362,7 +362,8 @@ class TwilioStream:
     def media(self, payload: bytes) -> bytes | None:
         """A ``media`` frame playing ``payload`` (raw mu-law 8 kHz), once started."""
         if self.stream_sid:
-            return media_message(self.stream_sid, payload, self._media_prefix)
+            # `media_message` with the stream's prefix, inlined: 50 a second.
+            return self._media_prefix + binascii.b2a_base64(payload, newline=False) + b'"}}'
         return None
 
     def mark(self, name: str) -> bytes | None:
