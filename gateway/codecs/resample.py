@@ -29,8 +29,8 @@ view), and one (rows, 2B) x (2B, outputs per row) product gives every output of 
 matrix holds each output's taps where its window lies in the two rows, zeros elsewhere. That
 multiplies about 2B/K times more than the filter needs, but numpy copies only rows x 2B samples
 before BLAS reads them, where a window per output sample (K wide, overlapping) made it copy K
-samples per output; with the views and buffers kept per frame size, 4-4.5 µs per 20 ms frame
-between 8 and 16 kHz, against 7.5-9.5 for a window per output. 16 <-> 24 kHz (up by 3 and down by
+samples per output; with the views kept per frame size, 4.0-4.9 µs per 20 ms frame between 8
+and 16 kHz, against 7.8-10.2 for a window per output (BENCHMARKS.md, "Transcoding, session 5"). 16 <-> 24 kHz (up by 3 and down by
 2, or the reverse) take one product over all L branches per input sample, 12-15 µs per frame;
 other ratios (44.1 -> 16 kHz: 160/441) gather one window per output sample, which is correct but
 slower (about 200-330 µs per frame). Every path computes the same exact sums, hence the same
