@@ -1,4 +1,4 @@
-"""python -m gateway.bench.transcodecount: the counted loop converts what it says (never a speed bound)."""
+"""python -m gateway.bench.transcodecount: its counted loop converts what it says (no speed bound)."""
 
 from __future__ import annotations
 

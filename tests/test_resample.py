@@ -367,7 +367,8 @@ class BlockPathTests(SynchronousTestCase):
             x = np.concatenate((quiet, saturating(rng, 3), quiet, saturating(rng, frame), quiet))
             r = Resampler(a, b)
             data = pcm(x)
-            got = b"".join(r.process(data[i : i + 2 * frame]) for i in range(0, len(data), 2 * frame))
+            step = 2 * frame
+            got = b"".join(r.process(data[i : i + step]) for i in range(0, len(data), step))
             got_f = floats(got + r.flush())
             self.assertEqual(got_f.tolist(), direct_form(x, a, b, len(got_f)).tolist(), (a, b))
 

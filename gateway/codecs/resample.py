@@ -23,20 +23,21 @@ samples have been returned, so a 20 ms frame gives exactly 20 ms (160 samples at
 tail (``delay_samples`` samples) and starts a new stream.
 
 Cost: the ratios that only go up or only go down (8 <-> 16 kHz, 8 <-> 24 kHz, 48 -> 16 kHz) take
-one small BLAS product per call, over blocks (`_block_filter`): the stream, kept per resampler in
-a float64 buffer, is read as rows of B samples, each row with the next one (2B samples, a strided
+one small BLAS product per call, over blocks (`_block_filter`): the stream, kept per resampler in a
+float64 buffer, is read as rows of B samples, each row with the next one (2B samples, a strided
 view), and one (rows, 2B) x (2B, outputs per row) product gives every output of the call; the
 matrix holds each output's taps where its window lies in the two rows, zeros elsewhere. That
 multiplies about 2B/K times more than the filter needs, but numpy copies only rows x 2B samples
 before BLAS reads them, where a window per output sample (K wide, overlapping) made it copy K
-samples per output; with the views kept per frame size, 4.0-4.9 µs per 20 ms frame between 8
-and 16 kHz, against 7.8-10.2 for a window per output (BENCHMARKS.md, "Transcoding, session 5"). 16 <-> 24 kHz (up by 3 and down by
-2, or the reverse) take one product over all L branches per input sample, 12-15 µs per frame;
-other ratios (44.1 -> 16 kHz: 160/441) gather one window per output sample, which is correct but
-slower (about 200-330 µs per frame). Every path computes the same exact sums, hence the same
-bytes (tests check each against the textbook definition). Clipping to int16 is skipped while no
-input sample within the filter's reach could push an output past it (``audioop.max`` of each
-input against 32767 over the filter's largest branch gain); rounding is in place, then a cast.
+samples per output; with the views kept per frame size, 4.0-4.9 µs per 20 ms frame between 8 and 16
+kHz, against 7.8-10.2 for a window per output (BENCHMARKS.md, "Transcoding, session 5"). 16 <-> 24
+kHz (up by 3 and down by 2, or the reverse) take one product over all L branches per input sample,
+12-15 µs per frame; other ratios (44.1 -> 16 kHz: 160/441) gather one window per output sample,
+which is correct but slower (about 200-330 µs per frame). Every path computes the same exact sums,
+hence the same bytes (tests check each against the textbook definition). Clipping to int16 is
+skipped while no input sample within the filter's reach could push an output past it
+(``audioop.max`` of each input against 32767 over the filter's largest branch gain); rounding is in
+place, then a cast.
 """
 
 from __future__ import annotations
