@@ -543,6 +543,7 @@ class LegTests(_LegCase):
         yield _turn()
         self.assertEqual(call.opened, ["tls-1"])
         self.assertIsInstance(leg.transport, tls.TLSClientProtocol)
+        self.assertTrue(leg.transport.getTcpNoDelay(), "Autobahn's setTcpNoDelay reached the socket")
         sent = [bytes((i * 31 + n) & 0xFF for i in range(n)) for n in (160, 640, 20000, 65535, 70000)]
         sent += [os.urandom(160) for _ in range(50)]
         for payload in sent:

@@ -120,7 +120,9 @@ def write_now(transport: Any, data: bytes) -> None:
     every 20 ms frame. A TCP connection whose buffer is empty can take the bytes now; whatever
     the kernel does not take (or any socket error, which Twisted then reports as it always does)
     goes through ``transport.write``, so ordering, backpressure (the leg's `Pressure` producer)
-    and connection loss behave as before. TLS and other transports always use ``write``.
+    and connection loss behave as before. Other transports always use ``write``; on ``wss://``
+    that is the Deepgram leg's TLS layer (`gateway.legs.tls`), which encrypts at once and hands
+    the record to ``write_now`` with the TCP transport beneath it.
     """
     if (
         type(transport) is not tcp.Server and type(transport) is not tcp.Client
