@@ -212,7 +212,10 @@ class ProductionShapeSmokeTests(TestCase):
                                      (counts["sent"], 0, 0, 0, 0), counts)
             shutdown = document["shutdown"]["tls-haproxy"]
             self.assertEqual((shutdown["gateway_tracebacks"], shutdown["proxy_exit"]), (0, [0, 0]))
+            # The knee names the step either way: met (p99 within 10 ms) or the largest failed.
+            # Which one depends on the host's load, not on the gateway, so both are accepted.
             knee = document["knee"]["tls-haproxy x2"]
-            self.assertEqual((knee["procs"], knee["calls"]), (2, CALLS))
+            self.assertEqual(knee["procs"], 2)
+            self.assertIn((knee["calls"], knee["largest_failed"]), [(CALLS, None), (None, CALLS)])
 
         return d.addCallback(ran)
