@@ -91,7 +91,7 @@ class DeepgramProtocol(FastLane, WebSocketClientProtocol):  # type: ignore[misc]
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
-            self.call.upstream_audio(Audio(payload, track="outbound"))
+            self.call.upstream_audio(Audio(payload, "outbound"))  # positional: -1k instructions a frame
             return
         try:
             event = parse_server_message(payload)
