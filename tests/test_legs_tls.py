@@ -9,9 +9,7 @@ peer that drops or stops reading), then whole calls through the gateway to the e
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
-import ipaddress
 import os
 import re
 import ssl
@@ -27,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from gateway.bench.certificates import Authority
 from gateway.legs import tls
 from gateway.legs.deepgram import connect_deepgram
 from gateway.legs.pressure import Pressure
@@ -36,71 +35,11 @@ from gateway.testing import configure
 # --- a test PKI ----------------------------------------------------------------------------------
 
 
-class _Authority:
-    """A throw-away CA that issues server certificates for any names, written as PEM files."""
-
-    def __init__(self, name: str) -> None:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-
-        self.directory = tempfile.mkdtemp(prefix="legs-tls-")
-        now = datetime.datetime.now(datetime.timezone.utc)
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        self.name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        self.cert = (x509.CertificateBuilder().subject_name(self.name).issuer_name(self.name)
-                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-                     .not_valid_before(now - datetime.timedelta(days=1))
-                     .not_valid_after(now + datetime.timedelta(days=2))
-                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                     .sign(self.key, hashes.SHA256()))
-        self.ca_pem = self._write("ca.pem", self.cert)
-
-    def _write(self, name: str, cert: Any, key: Any = None) -> str:
-        from cryptography.hazmat.primitives import serialization
-
-        path = os.path.join(self.directory, name)
-        with open(path, "wb") as f:
-            f.write(cert.public_bytes(serialization.Encoding.PEM))
-        if key is not None:
-            with open(path[:-4] + ".key", "wb") as f:
-                f.write(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-        return path
-
-    def issue(self, *names: str) -> tuple[str, str]:
-        """A server certificate for ``names`` (host names or IP addresses): (cert.pem, key)."""
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-
-        now = datetime.datetime.now(datetime.timezone.utc)
-        key = ec.generate_private_key(ec.SECP256R1())
-        alt: list[Any] = []
-        for n in names:
-            try:
-                alt.append(x509.IPAddress(ipaddress.ip_address(n)))
-            except ValueError:
-                alt.append(x509.DNSName(n))
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-                .issuer_name(self.name).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(days=1))
-                .not_valid_after(now + datetime.timedelta(days=2))
-                .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-                .sign(self.key, hashes.SHA256()))
-        path = self._write("-".join(names).replace(":", "_") + ".pem", cert, key)
-        return path, path[:-4] + ".key"
-
-
 @lru_cache(maxsize=None)
 def _pki() -> dict[str, Any]:
     """The trusted CA and its good and wrong-host certificates; an untrusted CA's good one."""
-    trusted, other = _Authority("legs-tls trusted CA"), _Authority("legs-tls untrusted CA")
+    trusted = Authority(tempfile.mkdtemp(prefix="legs-tls-"), "legs-tls trusted CA")
+    other = Authority(tempfile.mkdtemp(prefix="legs-tls-"), "legs-tls untrusted CA")
     return {"ca": trusted.ca_pem, "good": trusted.issue("localhost", "127.0.0.1"),
             "wrong_host": trusted.issue("wrong.example"),
             "untrusted": other.issue("localhost", "127.0.0.1")}

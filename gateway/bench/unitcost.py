@@ -327,12 +327,15 @@ def batching_costs(repeat: int = 7, sizes: tuple[int, ...] = (1, 10, 50, 150, 30
     """
     import numpy as np
 
-    from gateway.codecs.resample import Resampler
+    from gateway.codecs.resample import Resampler, design_filter
 
     out: dict[str, Any] = {}
-    probe = Resampler(8000, 16000)
-    k = probe._k
-    column = probe._filter_column
+    # The half-band 8 -> 16 kHz filter's one filtering branch (the other is a pure delay: a
+    # single tap of 2**30), scaled as the resampler scales its taps.
+    design = design_filter(8000, 16000)
+    k = design.taps_per_branch
+    filtering = 1 if np.count_nonzero(design.reversed_t[:, 0]) == 1 else 0
+    column = np.ascontiguousarray(design.reversed_t[:, filtering]) * 2.0**-30
     frame = np.arange(160, dtype="<i2").tobytes()
     for size in sizes:
         resamplers = [Resampler(8000, 16000) for _ in range(size)]

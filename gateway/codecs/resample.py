@@ -246,11 +246,6 @@ class Resampler:
             self._store = np.zeros(0)
         elif not (self._identity or self._poly):
             self._branches_rev = np.ascontiguousarray(design.branches[:, ::-1]) * _SCALE  # (L, K)
-        if design.up == 2 and design.down == 1:
-            # The half-band 8 -> 16 kHz filter's one filtering branch (the other is a pure delay),
-            # for gateway.bench.unitcost's estimate of batching it across calls.
-            p = int(np.count_nonzero(design.reversed_t[:, 0]) == 1)
-            self._filter_column = np.ascontiguousarray(self._coefs[:, p])
         # Clipping is skipped while no input sample in the filter's reach exceeds this: an output
         # is at most (sum of |taps| of its branch) times the largest input sample.
         gain = float(np.abs(design.branches).sum(axis=1).max()) * _SCALE
